@@ -1,0 +1,150 @@
+"""Episodes of a built-in or user agent on an hpl env, sequentially or in worker processes.
+
+This is the simple runner used by ``hpl-eval`` and ``hpl-gen`` for non-LLM agents: each
+worker process builds its env once and runs whole episodes. A failing episode (agent or env
+exception) is recorded with its error and never stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hpl_envs import make_env
+from hpl_envs.agents import make_agent
+
+
+@dataclass
+class Step:
+    observation: str  # what the agent saw before acting
+    action: str
+    reward: float
+    action_valid: bool
+
+
+@dataclass
+class Episode:
+    env: str
+    task_id: str
+    task_type: str
+    instruction: str
+    agent: str
+    seed: int
+    steps: list[Step] = field(default_factory=list)
+    final_observation: str = ""
+    reward: float = 0.0
+    won: bool = False
+    terminated: bool = False
+    truncated: bool = False
+    error: str | None = None
+    reward_parts: dict | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def episode_seed(seed: int, task_id: str) -> int:
+    """A per-episode seed independent of which worker runs it."""
+    return zlib.crc32(f"{seed}:{task_id}".encode()) & 0x7FFFFFFF
+
+
+def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) -> Episode:
+    start = time.perf_counter()
+    ep = Episode(env=env_name, task_id=str(task_id), task_type="", instruction="",
+                 agent=getattr(agent, "name", type(agent).__name__), seed=seed)
+    try:
+        obs, info = env.reset(seed=seed, options={"task_id": task_id})
+        ep.task_type, ep.instruction = str(info.get("task_type", "")), str(info.get("instruction", ""))
+        agent.reset(env, obs, info)
+        done = False
+        while not done:
+            action = agent.act(obs, info)
+            new_obs, reward, terminated, truncated, info = env.step(action)
+            ep.steps.append(Step(obs, action, float(reward), bool(info.get("action_valid", True))))
+            obs, done = new_obs, terminated or truncated
+            ep.reward, ep.terminated, ep.truncated = float(reward), bool(terminated), bool(truncated)
+        ep.won = bool(info.get("won", False))
+        ep.final_observation = obs
+        ep.reward_parts = info.get("reward_parts")
+    except Exception as e:  # noqa: BLE001 - recorded, never fatal
+        ep.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+    ep.seconds = time.perf_counter() - start
+    return ep
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(env_name: str, env_kwargs: dict) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER["env"] = make_env(env_name, **env_kwargs)
+    _WORKER["name"] = env_name
+
+
+def _run_one(args: tuple[str, dict, str, int]) -> dict:
+    agent_name, agent_kwargs, task_id, seed = args
+    ep_seed = episode_seed(seed, task_id)
+    agent = make_agent(_WORKER["name"], agent_name, seed=ep_seed, **agent_kwargs)
+    return run_episode(_WORKER["env"], agent, _WORKER["name"], task_id, ep_seed).to_dict()
+
+
+def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: dict | None = None,
+                 agent_kwargs: dict | None = None, seed: int = 0, workers: int = 1, on_episode=None) -> list[dict]:
+    """Run one episode per task id; results come back in task order."""
+    env_kwargs, agent_kwargs = env_kwargs or {}, agent_kwargs or {}
+    jobs = [(agent, agent_kwargs, str(t), seed) for t in task_ids]
+    results: list[dict] = []
+    if workers <= 1:
+        _init_worker(env_name, env_kwargs)
+        for job in jobs:
+            results.append(_run_one(job))
+            if on_episode:
+                on_episode(results[-1])
+        return results
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(env_name, env_kwargs)) as pool:
+        for res in pool.map(_run_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
+            results.append(res)
+            if on_episode:
+                on_episode(res)
+    return results
+
+
+def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_s: float) -> dict:
+    """The ``hpl-eval`` JSON contract."""
+    n = len(episodes)
+    steps = sum(len(e["steps"]) for e in episodes)
+    by_type: dict[str, dict] = {}
+    for e in episodes:
+        t = by_type.setdefault(e["task_type"] or "?", {"episodes": 0, "reward_sum": 0.0, "wins": 0})
+        t["episodes"] += 1
+        t["reward_sum"] += e["reward"]
+        t["wins"] += _success(env_name, e)
+    return {
+        "env": env_name,
+        "split": split,
+        "agent": agent,
+        "episodes": n,
+        "avg_reward": sum(e["reward"] for e in episodes) / n if n else 0.0,
+        "success_rate": sum(_success(env_name, e) for e in episodes) / n if n else 0.0,
+        "avg_steps": steps / n if n else 0.0,
+        "by_task_type": {
+            k: {"episodes": v["episodes"], "avg_reward": v["reward_sum"] / v["episodes"],
+                "success_rate": v["wins"] / v["episodes"]}
+            for k, v in sorted(by_type.items())
+        },
+        "env_steps_per_s": steps / wall_s if wall_s > 0 else 0.0,
+        "failed_episodes": sum(1 for e in episodes if e["error"]),
+        "wall_s": wall_s,
+    }
+
+
+def _success(env_name: str, episode: dict) -> bool:
+    if env_name == "alfworld":
+        return bool(episode["won"])
+    return episode["reward"] == 1.0

@@ -1,0 +1,305 @@
+"""The WebShop product catalog, stored once as an Arrow file and memory-mapped by workers.
+
+WebShop's ``load_products`` parses a multi-GB JSON per process (~25 s and a full copy per
+worker for the 1.18 M catalog). hpl converts the catalog once into an uncompressed Arrow IPC
+file in the cache; every process memory-maps it, so workers share the pages and a product is
+materialised only when a page or the reward needs it.
+
+Inputs (first found wins): ``items_shuffle_1000.documents.jsonl`` (the search-engine document
+file; its ``product`` field is WebShop's product after ``load_products``), or a raw
+``items_shuffle*.json`` list, plus ``items_ins_v2*.json`` for synthetic goals and optionally
+``items_human_ins.json`` for human goals.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest
+
+CATALOG_VERSION = 1  # bump when the Arrow layout changes
+
+SCHEMA = pa.schema(
+    [
+        ("asin", pa.string()),
+        ("name", pa.string()),
+        ("Title", pa.string()),
+        ("Price", pa.string()),
+        ("pricing", pa.list_(pa.float64())),
+        ("category", pa.string()),
+        ("query", pa.string()),
+        ("product_category", pa.string()),
+        ("Description", pa.string()),
+        ("BulletPoints", pa.list_(pa.string())),
+        ("Attributes", pa.list_(pa.string())),
+        ("Rating", pa.string()),
+        ("options_json", pa.string()),  # ordered {name: [values]}
+        ("reviews_json", pa.string()),
+        ("contents", pa.string()),  # what the search engine indexes
+        ("instruction_text", pa.string()),  # synthetic goal text (items_ins_v2), may be null
+        ("instruction_attributes", pa.list_(pa.string())),
+        ("human_instructions_json", pa.string()),  # items_human_ins entries, may be null
+    ]
+)
+
+
+def _parse_pricing(raw: Any) -> tuple[list[float], str]:
+    """WebShop's price parsing: '$19.99 - $27.99' -> [19.99, 27.99], '$19.99 to $27.99'."""
+    if isinstance(raw, list):
+        pricing = [float(x) for x in raw]
+    elif not raw:
+        pricing = []
+    else:
+        pricing = [float(Decimal(re.sub(r"[^\d.]", "", p))) for p in str(raw).split("$")[1:]]
+    if not pricing:
+        return [100.0], "$100.0"
+    if len(pricing) == 1:
+        return pricing, f"${pricing[0]}"
+    return pricing[:2], f"${pricing[0]} to ${pricing[1]}"
+
+
+def _options_from_raw(customization: Any) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    if customization:
+        for name, contents in customization.items():
+            if contents is None:
+                continue
+            options[name.lower()] = [c["value"].strip().replace("/", " | ").lower() for c in contents]
+    return options
+
+
+def _search_contents(p: dict) -> str:
+    """The text WebShop indexes for a raw product (used only when no documents file exists)."""
+    parts = [p.get("Title", ""), p.get("Description", ""), " ".join(p.get("BulletPoints", []))]
+    for values in p.get("options", {}).values():
+        parts.append(", and ".join(values))
+    return " ".join(parts).lower()
+
+
+def _normalise(product: dict, contents: str | None) -> dict:
+    """Fill the fields WebShop's ``load_products`` adds, from either input format."""
+    p = dict(product)
+    if "Title" not in p:  # raw items_shuffle record
+        p["Title"] = p["name"]
+        p["Description"] = p.get("full_description", "")
+        p["Reviews"] = []
+        p["Rating"] = "N.A."
+        sd = p.get("small_description", [])
+        p["BulletPoints"] = sd if isinstance(sd, list) else [sd]
+        p["pricing"], p["Price"] = _parse_pricing(p.get("pricing"))
+        p["options"] = _options_from_raw(p.get("customization_options"))
+        p["query"] = p.get("query", "").lower().strip()
+    p["contents"] = contents if contents is not None else _search_contents(p)
+    return p
+
+
+def _read_products(path: Path) -> list[tuple[dict, str | None]]:
+    out: list[tuple[dict, str | None]] = []
+    try:
+        if path.name.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataCorruptError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+                    out.append((doc["product"], doc.get("contents")))
+        else:
+            with open(path, encoding="utf-8") as f:
+                out = [(p, None) for p in json.load(f)]
+    except (KeyError, TypeError) as e:
+        raise DataCorruptError(f"{path}: unexpected record layout ({e!r})") from e
+    except json.JSONDecodeError as e:
+        raise DataCorruptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    return out
+
+
+def find_sources(root: Path | None = None, size: str = "1k") -> dict[str, Path | None]:
+    """Locate the catalog files under ``root/webshop`` for the ``1k`` or ``full`` catalog."""
+    base = (root or data_root()) / "webshop"
+    if size == "1k":
+        products = [base / "items_shuffle_1000.documents.jsonl", base / "items_shuffle_1000.json"]
+        attrs = [base / "items_ins_v2_1000.json"]
+    elif size == "full":
+        products = [base / "items_shuffle.documents.jsonl", base / "items_shuffle.json"]
+        attrs = [base / "items_ins_v2.json"]
+    else:
+        raise ValueError(f"webshop catalog size must be '1k' or 'full', got {size!r}")
+    found = next((p for p in products if p.exists()), None)
+    if found is None:
+        raise DataMissingError(
+            f"webshop: no catalog in {base} (looked for {', '.join(p.name for p in products)}).\n"
+            "  Set HPL_DATA_DIR, or run `hpl-data download webshop`"
+            + (" --full" if size == "full" else "")
+            + " on a machine with internet access."
+        )
+    attr = next((p for p in attrs if p.exists()), None)
+    if attr is None:
+        raise DataMissingError(
+            f"webshop: missing {attrs[0]} (goal instructions). Run `hpl-data download webshop`."
+        )
+    human = base / "items_human_ins.json"
+    return {"products": found, "attributes": attr, "human": human if human.exists() else None}
+
+
+def build_table(sources: dict[str, Path | None]) -> pa.Table:
+    """Parse the source files into one Arrow table (catalog order, duplicates dropped)."""
+    try:
+        attributes = json.loads(Path(sources["attributes"]).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataCorruptError(f"{sources['attributes']}: not valid JSON ({e.msg})") from e
+    human = None
+    if sources.get("human"):
+        human = json.loads(Path(sources["human"]).read_text(encoding="utf-8"))
+    cols: dict[str, list] = {f.name: [] for f in SCHEMA}
+    seen: set[str] = set()
+    for raw, contents in _read_products(Path(sources["products"])):
+        asin = raw.get("asin", "nan")
+        if asin == "nan" or len(asin) > 10 or asin in seen:
+            continue  # WebShop skips these too
+        seen.add(asin)
+        p = _normalise(raw, contents)
+        attr = attributes.get(asin, {})
+        human_ins = (human or {}).get(asin, p.get("instructions"))
+        cols["asin"].append(asin)
+        cols["name"].append(p["name"])
+        cols["Title"].append(p["Title"])
+        cols["Price"].append(p["Price"])
+        cols["pricing"].append([float(x) for x in p["pricing"]])
+        cols["category"].append(p["category"])
+        cols["query"].append(p["query"])
+        cols["product_category"].append(p["product_category"])
+        cols["Description"].append(p["Description"])
+        cols["BulletPoints"].append([str(b) for b in p["BulletPoints"]])
+        cols["Attributes"].append(list(attr.get("attributes", ["DUMMY_ATTR"])))
+        cols["Rating"].append(str(p.get("Rating", "N.A.")))
+        cols["options_json"].append(json.dumps(p["options"]))
+        cols["reviews_json"].append(json.dumps(p.get("Reviews", [])))
+        cols["contents"].append(p["contents"])
+        cols["instruction_text"].append(attr.get("instruction"))
+        cols["instruction_attributes"].append(attr.get("instruction_attributes"))
+        cols["human_instructions_json"].append(json.dumps(human_ins) if human_ins else None)
+    if not cols["asin"]:
+        raise DataCorruptError(f"{sources['products']}: no products")
+    return pa.table(cols, schema=SCHEMA)
+
+
+def write_arrow(table: pa.Table, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 16)
+    tmp.replace(path)
+
+
+def read_arrow(path: Path) -> pa.Table:
+    """Memory-map an Arrow IPC file: zero-copy, pages shared between processes."""
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+@dataclass
+class Product:
+    """One product, with WebShop's field names (``Title``, ``BulletPoints``, ...)."""
+
+    asin: str
+    name: str
+    Title: str
+    Price: str
+    pricing: list[float]
+    category: str
+    query: str
+    product_category: str
+    Description: str
+    BulletPoints: list[str]
+    Attributes: list[str]
+    Rating: str
+    options: dict[str, list[str]]
+    Reviews: list[dict]
+
+
+class Catalog:
+    """Products by row index or ASIN, plus the per-product seeded price.
+
+    Prices: WebShop draws a range-priced product's price with ``random.uniform`` before any
+    seed, so two processes disagree. hpl draws it from a generator seeded by the ASIN, so the
+    same product has the same price in every process and run.
+    """
+
+    def __init__(self, table: pa.Table, key: str = "") -> None:
+        self.table = table
+        self.key = key
+        self.asins: list[str] = table.column("asin").to_pylist()
+        self.index_of: dict[str, int] = {a: i for i, a in enumerate(self.asins)}
+        self._cols = {name: table.column(name) for name in table.column_names}
+        self.product = lru_cache(maxsize=4096)(self._product)
+
+    def __len__(self) -> int:
+        return len(self.asins)
+
+    def _product(self, i: int) -> Product:
+        c = self._cols
+        return Product(
+            asin=self.asins[i],
+            name=c["name"][i].as_py(),
+            Title=c["Title"][i].as_py(),
+            Price=c["Price"][i].as_py(),
+            pricing=c["pricing"][i].as_py(),
+            category=c["category"][i].as_py(),
+            query=c["query"][i].as_py(),
+            product_category=c["product_category"][i].as_py(),
+            Description=c["Description"][i].as_py() or "",
+            BulletPoints=c["BulletPoints"][i].as_py() or [],
+            Attributes=c["Attributes"][i].as_py() or [],
+            Rating=c["Rating"][i].as_py(),
+            options=json.loads(c["options_json"][i].as_py()),
+            Reviews=json.loads(c["reviews_json"][i].as_py()),
+        )
+
+    def by_asin(self, asin: str) -> Product:
+        return self.product(self.index_of[asin])
+
+    def price(self, i: int) -> float:
+        return product_price(self.asins[i], self._cols["pricing"][i].as_py())
+
+
+def product_price(asin: str, pricing: list[float]) -> float:
+    """WebShop's ``generate_product_prices`` with a per-ASIN seed instead of global state."""
+    if not pricing:
+        return 100.0
+    if len(pricing) == 1:
+        return pricing[0]
+    return random.Random(f"webshop-price:{asin}").uniform(*pricing[:2])
+
+
+_LOADED: dict[tuple, Catalog] = {}
+
+
+def load_catalog(root: Path | None = None, size: str = "1k") -> Catalog:
+    """Load (building the Arrow cache on first use) and memoise per process."""
+    sources = find_sources(root, size)
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources.values() if p)
+    if stamp in _LOADED:
+        return _LOADED[stamp]
+    digest = file_digest([p for p in sources.values() if p])
+    path = cache_dir() / f"webshop-catalog-v{CATALOG_VERSION}-{size}-{digest}.arrow"
+    if not path.exists():
+        write_arrow(build_table(sources), path)
+    try:
+        table = read_arrow(path)
+    except (pa.ArrowInvalid, OSError):  # a torn or foreign cache file: rebuild it
+        path.unlink(missing_ok=True)
+        write_arrow(build_table(sources), path)
+        table = read_arrow(path)
+    catalog = Catalog(table, key=digest)
+    _LOADED[stamp] = catalog
+    return catalog

@@ -1,0 +1,374 @@
+"""WebShop as an embedded, forkable Gymnasium env."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpl_envs.core import HplTextEnv, TaskNotFoundError
+from hpl_envs.webshop import pages
+from hpl_envs.webshop.catalog import Catalog, load_catalog
+from hpl_envs.webshop.goals import Goal, build_goals, split_range
+from hpl_envs.webshop.reward import RewardModel
+from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
+
+BASE_URL = "http://127.0.0.1:3000"
+_ACTION = re.compile(r"(.+)\[(.+)\]")  # WebShop's parse: greedy name, '.' stops at newlines
+PAGE_NAMES = ("search_results", "item_page", "item_sub_page", "done")
+
+
+def parse_action(action: str) -> tuple[str, str | None]:
+    """WebShop's ``parse_action``: ``name[arg]`` matched from the start, else (action, None)."""
+    m = _ACTION.match(action)
+    if m is None:
+        return action, None
+    return m.group(1), m.group(2)
+
+
+def page_name(url: str | None) -> str | None:
+    """The original decides the current page by substring search in the URL; so do we."""
+    if url is None:
+        return None
+    for name in PAGE_NAMES:
+        if name in url:
+            return name
+    return ""
+
+
+@dataclass
+class WebShopState:
+    """Everything an episode depends on; ``get_state`` returns a deep copy of it."""
+
+    task_id: str
+    url: str
+    page: str = "index"  # which page is displayed: index/search_results/item_page/item_sub_page/done
+    keywords: list[str] | None = None
+    page_num: int | None = None
+    asin: str | None = None
+    asins: set[str] = field(default_factory=set)
+    options: dict[str, str] = field(default_factory=dict)
+    sub_page: str | None = None
+    results: list[int] = field(default_factory=list)
+    results_key: tuple[str, ...] | None = None
+    actions: dict[str, int] = field(default_factory=dict)
+    turn: int = 0
+    done: bool = False
+    reward: float = 0.0
+    reward_info: dict | None = None
+    random_searches: int = 0
+
+
+class _Shared:
+    """Catalog, goals, search engine and reward model: loaded once per process, shared by envs."""
+
+    _cache: dict[tuple, _Shared] = {}
+
+    def __init__(self, catalog: Catalog, goals: list[Goal], spacy_model: str | None,
+                 fix_option_normalisation: bool) -> None:
+        self.catalog = catalog
+        self.goals = goals
+        self._search: SearchEngine | None = None
+        self._reward_args = (spacy_model, fix_option_normalisation)
+        self._reward: RewardModel | None = None
+        self.category_index: dict[str, list[int]] | None = None
+
+    @property
+    def search(self) -> SearchEngine:
+        if self._search is None:
+            contents = self.catalog.table.column("contents")
+            self._search = SearchEngine.load_or_build(lambda: contents.to_pylist(), self.catalog.key)
+        return self._search
+
+    @property
+    def reward(self) -> RewardModel:
+        if self._reward is None:
+            self._reward = RewardModel(*self._reward_args)
+        return self._reward
+
+    @classmethod
+    def get(cls, data_root: Path | None, catalog_size: str, goals: str, spacy_model: str | None,
+            fix_option_normalisation: bool) -> _Shared:
+        key = (str(data_root), catalog_size, goals, spacy_model, fix_option_normalisation)
+        if key not in cls._cache:
+            catalog = load_catalog(data_root, catalog_size)
+            cls._cache[key] = cls(catalog, build_goals(catalog, goals), spacy_model,
+                                  fix_option_normalisation)
+        return cls._cache[key]
+
+
+class WebShopEnv(HplTextEnv):
+    """
+    ## Description
+    WebShop (Yao et al., 2022): follow a shopping instruction by searching a product catalog,
+    opening a product, choosing its options and buying it. This is a pure-Python
+    reimplementation of ``web_agent_site``'s ``WebAgentTextEnv`` in ``observation_mode="text"``:
+    same pages, same `` [SEP] ``-joined observations, same action parsing and reward, with BM25
+    search in-process (no Java), a memory-mapped catalog and exact snapshots.
+
+    ## Spaces
+    Observations and actions are strings. Actions: ``search[keywords]`` (any page, as in the
+    original) or ``click[value]`` where value is a clickable of the current page (lower-cased
+    button text, product ASIN, or option value). Anything else is an invalid action: the page
+    is unchanged and ``info["action_valid"]`` is False.
+
+    ## Rewards
+    0 until ``click[buy now]``; then WebShop's ``get_reward`` (see ``reward.py``), with its parts
+    in ``info["reward_parts"]``. ``won`` means reward == 1.0.
+
+    ## Episode End
+    Terminated on purchase; truncated after ``max_turns`` actions (default 10) with reward 0.
+
+    ## Arguments
+    ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``max_turns``,
+    ``spacy_model`` (name of the POS pipeline), ``fix_option_normalisation`` (opt-in fix of the
+    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``.
+
+    ## Version History
+    * v0: initial release, faithful to WebShop @ 64fa2a5 (text mode, synthetic or human goals).
+    """
+
+    env_name = "webshop"
+    splits = ("train", "dev", "test", "all")
+
+    def __init__(self, catalog: str = "1k", goals: str = "synthetic", max_turns: int = 10,
+                 spacy_model: str | None = None, fix_option_normalisation: bool = False,
+                 show_attrs: bool = False, data_root: str | Path | None = None,
+                 render_mode: str | None = None) -> None:
+        super().__init__(max_turns=max_turns, render_mode=render_mode)
+        self.shared = _Shared.get(Path(data_root) if data_root else None, catalog, goals,
+                                  spacy_model, fix_option_normalisation)
+        self.show_attrs = show_attrs
+        self._state: WebShopState | None = None
+        self._view: tuple[list[str], dict[str, pages.Clickable]] | None = None
+        self._rng = random.Random(0)
+
+    # --- tasks ---------------------------------------------------------------------
+    @property
+    def goals(self) -> list[Goal]:
+        return self.shared.goals
+
+    def task_ids(self, split: str) -> list[str]:
+        return [str(i) for i in split_range(split, len(self.goals))]
+
+    def goal(self, task_id: str | int) -> Goal:
+        try:
+            idx = int(task_id)
+            if idx < 0:
+                raise ValueError
+            return self.goals[idx]
+        except (ValueError, IndexError):
+            raise TaskNotFoundError(f"webshop: no task {task_id!r} (ids are 0..{len(self.goals) - 1})") from None
+
+    def task_type(self, task_id: str) -> str:
+        return self.goal(task_id).category
+
+    # --- gymnasium API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        task_id = self._task_from_options(options)
+        if task_id is None:
+            task_id = str(self.np_random.integers(len(self.goals)))
+        self.goal(task_id)  # validates
+        self._state = WebShopState(task_id=task_id, url=f"{BASE_URL}/{task_id}")
+        self._view = None
+        return self.observation, self._info(action_valid=True)
+
+    def step(self, action: str):
+        s = self._require_state()
+        if s.done or s.turn >= self.max_turns:
+            raise RuntimeError("webshop: episode is over; call reset()")
+        action = action if isinstance(action, str) else str(action)
+        _, clickables = self._page()
+        name, arg = parse_action(action)
+        if arg is not None:
+            arg = arg.lower()
+        valid = False
+        if name == "search" and arg:
+            self._search(arg.split(" "))
+            valid = True
+        elif name == "click" and arg in clickables and arg != "search":
+            valid = self._click(arg, clickables[arg])
+        s.turn += 1
+        if valid:
+            self._view = None
+        terminated = s.done
+        truncated = not terminated and s.turn >= self.max_turns
+        reward = float(s.reward) if terminated else 0.0
+        return self.observation, reward, terminated, truncated, self._info(action_valid=valid)
+
+    def render(self) -> str | None:
+        return self.observation if self.render_mode == "ansi" else None
+
+    # --- snapshots -----------------------------------------------------------------
+    def get_state(self) -> WebShopState:
+        return copy.deepcopy(self._require_state())
+
+    def set_state(self, state: WebShopState) -> None:
+        if not isinstance(state, WebShopState):
+            raise TypeError(f"webshop: set_state expects a WebShopState, got {type(state).__name__}")
+        self.goal(state.task_id)
+        self._state = copy.deepcopy(state)
+        self._view = None
+
+    # --- observation ---------------------------------------------------------------
+    @property
+    def observation(self) -> str:
+        return pages.SEP.join(self._page()[0])
+
+    def admissible_actions(self) -> list[str]:
+        """``search[<keywords>]`` where a search bar is shown, then every valid click."""
+        _, clickables = self._page()
+        acts = ["search[<keywords>]"] if self._require_state().page == "index" else []
+        return acts + [f"click[{c}]" for c in clickables if c != "search"]
+
+    def _page(self):
+        if self._view is None:
+            self._view = self._render()
+        return self._view
+
+    def _render(self):
+        s = self._require_state()
+        instruction = self.goal(s.task_id).instruction_text
+        cat = self.shared.catalog
+        if s.page == "index":
+            return pages.search_page(instruction)
+        if s.page == "search_results":
+            window = s.results[(s.page_num - 1) * pages.PRODUCT_WINDOW:s.page_num * pages.PRODUCT_WINDOW]
+            return pages.results_page(instruction, s.page_num, len(s.results),
+                                      [cat.product(i) for i in window])
+        if s.page == "item_page":
+            return pages.item_page(instruction, cat.by_asin(s.asin), self.show_attrs)
+        if s.page == "item_sub_page":
+            return pages.sub_page(instruction, cat.by_asin(s.asin), s.sub_page)
+        if s.page == "done":
+            return pages.done_page(s.asin, s.options, s.reward)
+        raise AssertionError(s.page)
+
+    def _info(self, action_valid: bool) -> dict[str, Any]:
+        s = self._require_state()
+        goal = self.goal(s.task_id)
+        info = {
+            "task_id": s.task_id,
+            "task_type": goal.category,
+            "instruction": goal.instruction_text,
+            "admissible_actions": self.admissible_actions(),
+            "won": bool(s.done and s.reward == 1.0),
+            "action_valid": action_valid,
+            "turn": s.turn,
+            "page": s.page,
+            "url": s.url,
+        }
+        if s.done:
+            info["reward_parts"] = dict(s.reward_info or {})
+            info["purchased"] = {"asin": s.asin, "options": dict(s.options)}
+        return info
+
+    def _require_state(self) -> WebShopState:
+        if self._state is None:
+            raise RuntimeError("webshop: call reset() before step()")
+        return self._state
+
+    # --- the server's transitions (SimServer.receive) -------------------------------
+    def _count(self, key: str) -> None:
+        s = self._state
+        s.actions[key] = s.actions.get(key, 0) + 1
+
+    def _search(self, keywords: list[str], page: int = 1) -> None:
+        s = self._state
+        s.page, s.page_num, s.keywords = "search_results", page, keywords
+        s.asin, s.options = None, {}
+        self._count("search")
+        key = tuple(keywords)
+        if key != s.results_key or keywords[0] == "<r>":
+            s.results = self._top_n(keywords)
+            s.results_key = key
+        s.url = f"{BASE_URL}/search_results/{s.task_id}/{'+'.join(keywords)}/{page}"
+
+    def _top_n(self, keywords: list[str]) -> list[int]:
+        """WebShop's ``get_top_n_product_from_keywords`` including its special prefixes."""
+        cat = self.shared.catalog
+        head = keywords[0]
+        if head == "<r>":  # random products; the original is unseeded, hpl seeds per task/search
+            self._state.random_searches += 1
+            rng = random.Random(f"webshop-r:{self._state.task_id}:{self._state.random_searches}")
+            return rng.sample(range(len(cat)), k=min(SEARCH_RETURN_N, len(cat)))
+        if head in ("<c>", "<q>", "<a>"):
+            # The original raises on a missing argument and, for <a>, always (no attribute map).
+            if len(keywords) < 2:
+                return []
+            arg = keywords[1].strip() if head == "<c>" else " ".join(keywords[1:]).strip()
+            col = {"<c>": "category", "<q>": "query", "<a>": "Attributes"}[head]
+            values = cat.table.column(col).to_pylist()
+            if head == "<a>":
+                return [i for i, v in enumerate(values) if arg in (v or [])]
+            return [i for i, v in enumerate(values) if v == arg]
+        return self.shared.search.search(" ".join(keywords), SEARCH_RETURN_N)
+
+    def _click(self, arg: str, clickable: pages.Clickable) -> bool:
+        s = self._state
+        where = page_name(s.url)
+        if arg == pages.END_BUTTON.lower():
+            return self._buy()
+        if arg == pages.BACK_TO_SEARCH.lower():
+            s.page, s.keywords, s.page_num, s.asin, s.sub_page = "index", None, None, None, None
+            s.asins, s.options, s.actions = set(), {}, {}
+            s.url = f"{BASE_URL}/{s.task_id}"
+            return True
+        if arg == pages.NEXT_PAGE.lower() and where == "search_results":
+            self._search(s.keywords, s.page_num + 1)
+            return True
+        if arg == pages.PREV_PAGE.lower() and where == "search_results":
+            self._search(s.keywords, s.page_num - 1)
+            return True
+        if arg == pages.PREV_PAGE.lower() and where == "item_sub_page":
+            return self._item_page(arg, clickable)
+        if arg == pages.PREV_PAGE.lower() and where == "item_page":
+            self._search(s.keywords, s.page_num)
+            return True
+        for sub in pages.SUB_PAGES:
+            if arg == sub.lower():
+                if s.asin is None:
+                    return False  # the original raises KeyError here
+                self._count(sub)
+                s.page, s.sub_page = "item_sub_page", sub
+                kw = "+".join(s.keywords or [])
+                s.url = f"{BASE_URL}/item_sub_page/{s.task_id}/{s.asin}/{kw}/{s.page_num}/{sub}/{s.options}"
+                return True
+        return self._item_page(arg, clickable)
+
+    def _item_page(self, arg: str, clickable: pages.Clickable) -> bool:
+        s = self._state
+        asin, options = s.asin, dict(s.options)
+        if clickable.kind == "product":
+            asin = arg.upper()
+        elif clickable.kind == "option":
+            options[clickable.name.lower()] = arg
+        if asin is None or asin not in self.shared.catalog.index_of:
+            return False  # the original raises KeyError (no product to show)
+        if clickable.kind == "product":
+            self._count("asin")
+            s.asins.add(asin)
+        elif clickable.kind == "option":
+            self._count("options")
+        s.asin, s.options, s.page, s.sub_page = asin, options, "item_page", None
+        kw = "+".join(s.keywords or [])
+        s.url = f"{BASE_URL}/item_page/{s.task_id}/{asin}/{kw}/{s.page_num}/{json.dumps(options)}"
+        return True
+
+    def _buy(self) -> bool:
+        s = self._state
+        if s.asin is None:
+            return False
+        cat = self.shared.catalog
+        idx = cat.index_of[s.asin]
+        reward, parts = self.shared.reward.reward(cat.product(idx), self.goal(s.task_id),
+                                                  cat.price(idx), s.options)
+        self._count("purchase")
+        s.done, s.reward, s.reward_info, s.page = True, reward, parts, "done"
+        s.url = f"{BASE_URL}/done/{s.task_id}/{s.asin}/{s.options}"
+        return True

