@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ACTION_RE = re.compile(r"^\s*\**\s*action\s*\**\s*[:：]\s*(.*)$", re.IGNORECASE)
-_THOUGHT_RE = re.compile(r"^\s*\**\s*thought\s*\**\s*[:：]\s*", re.IGNORECASE)
+_ACTION_RE = re.compile(r"^\s*\**\s*action\s*\**\s*[:：]\s*\**\s*(.*)$", re.IGNORECASE)
+_THOUGHT_RE = re.compile(r"^\s*\**\s*thought\s*\**\s*[:：]\s*\**\s*", re.IGNORECASE)
 _FENCE_RE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 
 

@@ -1,0 +1,46 @@
+# Quickstart: `make demo` (main job) and `make test` (test suite). Both set everything up.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED_DATA := $(abspath ../shared/data)
+export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
+export OMP_NUM_THREADS ?= 1
+# System packages the test suite uses, installed with apt where apt is available.
+APT_PACKAGES ?=
+DEMO_OUT ?= demo_out/webshop
+
+.PHONY: venv demo test lint system-deps bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+system-deps:
+	@if [ -n "$(APT_PACKAGES)" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  fi; \
+	fi
+
+demo: venv
+	$(BIN)/hpl-gen --env webshop --expert oracle --policy heuristic --split train --limit 50 --workers 2 \
+	  --out $(DEMO_OUT)
+	@echo "Preference data written under $(DEMO_OUT)/ (traj_pairs.parquet, trajectories_*.parquet, manifest.json)"
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check hpl_envs hpl_data hpl_train tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/bench_webshop.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,71 @@
+"""Parquet tables of hpl datasets: schemas, atomic writes, file metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+TRAJECTORIES = pa.schema([
+    ("env", pa.string()), ("split", pa.string()), ("task_id", pa.string()), ("task_type", pa.string()),
+    ("instruction", pa.string()), ("role", pa.string()), ("agent", pa.string()), ("seed", pa.int64()),
+    ("reward", pa.float64()), ("won", pa.bool_()), ("n_steps", pa.int32()), ("truncated", pa.bool_()),
+    ("error", pa.string()), ("messages", MESSAGES), ("actions", pa.list_(pa.string())),
+    ("observations", pa.list_(pa.string())), ("action_valid", pa.list_(pa.bool_())),
+])
+
+TRAJ_PAIRS = pa.schema([
+    ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
+    ("env", pa.string()), ("split", pa.string()), ("task_id", pa.string()), ("task_type", pa.string()),
+    ("level", pa.string()), ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()),
+    ("delta_r", pa.float64()), ("policy_id", pa.string()), ("expert_id", pa.string()), ("seed", pa.int64()),
+])
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("hpl", "pyarrow", "gymnasium", "bm25s", "spacy", "thefuzz", "torch", "transformers", "vllm"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[str, Any]) -> Path:
+    """Write rows as Parquet atomically (temp file + fsync + rename) with JSON metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    meta = {b"hpl": json.dumps(metadata, default=str).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"hpl", b"{}"))

@@ -1,0 +1,90 @@
+"""The command-line tools, run as a user would (subprocesses, real files)."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_hpl_eval_contract(tmp_path):
+    out = tmp_path / "r.json"
+    p = run("hpl_data.cli_eval", "--env", "webshop", "--agent", "heuristic", "--split", "test", "--limit", "30",
+            "--workers", "2", "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(out.read_text())
+    for key in ("env", "split", "agent", "episodes", "avg_reward", "success_rate", "avg_steps", "by_task_type",
+                "env_steps_per_s"):
+        assert key in s
+    assert s["env"] == "webshop" and s["episodes"] == 30 and s["failed_episodes"] == 0
+    assert sum(v["episodes"] for v in s["by_task_type"].values()) == 30
+    assert all(set(v) == {"episodes", "avg_reward", "success_rate"} for v in s["by_task_type"].values())
+
+
+def test_hpl_eval_bad_input():
+    assert run("hpl_data.cli_eval", "--env", "nope", "--agent", "oracle").returncode == 2
+    p = run("hpl_data.cli_eval", "--env", "webshop", "--agent", "genius", "--limit", "1")
+    assert p.returncode == 2 and "no built-in agent" in p.stderr
+    assert run("hpl_data.cli_eval", "--env", "webshop", "--agent", "oracle", "--split", "nope").returncode == 2
+
+
+def test_hpl_eval_missing_data(tmp_path):
+    import os
+
+    env = dict(os.environ, HPL_DATA_DIR=str(tmp_path))
+    p = run("hpl_data.cli_eval", "--env", "webshop", "--agent", "oracle", env=env)
+    assert p.returncode == 2 and "hpl-data download webshop" in p.stderr
+
+
+def test_corrupt_catalog_is_reported(tmp_path):
+    import os
+    import shutil
+
+    from conftest import DATA
+
+    (tmp_path / "webshop").mkdir()
+    shutil.copy(DATA / "webshop" / "items_ins_v2_1000.json", tmp_path / "webshop")
+    lines = (DATA / "webshop" / "items_shuffle_1000.documents.jsonl").read_text().splitlines()
+    (tmp_path / "webshop" / "items_shuffle_1000.documents.jsonl").write_text("\n".join(lines[:5]) + "\n{broken\n")
+    env = dict(os.environ, HPL_DATA_DIR=str(tmp_path))
+    p = run("hpl_data.cli_eval", "--env", "webshop", "--agent", "oracle", env=env)
+    assert p.returncode == 2 and "documents.jsonl:6: not valid JSON" in p.stderr
+
+
+def test_hpl_gen_writes_loadable_pairs(tmp_path):
+    out = tmp_path / "gen"
+    p = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    pairs = pq.read_table(out / "traj_pairs.parquet")
+    assert pairs.num_rows > 0
+    row = pairs.slice(0, 1).to_pylist()[0]
+    assert row["chosen_reward"] > row["rejected_reward"]
+    assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen"][-1]["role"] == "assistant" and row["rejected"][-1]["role"] == "assistant"
+    traj = pq.read_table(out / "trajectories_expert.parquet")
+    assert traj.num_rows == 12
+    meta = json.loads(pq.read_schema(out / "traj_pairs.parquet").metadata[b"hpl"])
+    assert meta["config"]["env"] == "webshop" and "counters" in meta
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_files=str(out / "traj_pairs.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert set(["prompt", "chosen", "rejected"]) <= set(ds.column_names)
+    # rerun reuses finished tables
+    p2 = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out))
+    assert p2.returncode == 0 and "reusing" in p2.stderr
+
+
+def test_hpl_data_info():
+    p = run("hpl_data.cli_data", "info")
+    assert p.returncode == 0, p.stderr
+    assert "shared with train" in p.stdout
+
+
+def test_hpl_train_says_not_built():
+    p = run("hpl_train.cli")
+    assert p.returncode == 2 and "not implemented" in p.stderr

@@ -1,0 +1,47 @@
+import pytest
+
+from hpl_envs.prompts import first_message, load_prompt
+from hpl_envs.react import format_observation, format_turn, parse_react
+
+
+@pytest.mark.parametrize("text,action,ok", [
+    ("Thought: I should search.\nAction: search[red shoes]", "search[red shoes]", True),
+    ("Action: click[buy now]", "click[buy now]", True),
+    ("action: click[b0743jkhbv]\n", "click[b0743jkhbv]", True),
+    ("**Action:** click[< prev]", "click[< prev]", True),
+    ("Thought: hmm\nAction:\n```\nclick[features]\n```", "click[features]", True),
+    ("Thought: x\nAction: `search[a b]`\nObservation: something the model hallucinated", "search[a b]", True),
+    ("Thought: first\nAction: search[a]\nThought: second\nAction: search[b]", "search[b]", True),
+    ("I will just click[buy now]", "I will just click[buy now]", False),
+    ("", "", False),
+    ("Action: 'click[description]'", "click[description]", True),
+])
+def test_parse_react(text, action, ok):
+    parsed = parse_react(text)
+    assert parsed.action == action and parsed.ok == ok
+
+
+def test_parse_keeps_thought_and_multiline_sql():
+    p = parse_react("Thought: look at tables\nAction: SELECT *\nFROM t\nWHERE x = 1", multiline=True)
+    assert p.thought == "look at tables" and p.action == "SELECT *\nFROM t\nWHERE x = 1"
+    assert parse_react(None).ok is False
+
+
+def test_format_roundtrip():
+    assert parse_react(format_turn("click[x]", "because")).action == "click[x]"
+    assert format_turn("click[x]") == "Action: click[x]"
+    assert format_observation("page") == "Observation:\npage"
+
+
+def test_default_prompt_layout():
+    msg = first_message("webshop", "WebShop [SEP] Instruction: [SEP] buy socks [SEP] Search")
+    assert msg.endswith("Now, it's your turn and here is the task.\nWebShop [SEP] Instruction: [SEP] buy socks [SEP] Search")
+    assert "Here is an example." in msg and "Action: search[" in msg
+
+
+@pytest.mark.parametrize("source", ["ipr", "eto"])
+def test_ipr_eto_prompt_files(source):
+    inst, icl = load_prompt("webshop", source)
+    assert "search[keywords]" in inst
+    assert icl[0][0]["role"] == "user" and icl[0][1]["role"] == "assistant"
+    assert icl[0][1]["content"].startswith("Thought:")
