@@ -107,6 +107,7 @@ def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: 
             if on_episode:
                 on_episode(results[-1])
         return results
+    make_env(env_name, **env_kwargs).warm_caches()  # build shared caches once, before the workers
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(env_name, env_kwargs)) as pool:
         for res in pool.map(_run_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
             results.append(res)

@@ -55,6 +55,10 @@ class HplTextEnv(gym.Env):
         self.observation_space = text_space()
         self.action_space = text_space()
 
+    def warm_caches(self) -> None:
+        """Build on-disk caches (indexes, converted data) now, e.g. in a parent process before
+        workers start, so that workers only open them."""
+
     # --- task handling -------------------------------------------------------------
     def task_ids(self, split: str) -> list[str]:
         raise NotImplementedError

@@ -135,7 +135,7 @@ def test_goals_and_prices_identical_across_processes(webshop_env):
     """The original draws prices unseeded; hpl must give every process the same tasks."""
     code = ("from hpl_envs import make_env; e = make_env('webshop'); import hashlib, json;"
             "print(hashlib.sha256(json.dumps([[g.asin, g.instruction_text, g.price_upper] for g in e.goals]"
-            ").encode()).hexdigest(), e.shared.catalog.price(e.shared.catalog.index_of[e.goals[7].asin]))")
+            ").encode()).hexdigest(), e.shared.catalog.price(e.shared.catalog.index(e.goals[7].asin)))")
     outs = set()
     for hashseed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed)

@@ -38,7 +38,7 @@ class WebShopOracle:
 
     def reset(self, env: Any, observation: str, info: dict) -> None:
         goal = env.goal(info["task_id"])
-        target = env.shared.catalog.index_of[goal.asin]
+        target = env.shared.catalog.index(goal.asin)
         search = env.shared.search
         best: tuple[int, str] | None = None
         for query in (core_instruction(goal.instruction_text), goal.instruction_text, goal.query, goal.name):
@@ -49,8 +49,7 @@ class WebShopOracle:
             if best is not None and best[0] < 10:
                 break
         if best is None:  # the target is never in the top 50: browse its category instead
-            cat_hits = [i for i, c in enumerate(env.shared.catalog.table.column("category").to_pylist())
-                        if c == goal.category]
+            cat_hits = env.shared.catalog.rows_where("category", goal.category)
             best = (cat_hits.index(target), f"<c> {goal.category}")
         rank, query = best
         values = list(goal.goal_options.values()) if isinstance(goal.goal_options, dict) else list(goal.goal_options)

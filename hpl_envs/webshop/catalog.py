@@ -14,6 +14,7 @@ file; its ``product`` field is WebShop's product after ``load_products``), or a 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest
@@ -196,7 +198,7 @@ def build_table(sources: dict[str, Path | None]) -> pa.Table:
 
 
 def write_arrow(table: pa.Table, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=1 << 16)
     tmp.replace(path)
@@ -235,21 +237,41 @@ class Catalog:
     same product has the same price in every process and run.
     """
 
-    def __init__(self, table: pa.Table, key: str = "") -> None:
+    def __init__(self, table: pa.Table, key: str = "", index_path: Path | None = None) -> None:
         self.table = table
         self.key = key
-        self.asins: list[str] = table.column("asin").to_pylist()
-        self.index_of: dict[str, int] = {a: i for i, a in enumerate(self.asins)}
         self._cols = {name: table.column(name) for name in table.column_names}
+        self._n = table.num_rows
+        self._sorted_asins, self._order = _asin_index(table, index_path)
         self.product = lru_cache(maxsize=4096)(self._product)
 
     def __len__(self) -> int:
-        return len(self.asins)
+        return self._n
+
+    def asin(self, i: int) -> str:
+        return self._cols["asin"][i].as_py()
+
+    def index(self, asin: str) -> int:
+        """Row of ``asin`` (binary search over a sorted, memory-mapped ASIN array)."""
+        key = asin.encode("utf-8", "replace") if isinstance(asin, str) else b""
+        if not key or len(key) > 10:
+            raise KeyError(asin)
+        j = int(np.searchsorted(self._sorted_asins, key))
+        if j >= self._n or self._sorted_asins[j] != key:
+            raise KeyError(asin)
+        return int(self._order[j])
+
+    def __contains__(self, asin: object) -> bool:
+        try:
+            self.index(asin)  # type: ignore[arg-type]
+            return True
+        except KeyError:
+            return False
 
     def _product(self, i: int) -> Product:
         c = self._cols
         return Product(
-            asin=self.asins[i],
+            asin=self.asin(i),
             name=c["name"][i].as_py(),
             Title=c["Title"][i].as_py(),
             Price=c["Price"][i].as_py(),
@@ -266,10 +288,43 @@ class Catalog:
         )
 
     def by_asin(self, asin: str) -> Product:
-        return self.product(self.index_of[asin])
+        return self.product(self.index(asin))
 
     def price(self, i: int) -> float:
-        return product_price(self.asins[i], self._cols["pricing"][i].as_py())
+        return product_price(self.asin(i), self._cols["pricing"][i].as_py())
+
+    def rows_where(self, column: str, value: str) -> list[int]:
+        """Rows whose ``column`` equals ``value`` (for list columns: contains it), in catalog order."""
+        import pyarrow.compute as pc
+
+        col = self._cols[column]
+        if pa.types.is_list(col.type):
+            flat = pc.list_flatten(col)
+            parents = pc.list_parent_indices(col)
+            hits = pc.filter(parents, pc.equal(flat, value))
+            return sorted(set(hits.to_pylist()))
+        return pc.indices_nonzero(pc.fill_null(pc.equal(col, value), False)).to_pylist()
+
+
+def _asin_index(table: pa.Table, path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ASINs (S10) and their rows; saved beside the Arrow file and memory-mapped, so a
+    worker opening a 1.18 M catalog does not build a Python dict of every ASIN."""
+    if path is not None and path.with_suffix(".order.npy").exists():
+        try:
+            return (np.load(path.with_suffix(".asins.npy"), mmap_mode="r"),
+                    np.load(path.with_suffix(".order.npy"), mmap_mode="r"))
+        except (OSError, ValueError):
+            pass
+    asins = np.array(table.column("asin").to_pylist(), dtype="S10")
+    order = np.argsort(asins, kind="stable").astype(np.int64)
+    sorted_asins = asins[order]
+    if path is not None:
+        for suffix, arr in ((".asins.npy", sorted_asins), (".order.npy", order)):
+            tmp = path.with_suffix(f"{suffix}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            tmp.replace(path.with_suffix(suffix))
+    return sorted_asins, order
 
 
 def product_price(asin: str, pricing: list[float]) -> float:
@@ -300,6 +355,6 @@ def load_catalog(root: Path | None = None, size: str = "1k") -> Catalog:
         path.unlink(missing_ok=True)
         write_arrow(build_table(sources), path)
         table = read_arrow(path)
-    catalog = Catalog(table, key=digest)
+    catalog = Catalog(table, key=digest, index_path=path)
     _LOADED[stamp] = catalog
     return catalog

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,15 @@ class WebShopState:
     reward: float = 0.0
     reward_info: dict | None = None
     random_searches: int = 0
+    # The rendered page (texts, clickables) travels with a snapshot so a restore needs no render.
+    view: tuple | None = field(default=None, compare=False, repr=False)
+
+    def copy(self) -> WebShopState:
+        """An independent copy (containers copied; their items are immutable)."""
+        return replace(self, keywords=None if self.keywords is None else list(self.keywords),
+                       asins=set(self.asins), options=dict(self.options), results=list(self.results),
+                       actions=dict(self.actions),
+                       reward_info=None if self.reward_info is None else dict(self.reward_info))
 
 
 class _Shared:
@@ -147,6 +155,9 @@ class WebShopEnv(HplTextEnv):
         self._view: tuple[list[str], dict[str, pages.Clickable]] | None = None
         self._rng = random.Random(0)
 
+    def warm_caches(self) -> None:
+        _ = self.shared.search, self.shared.reward
+
     # --- tasks ---------------------------------------------------------------------
     @property
     def goals(self) -> list[Goal]:
@@ -206,14 +217,16 @@ class WebShopEnv(HplTextEnv):
 
     # --- snapshots -----------------------------------------------------------------
     def get_state(self) -> WebShopState:
-        return copy.deepcopy(self._require_state())
+        state = self._require_state().copy()
+        state.view = self._page()
+        return state
 
     def set_state(self, state: WebShopState) -> None:
         if not isinstance(state, WebShopState):
             raise TypeError(f"webshop: set_state expects a WebShopState, got {type(state).__name__}")
         self.goal(state.task_id)
-        self._state = copy.deepcopy(state)
-        self._view = None
+        self._state = state.copy()
+        self._view = state.view
 
     # --- observation ---------------------------------------------------------------
     @property
@@ -303,10 +316,7 @@ class WebShopEnv(HplTextEnv):
                 return []
             arg = keywords[1].strip() if head == "<c>" else " ".join(keywords[1:]).strip()
             col = {"<c>": "category", "<q>": "query", "<a>": "Attributes"}[head]
-            values = cat.table.column(col).to_pylist()
-            if head == "<a>":
-                return [i for i, v in enumerate(values) if arg in (v or [])]
-            return [i for i, v in enumerate(values) if v == arg]
+            return cat.rows_where(col, arg)
         return self.shared.search.search(" ".join(keywords), SEARCH_RETURN_N)
 
     def _click(self, arg: str, clickable: pages.Clickable) -> bool:
@@ -348,7 +358,7 @@ class WebShopEnv(HplTextEnv):
             asin = arg.upper()
         elif clickable.kind == "option":
             options[clickable.name.lower()] = arg
-        if asin is None or asin not in self.shared.catalog.index_of:
+        if asin is None or asin not in self.shared.catalog:
             return False  # the original raises KeyError (no product to show)
         if clickable.kind == "product":
             self._count("asin")
@@ -365,7 +375,7 @@ class WebShopEnv(HplTextEnv):
         if s.asin is None:
             return False
         cat = self.shared.catalog
-        idx = cat.index_of[s.asin]
+        idx = cat.index(s.asin)
         reward, parts = self.shared.reward.reward(cat.product(idx), self.goal(s.task_id),
                                                   cat.price(idx), s.options)
         self._count("purchase")

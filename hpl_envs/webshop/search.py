@@ -13,7 +13,9 @@ order differently. ``benchmarks/bench_webshop_search_fidelity.py`` measures the 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import bm25s
@@ -75,13 +77,12 @@ class SearchEngine:
             except Exception:  # noqa: BLE001 - a torn cache is rebuilt
                 pass
         engine = cls.build(contents_fn())
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         engine.retriever.save(str(tmp))
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process saved it first; theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
         return engine
 
     def scores(self, query: str) -> np.ndarray:
