@@ -4,10 +4,11 @@ WebShop indexes each product's ``contents`` with Anserini's default English anal
 with Lucene BM25 (k1 = 0.9, b = 0.4), returning the top 50 hits; Lucene breaks score ties by
 internal doc id, i.e. catalog order. Here: the analysis chain is reproduced in Python
 (UAX#29-style word breaking, English possessive removal, lower-casing, Lucene's 33 English stop
-words, Porter stemming via PyStemmer), scoring is ``bm25s`` with ``method="lucene"``, and ties
-go to the lower catalog index. Known difference: Lucene stores document lengths in one byte
-(lossy for documents longer than 24 terms); bm25s uses exact lengths, so near-tied scores can
-order differently. ``benchmarks/bench_webshop_search_fidelity.py`` measures the overlap.
+words, Porter stemming as Lucene's PorterStemmer via NLTK), the term-document matrix is Lucene's BM25 (float32,
+document lengths encoded in one byte as Lucene stores them) queried through ``bm25s``, and ties go
+to the lower catalog index. Lucene breaks ties by its internal doc id, which for WebShop's index is
+not catalog order, so exact ties can still order differently.
+``benchmarks/bench_webshop_search_fidelity.py`` measures the agreement with the original index.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import logging
 import os
 import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import bm25s
 import numpy as np
-import Stemmer
+import regex
+from nltk.stem.porter import PorterStemmer
 
 from hpl_envs.data import cache_dir
 
 K1, B = 0.9, 0.4
+INDEX_VERSION = 2  # bump when analysis or scoring changes: cached indexes are keyed by it
 SEARCH_RETURN_N = 50
 
 LUCENE_ENGLISH_STOP_WORDS = frozenset(
@@ -33,13 +37,26 @@ LUCENE_ENGLISH_STOP_WORDS = frozenset(
 )
 _LETTER = r"[^\W\d_]"
 _DIGIT = r"\d"
+# Symbols StandardTokenizer emits as one-character tokens (emoji, ®, ™, ★, ...): Extended
+# Pictographic plus these other symbols, found by running Lucene 9.5's analyzer on every symbol
+# and punctuation character; each may carry a variation selector / ZWJ sequence.
+_LUCENE_EXTRA_SYMBOLS = "\u2388\u24B6-\u24C1\u24C3-\u24E9\u2605\u2607-\u260D\u260F-\u2610\u2612\u2616-\u2617\u2619-\u261C\u261E-\u261F\u2621\u2624-\u2625\u2627-\u2629\u262B-\u262D\u2630-\u2637\u263B-\u263F\u2641\u2643-\u2647\u2654-\u265E\u2661-\u2662\u2664\u2667\u2669-\u267A\u267C-\u267D\u2680-\u2685\u2690-\u2691\u2698\u269A\u269D-\u269F\u26A2-\u26A6\u26A8-\u26A9\u26AC-\u26AF\u26B2-\u26BC\u26BF-\u26C3\u26C6-\u26C7\u26C9-\u26CD\u26D0\u26D2\u26D5-\u26E8\u26EB-\u26EF\u26F6\u26FB-\u26FC\u26FE-\u2701\u2703-\u2704\u270E\u2710-\u2711\u2765-\u2767\U0001F000-\U0001F003\U0001F005-\U0001F02B\U0001F030-\U0001F093\U0001F0A0-\U0001F0AE\U0001F0B1-\U0001F0BF\U0001F0C1-\U0001F0CE\U0001F0D1-\U0001F0F5\U0001F10D-\U0001F10F\U0001F12F-\U0001F149\U0001F150-\U0001F169\U0001F16C-\U0001F16F\U0001F172-\U0001F17D\U0001F180-\U0001F189\U0001F1AD\U0001F200\U0001F260-\U0001F265\U0001F322-\U0001F323\U0001F394-\U0001F395\U0001F398\U0001F39C-\U0001F39D\U0001F3F1-\U0001F3F2\U0001F3F6\U0001F3FB-\U0001F3FF\U0001F4FE\U0001F546-\U0001F548\U0001F54F\U0001F568-\U0001F56E\U0001F571-\U0001F572\U0001F57B-\U0001F586\U0001F588-\U0001F589\U0001F58E-\U0001F58F\U0001F591-\U0001F594\U0001F597-\U0001F5A3\U0001F5A6-\U0001F5A7\U0001F5A9-\U0001F5B0\U0001F5B3-\U0001F5BB\U0001F5BD-\U0001F5C1\U0001F5C5-\U0001F5D0\U0001F5D4-\U0001F5DB\U0001F5DF-\U0001F5E0\U0001F5E2\U0001F5E4-\U0001F5E7\U0001F5E9-\U0001F5EE\U0001F5F0-\U0001F5F2\U0001F5F4-\U0001F5F9\U0001F6C6-\U0001F6CA\U0001F6D3-\U0001F6D4\U0001F6E6-\U0001F6E8\U0001F6EA\U0001F6F1-\U0001F6F2\U0001F7D5-\U0001F7D8\U0001F8B0-\U0001F8B1\U0001FA00-\U0001FA53\U0001FA60-\U0001FA6D"
+_SYMBOL = r"[\p{Extended_Pictographic}" + _LUCENE_EXTRA_SYMBOLS + "]"
+_IDEOGRAPH = r"[\p{Han}\p{Hiragana}]"  # one token per character, as Lucene's <IDEOGRAPHIC>
 # A word is a run of word characters, joined across ' . ’ (letters or digits on both sides),
-# ':' (letters on both sides) and ',' ';' (digits on both sides), as UAX#29 word breaking does.
-_TOKEN = re.compile(
-    rf"\w+(?:(?:(?<={_LETTER})[.'’\u2018:](?={_LETTER})|(?<={_DIGIT})[.'’\u2018,;](?={_DIGIT}))\w+)*"
+# ':' (letters on both sides) and ',' ';' '⁄' (digits on both sides), as UAX#29 word breaking does;
+# a run of underscores alone is not a word.
+_TOKEN = regex.compile(
+    rf"{_SYMBOL}(?:\uFE0F|[\U0001F3FB-\U0001F3FF])*(?:\u200D{_SYMBOL}\uFE0F?)*"
+    rf"|{_IDEOGRAPH}"
+    rf"|(?!_+(?!\w))(?:(?!{_IDEOGRAPH})\w)+(?:(?:(?<={_LETTER})[.'’\u2018:\uFF1A\u00B7](?={_LETTER})"
+    rf"|(?<={_DIGIT})[.'’\u2018,;\u2044](?={_DIGIT}))(?:(?!{_IDEOGRAPH})\w)+)*"
 )
 _POSSESSIVE = re.compile(r"['’\uff07][sS]$")
-_STEMMER = Stemmer.Stemmer("porter")
+# Lucene's PorterStemmer is Martin Porter's reference implementation, whose departures from the
+# 1980 paper NLTK implements as MARTIN_EXTENSIONS ('technologi' -> 'technolog').
+_STEMMER = PorterStemmer(mode=PorterStemmer.MARTIN_EXTENSIONS)
+_stem = lru_cache(maxsize=1 << 20)(_STEMMER.stem)
 
 
 def analyze(text: str) -> list[str]:
@@ -49,7 +66,54 @@ def analyze(text: str) -> list[str]:
         tok = _POSSESSIVE.sub("", m.group()).lower()
         if tok and tok not in LUCENE_ENGLISH_STOP_WORDS:
             tokens.append(tok)
-    return _STEMMER.stemWords(tokens)
+    return [_stem(t) for t in tokens]
+
+
+def lucene_norm_length(lengths: np.ndarray) -> np.ndarray:
+    """Document length as Lucene stores it: one byte (SmallFloat.intToByte4), decoded back.
+
+    Lengths below 24 are exact; above, 3 mantissa bits are kept (e.g. 300 -> 288)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = lengths.copy()
+    big = lengths >= 24
+    v = lengths[big] - 24
+    nbits = np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) + 1
+    shift = np.maximum(nbits - 4, 0)
+    mantissa = np.where(nbits < 4, v, (v >> shift) & 0x07)
+    encoded = np.where(nbits < 4, v, mantissa | ((shift + 1) << 3))
+    enc_shift = (encoded >> 3) - 1
+    decoded = np.where(enc_shift < 0, encoded & 0x07, ((encoded & 0x07) | 0x08) << np.maximum(enc_shift, 0))
+    out[big] = 24 + decoded
+    return out
+
+
+def lucene_score_matrix(tokens: list[list[str]], vocab: dict[str, int]) -> dict:
+    """The term-document BM25 matrix exactly as Lucene's BM25Similarity scores it (float32,
+    one-byte document lengths), in the CSC layout bm25s queries."""
+    n_docs = len(tokens)
+    rows, cols, tfs = [], [], []
+    for i, toks in enumerate(tokens):
+        counts: dict[int, int] = {}
+        for t in toks:
+            j = vocab[t]
+            counts[j] = counts.get(j, 0) + 1
+        rows.extend([i] * len(counts))
+        cols.extend(counts.keys())
+        tfs.extend(counts.values())
+    rows_a, cols_a = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    tf = np.asarray(tfs, dtype=np.float32)
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    avgdl = np.float32(lengths.sum() / max(n_docs, 1))
+    df = np.bincount(cols_a, minlength=len(vocab)).astype(np.float64)
+    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+    norm_inv = (np.float32(1.0) / (np.float32(K1) * (np.float32(1 - B) + np.float32(B)
+                * lucene_norm_length(lengths).astype(np.float32) / avgdl))).astype(np.float32)
+    weight = idf[cols_a]
+    scores = weight - weight / (np.float32(1.0) + tf * norm_inv[rows_a])
+    order = np.lexsort((rows_a, cols_a))  # CSC: by term, then by document
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols_a, minlength=len(vocab)))])
+    return {"data": scores[order].astype(np.float32), "indices": rows_a[order].astype(np.int32),
+            "indptr": indptr.astype(np.int64), "num_docs": n_docs}
 
 
 class SearchEngine:
@@ -63,14 +127,16 @@ class SearchEngine:
     @classmethod
     def build(cls, contents: list[str]) -> SearchEngine:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
+        tokens = [analyze(c) for c in contents]
         retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
-        retriever.index([analyze(c) for c in contents], show_progress=False)
+        retriever.index(tokens, show_progress=False)
+        retriever.scores = lucene_score_matrix(tokens, retriever.vocab_dict)
         return cls(retriever)
 
     @classmethod
     def load_or_build(cls, contents_fn, key: str) -> SearchEngine:
         """Load a saved index (memory-mapped) keyed by the catalog digest, else build and save."""
-        path = Path(cache_dir()) / f"webshop-bm25-{key}"
+        path = Path(cache_dir()) / f"webshop-bm25-v{INDEX_VERSION}-{key}"
         if (path / "params.index.json").exists():
             try:
                 return cls(bm25s.BM25.load(str(path), mmap=True))

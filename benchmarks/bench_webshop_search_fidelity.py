@@ -1,0 +1,80 @@
+"""How closely hpl's BM25 search reproduces WebShop's pyserini/Lucene search.
+
+Needs the original Lucene index (``$HPL_DATA_DIR/webshop/search_index_1k_lucene95``) and a Python
+environment with pyserini 0.22/0.25 (for its Anserini fat jar) and pyjnius on Java >= 11;
+pyserini is not an hpl dependency. The Lucene side runs in that interpreter as a subprocess:
+
+  python benchmarks/bench_webshop_search_fidelity.py --lucene-python /path/to/venv/bin/python \
+      [--java-home /usr/lib/jvm/java-17-openjdk-amd64]
+
+Queries: the instruction text of every goal (what agents type) and the 1,506 human-written search
+queries of WebShop's goal_query_map.json. Reports top-10 set overlap, exact top-10 order, top-1
+agreement and top-50 overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+LUCENE_SCRIPT = r"""
+import glob, json, os, sys, site
+import jnius_config
+jars = []
+for d in site.getsitepackages():
+    jars += glob.glob(os.path.join(d, 'pyserini', 'resources', 'jars', 'anserini-*-fatjar.jar'))
+jnius_config.set_classpath(jars[0])
+from jnius import autoclass
+searcher = autoclass('io.anserini.search.SimpleSearcher')(sys.argv[1])
+queries = json.load(open(sys.argv[2]))
+out = [[h.docid for h in searcher.search(q, 50)] for q in queries]
+json.dump(out, open(sys.argv[3], 'w'))
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lucene-python", required=True, help="interpreter with pyserini + pyjnius installed")
+    ap.add_argument("--java-home", default=os.environ.get("JAVA_HOME"))
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args(argv)
+    from hpl_envs import make_env
+    from hpl_envs.data import require
+
+    env = make_env("webshop")
+    index = require("webshop/search_index_1k_lucene95", "webshop")
+    sets = {"goal instructions": sorted({g.instruction_text.lower() for g in env.goals})}
+    gq = require("webshop/goal_query_map.json", "webshop")
+    sets["human queries"] = sorted({q for qs in json.loads(gq.read_text()).values() for q in qs})
+    cat = env.shared.catalog
+    for name, queries in sets.items():
+        queries = queries[: args.limit] if args.limit else queries
+        with tempfile.TemporaryDirectory() as tmp:
+            qf, of = os.path.join(tmp, "q.json"), os.path.join(tmp, "o.json")
+            json.dump(queries, open(qf, "w"))
+            run_env = dict(os.environ)
+            if args.java_home:
+                run_env["JAVA_HOME"] = args.java_home
+            subprocess.run([args.lucene_python, "-c", LUCENE_SCRIPT, str(index), qf, of], check=True, env=run_env)
+            lucene = json.load(open(of))
+        top10 = exact10 = top1 = top50 = 0.0
+        for q, ref in zip(queries, lucene):
+            mine = [cat.asin(i) for i in env.shared.search.search(q, 50)]
+            if ref[:10]:
+                top10 += len(set(mine[:10]) & set(ref[:10])) / len(ref[:10])
+            exact10 += mine[:10] == ref[:10]
+            top1 += bool(mine) and bool(ref) and mine[0] == ref[0]
+            if ref:
+                top50 += len(set(mine) & set(ref)) / len(ref)
+        n = len(queries)
+        print(f"{name} ({n} queries): top-10 overlap {top10 / n:.4f} | identical top-10 lists {exact10 / n:.4f} | "
+              f"same top-1 {top1 / n:.4f} | top-50 overlap {top50 / n:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
