@@ -72,7 +72,7 @@ class WebShopHeuristic:
 
     name = "heuristic"
 
-    def __init__(self, seed: int = 0, temperature: float = 0.5, epsilon: float = 0.1,
+    def __init__(self, seed: int = 0, temperature: float = 0.1, epsilon: float = 0.1,
                  word_dropout: float = 0.1, **_: Any) -> None:
         self.rng = random.Random(seed)
         self.temperature = temperature
@@ -108,12 +108,23 @@ class WebShopHeuristic:
         return self.rng.choices(items, weights=weights)[0]
 
     def _pick_result(self, tokens: list[str], clicks: set[str]) -> str:
-        results = [(tokens[i], tokens[i + 1]) for i in range(len(tokens) - 1) if tokens[i].lower() in clicks
-                   and re.fullmatch(r"[A-Z0-9]{10}", tokens[i])]
+        """Rank prior (the search engine already sorts by relevance) plus title similarity,
+        minus a penalty for prices over the instruction's cap."""
+        results = []
+        for i in range(len(tokens) - 2):
+            if tokens[i].lower() in clicks and re.fullmatch(r"[A-Z0-9]{10}", tokens[i]):
+                results.append((tokens[i], tokens[i + 1], tokens[i + 2]))
         if not results:
             return "click[back to search]"
-        scores = [fuzz.token_set_ratio(title.lower(), self.core) for _, title in results]
-        asin, _ = self._softmax_choice(results, scores)
+        cap = _price_cap(self.instruction)
+        scores = []
+        for rank, (_, title, price) in enumerate(results):
+            score = fuzz.token_set_ratio(title.lower(), self.core) - 4 * rank
+            low = _first_price(price)
+            if cap is not None and low is not None and low > cap:
+                score -= 40
+            scores.append(score)
+        asin, _, _ = self._softmax_choice(results, scores)
         self.chosen_groups = set()
         return f"click[{asin.lower()}]"
 
@@ -132,11 +143,29 @@ class WebShopHeuristic:
             else:
                 current = tok
                 groups.setdefault(current, [])
+        text = self.instruction.lower()
         for name, values in groups.items():
             if not values or name in self.chosen_groups:
                 continue
             self.chosen_groups.add(name)
-            scores = [fuzz.partial_ratio(v, self.instruction.lower()) for v in values]
-            if max(scores) >= 80:
+            # a value written in the instruction wins (longest first); else a close fuzzy match
+            verbatim = [v for v in values if re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text)]
+            if verbatim:
+                return f"click[{max(verbatim, key=len)}]"
+            scores = [fuzz.token_set_ratio(v, text) for v in values]
+            if max(scores) >= 90:
                 return f"click[{self._softmax_choice(values, scores)}]"
         return "click[buy now]"
+
+
+def _price_cap(instruction: str) -> float | None:
+    m = re.search(r"price lower than ([\d.]+) dollars", instruction)
+    return float(m.group(1)) if m else None
+
+
+def _first_price(text: str) -> float | None:
+    m = re.search(r"\$([\d.]+)", text)
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None

