@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
-APT_PACKAGES ?=
+APT_PACKAGES ?= mariadb-server
 DEMO_OUT ?= demo_out/webshop
 
 .PHONY: venv demo test lint system-deps bench clean

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from hpl_data.rollout import run_episodes, summarize
 from hpl_envs import canonical, make_env
+from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             env_kwargs["max_turns"] = args.max_turns
         env = make_env(env_name, **env_kwargs)
         task_ids = env.task_ids(args.split)
-    except (DataMissingError, DataCorruptError, ValueError, TypeError) as e:
+    except (DataMissingError, DataCorruptError, EnvUnavailableError, ValueError, TypeError) as e:
         console.print(f"[red]hpl-eval: {e}[/red]")
         return 2
     if args.limit is not None:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             episodes = run_episodes(env_name, task_ids, args.agent, env_kwargs=env_kwargs, seed=args.seed,
                                     workers=args.workers, on_episode=lambda _: progress.advance(bar))
-        except ValueError as e:
+        except (ValueError, EnvUnavailableError) as e:
             console.print(f"[red]hpl-eval: {e}[/red]")
             return 2
     summary = summarize(env_name, args.split, args.agent, episodes, time.perf_counter() - start)

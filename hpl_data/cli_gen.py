@@ -27,6 +27,7 @@ from hpl_data import parquet
 from hpl_data.conversation import episode_messages
 from hpl_data.rollout import run_episodes
 from hpl_envs import canonical, make_env
+from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
 
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env_name = canonical(args.env)
         task_ids = make_env(env_name).task_ids(args.split)
-    except (DataMissingError, DataCorruptError, ValueError) as e:
+    except (DataMissingError, DataCorruptError, EnvUnavailableError, ValueError) as e:
         console.print(f"[red]hpl-gen: {e}[/red]")
         return 2
     if args.limit is not None:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             episodes = run_episodes(env_name, task_ids, agent, seed=args.seed, workers=args.workers)
-        except ValueError as e:
+        except (ValueError, EnvUnavailableError) as e:
             console.print(f"[red]hpl-gen: {e}[/red]")
             return 2
         rows = trajectory_rows(env_name, args.split, role, episodes, args.prompts)

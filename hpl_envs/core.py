@@ -31,6 +31,10 @@ def text_space(max_length: int = MAX_TEXT) -> FreeText:
     return FreeText(max_length=max_length, min_length=0)
 
 
+class EnvUnavailableError(RuntimeError):
+    """Something the env needs outside Python (a server, a binary) is not available."""
+
+
 class TaskNotFoundError(KeyError):
     """``reset`` was given a task id the env does not have."""
 

@@ -13,8 +13,11 @@ import gymnasium as gym
 ENVS: dict[str, dict[str, Any]] = {
     "webshop": {"gym_id": "hpl/WebShop-v0", "entry_point": "hpl_envs.webshop.env:WebShopEnv",
                 "max_turns": 10},
+    "intercode-sql": {"gym_id": "hpl/InterCodeSQL-v0",
+                      "entry_point": "hpl_envs.intercode_sql.env:InterCodeSqlEnv", "max_turns": 10},
 }
-ALIASES = {"web-shop": "webshop", "ws": "webshop"}
+ALIASES = {"web-shop": "webshop", "ws": "webshop", "sql": "intercode-sql", "intercode": "intercode-sql",
+           "ic-sql": "intercode-sql"}
 
 
 def canonical(name: str) -> str:

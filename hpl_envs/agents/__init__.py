@@ -53,6 +53,10 @@ def make_agent(env_name: str, agent: str, seed: int = 0, **kwargs: Any) -> Agent
         from hpl_envs.webshop import agents as ws
 
         table = {"oracle": ws.WebShopOracle, "heuristic": ws.WebShopHeuristic}
+    elif env_name == "intercode-sql":
+        from hpl_envs.intercode_sql import agents as sql
+
+        table = {"oracle": sql.SqlOracle, "heuristic": sql.SqlHeuristic}
     else:
         table = {}
     if agent not in table:

@@ -1,0 +1,98 @@
+"""Replay InterCode's recorded GPT-4 runs on hpl's InterCode-SQL env and compare.
+
+For every recorded turn: the same action is executed (turns where the policy produced no SQL are
+skipped, as InterCode's loop did), the observation is compared with the recorded one, and the
+reward that ``submit`` would give (InterCode evaluated every turn) with the recorded reward.
+Mismatches are classified by cause.
+
+  python benchmarks/intercode_replay.py [--file gpt-4/ic_sql_multiturn_gpt-4_10_turns.json] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+
+from hpl_envs import make_env
+from hpl_envs.data import require
+
+RETRY = ("Format your SQL command", "No sql code", "blocked")
+
+
+def classify(action: str, recorded: str, ours: str) -> str:
+    if ours.startswith("Error executing query: ") and any(w in ours for w in ("not allowed", "SELECT ... INTO")):
+        return "refused by the read-only sandbox (InterCode executed it)"
+    if re.match(r"\s*(DESC|DESCRIBE|SHOW\s+(FULL\s+)?COLUMNS|SHOW\s+CREATE)", action, re.IGNORECASE):
+        return "schema listing differs (MariaDB vs MySQL 8 types/defaults, bytes vs str)"
+    if recorded.startswith("Error executing query") and ours.startswith("Error executing query"):
+        return "error message wording (MariaDB vs MySQL 8)"
+    if recorded.startswith("Error executing query") or ours.startswith("Error executing query"):
+        return "one server accepted the query, the other rejected it (dialect)"
+    if sorted(recorded) == sorted(ours) or set(recorded.split("), (")) == set(ours.split("), (")):
+        return "same rows, different order (ties / no ORDER BY)"
+    return "different values (dialect, types or float formatting)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--file", default="gpt-4/ic_sql_multiturn_gpt-4_10_turns.json")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--show", type=int, default=3, help="examples printed per cause")
+    ap.add_argument("--no-tau", action="store_true", help="score as the recordings were scored (IoU only)")
+    ap.add_argument("--raw-mariadb", action="store_true", help="turn off the MySQL 8 compatibility layer")
+    args = ap.parse_args(argv)
+    path = require(f"expert/intercode_sql_results/{args.file}", "intercode-sql")
+    runs = json.loads(path.read_text())
+    env = make_env("intercode-sql", max_turns=100, kendall_tau=not args.no_tau, mysql8_compat=not args.raw_mariadb)
+    obs_total = obs_match = rew_total = rew_match = 0
+    ep_total = ep_match = 0
+    causes: Counter = Counter()
+    reward_causes: Counter = Counter()
+    examples: dict[str, list] = {}
+    for key in sorted(runs, key=int)[: args.limit]:
+        run = runs[key]
+        th = run["turn_history"]
+        env.reset(options={"task_id": key})
+        episode_ok = True
+        for action, rec_obs, rec_rew in zip(th["actions"], th["observations"], th["rewards"]):
+            if action in RETRY or rec_obs.startswith(RETRY) or action.lower() in ("skip", "submit"):
+                continue
+            obs, *_ = env.step(action)
+            reward, _ = env.evaluate()
+            obs_total += 1
+            rew_total += 1
+            if obs == rec_obs:
+                obs_match += 1
+            else:
+                cause = classify(action, rec_obs, obs)
+                causes[cause] += 1
+                examples.setdefault(cause, []).append((key, action[:120], rec_obs[:160], obs[:160]))
+            if reward == rec_rew:
+                rew_match += 1
+            else:
+                episode_ok = False
+                reward_causes["same observation, different gold result" if obs == rec_obs
+                              else classify(action, rec_obs, obs)] += 1
+        ep_total += 1
+        ep_match += episode_ok and max(th["rewards"] or [0]) == run["summary"]["max_reward"]
+    print(f"{path.name}: {ep_total} episodes, {obs_total} executed turns")
+    print(f"  observations identical: {obs_match}/{obs_total} = {obs_match / max(obs_total, 1):.4f}")
+    print(f"  per-turn rewards identical: {rew_match}/{rew_total} = {rew_match / max(rew_total, 1):.4f}")
+    print(f"  episodes with every reward identical: {ep_match}/{ep_total} = {ep_match / max(ep_total, 1):.4f}")
+    print("  observation mismatches by cause:")
+    for cause, n in causes.most_common():
+        print(f"    {n:5d}  {cause}")
+        for ex in examples[cause][: args.show]:
+            print(f"           task {ex[0]}: {ex[1]!r}\n             recorded: {ex[2]!r}\n             hpl:      {ex[3]!r}")
+    print("  reward mismatches by cause:")
+    for cause, n in reward_causes.most_common():
+        print(f"    {n:5d}  {cause}")
+    env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""MySQL-compatible servers for InterCode-SQL, started and stopped by hpl.
+
+Backends (one interface, :class:`SqlServer`):
+
+* ``local`` -- hpl starts its own ``mariadbd``/``mysqld`` on 127.0.0.1 with a private datadir under
+  the cache, a free port and ``lower_case_table_names=1``; the Spider dump is loaded once and reused
+  while its checksum matches. Concurrent hpl processes share one server: each registers itself in
+  ``clients/``; the last one to leave shuts it down (a client killed with SIGKILL is noticed and
+  pruned by the next start or stop).
+* ``url`` -- any server given as ``mysql://user:pass@host:port``; the data is loaded if missing.
+* ``docker`` -- a container from ``docker/intercode-sql.Dockerfile`` through the ``docker`` SDK.
+
+Every backend ends in the same state: the Spider databases, a read-only agent account
+(SELECT/SHOW VIEW on those databases only) and an admin account that runs gold queries.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from hpl_envs.core import EnvUnavailableError
+from hpl_envs.data import cache_dir, file_digest
+
+AGENT_USER = "hpl_agent"
+AGENT_PASSWORD = "hpl_agent"  # read-only on the Spider databases; not a secret
+META_DB = "hpl_meta"
+DUMP_SKIP = re.compile(r"^\s*(CREATE USER|GRANT|FLUSH PRIVILEGES)\b", re.IGNORECASE)
+DB_NAME = re.compile(r"CREATE DATABASE\s+IF NOT EXISTS\s+`([^`]+)`", re.IGNORECASE)
+
+
+class ServerUnavailableError(EnvUnavailableError):
+    """No MySQL-compatible server could be started or reached."""
+
+
+@dataclass
+class ServerInfo:
+    host: str
+    port: int
+    admin_user: str
+    admin_password: str
+    socket: str | None = None
+    backend: str = ""
+    flavor: str = ""  # "mariadb" or "mysql"
+
+    def connect_args(self, user: str, password: str) -> dict:
+        args = {"user": user, "password": password, "host": self.host, "port": self.port}
+        if self.socket:
+            args["unix_socket"] = self.socket
+        return args
+
+    def admin_args(self) -> dict:
+        return self.connect_args(self.admin_user, self.admin_password)
+
+    def agent_args(self) -> dict:
+        return self.connect_args(AGENT_USER, AGENT_PASSWORD)
+
+
+def dump_databases(dump: Path) -> list[str]:
+    return DB_NAME.findall(dump.read_text(encoding="utf-8"))
+
+
+def connect(args: dict, **extra):
+    import mysql.connector
+
+    return mysql.connector.connect(**args, autocommit=True, use_pure=True, **extra)
+
+
+def ensure_loaded(info: ServerInfo, dump: Path, digest: str) -> None:
+    """Load the dump unless a marker with its checksum exists; (re)create the agent account."""
+    cnx = connect(info.admin_args())
+    try:
+        cur = cnx.cursor()
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {META_DB}")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {META_DB}.loaded (digest VARCHAR(64) PRIMARY KEY)")
+        cur.execute(f"SELECT digest FROM {META_DB}.loaded")
+        loaded = {r[0] for r in cur.fetchall()}
+        dbs = dump_databases(dump)
+        if digest not in loaded and _databases_present(cur, dbs):
+            loaded.add(digest)  # loaded by someone else (e.g. the Docker image's init scripts)
+            cur.execute(f"INSERT INTO {META_DB}.loaded VALUES (%s)", (digest,))
+        if digest not in loaded:
+            _load_dump(cnx, info, dump)
+            # Settle the optimizer statistics now: InnoDB recomputes them in the background after a
+            # bulk load, and queries whose order depends on ties (GROUP BY ... LIMIT 1) would
+            # otherwise change results mid-run.
+            for db in dbs:
+                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (db,))
+                for (table,) in cur.fetchall():
+                    cur.execute(f"ANALYZE TABLE `{db}`.`{table}` PERSISTENT FOR ALL"
+                                if info.flavor == "mariadb" else f"ANALYZE TABLE `{db}`.`{table}`")
+                    cur.fetchall()
+            cur.execute(f"DELETE FROM {META_DB}.loaded")
+            cur.execute(f"INSERT INTO {META_DB}.loaded VALUES (%s)", (digest,))
+        for host in ("localhost", "127.0.0.1", "%"):
+            cur.execute(f"CREATE USER IF NOT EXISTS '{AGENT_USER}'@'{host}' IDENTIFIED BY '{AGENT_PASSWORD}'")
+            for db in dbs:
+                cur.execute(f"GRANT SELECT, SHOW VIEW ON `{db}`.* TO '{AGENT_USER}'@'{host}'")
+    finally:
+        cnx.close()
+
+
+def _databases_present(cur, dbs: list[str]) -> bool:
+    cur.execute("SELECT table_schema, COUNT(*) FROM information_schema.tables GROUP BY table_schema")
+    have = {str(k).lower(): n for k, n in cur.fetchall()}
+    return all(have.get(db.lower(), 0) > 0 for db in dbs)
+
+
+def _load_dump(cnx, info: ServerInfo, dump: Path) -> None:
+    """Pipe the dump through the server's own client when it is here (fast), else statement-wise."""
+    text = "\n".join(line for line in dump.read_text(encoding="utf-8").splitlines() if not DUMP_SKIP.match(line))
+    text = "SET FOREIGN_KEY_CHECKS=0;\n" + text
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    if client and info.socket:
+        args = [client, "--no-defaults", f"--socket={info.socket}", f"--user={info.admin_user}"]
+        env = dict(os.environ, MYSQL_PWD=info.admin_password)
+        proc = subprocess.run(args, input=text, text=True, capture_output=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            raise ServerUnavailableError(f"loading {dump} failed: {proc.stderr.strip()[:2000]}")
+        return
+    import sqlparse
+
+    cur = cnx.cursor()
+    for stmt in sqlparse.split(text):
+        if stmt.strip():
+            cur.execute(stmt)
+            if cur.with_rows:
+                cur.fetchall()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); treat it as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def find_server_binary() -> str | None:
+    for name in ("mariadbd", "mysqld"):
+        for d in (None, "/usr/sbin", "/usr/local/sbin", "/usr/libexec"):
+            path = shutil.which(name, path=d) if d else shutil.which(name)
+            if path:
+                return path
+    return None
+
+
+class SqlServer:
+    """Interface: ``acquire()`` returns a ready server, ``release()`` gives it back."""
+
+    name = ""
+
+    def acquire(self) -> ServerInfo:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        pass
+
+
+class UrlServer(SqlServer):
+    name = "url"
+
+    def __init__(self, url: str, dump: Path) -> None:
+        u = urlparse(url)
+        if u.scheme not in ("mysql", "mariadb") or not u.hostname:
+            raise ValueError(f"intercode-sql: server URL must look like mysql://user:pass@host:port, got {url!r}")
+        self.info = ServerInfo(host=u.hostname, port=u.port or 3306, admin_user=unquote(u.username or "root"),
+                               admin_password=unquote(u.password or ""), backend="url")
+        self.dump = dump
+
+    def acquire(self) -> ServerInfo:
+        try:
+            cnx = connect(self.info.admin_args(), connection_timeout=10)
+            self.info.flavor = _flavor(cnx)
+            cnx.close()
+        except Exception as e:  # noqa: BLE001
+            raise ServerUnavailableError(f"intercode-sql: cannot connect to {self.info.host}:{self.info.port}: {e}") from e
+        ensure_loaded(self.info, self.dump, file_digest([self.dump]))
+        return self.info
+
+
+def _flavor(cnx) -> str:
+    cur = cnx.cursor()
+    cur.execute("SELECT VERSION()")
+    return "mariadb" if "mariadb" in str(cur.fetchone()[0]).lower() else "mysql"
+
+
+class LocalServer(SqlServer):
+    """hpl's own mariadbd/mysqld, shared by the hpl processes of this machine and user."""
+
+    name = "local"
+
+    def __init__(self, dump: Path, binary: str | None = None, base_dir: Path | None = None) -> None:
+        self.binary = binary or find_server_binary()
+        if self.binary is None:
+            raise ServerUnavailableError(
+                "intercode-sql: no mariadbd or mysqld binary found for the 'local' backend.\n"
+                "  Install one (Debian/Ubuntu: `apt-get install mariadb-server`), or pass a server URL "
+                "(--env-arg server='\"mysql://user:pass@host:port\"'), or use the docker backend."
+            )
+        self.dump = dump
+        self.digest = file_digest([dump])
+        self.base = Path(base_dir) if base_dir else cache_dir() / "mariadb" / f"spider-{self.digest}"
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.registered = False
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.base / "lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads((self.base / "server.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _clients(self) -> list[int]:
+        d = self.base / "clients"
+        d.mkdir(exist_ok=True)
+        live = []
+        for p in d.iterdir():
+            if p.name.isdigit() and _pid_alive(int(p.name)):
+                live.append(int(p.name))
+            else:
+                p.unlink(missing_ok=True)
+        return live
+
+    def acquire(self) -> ServerInfo:
+        with self._locked():
+            state = self._state()
+            if not (state and _pid_alive(state["pid"]) and self._answers(state)):
+                if state:
+                    self._kill(state.get("pid"))
+                state = self._start()
+            (self.base / "clients").mkdir(exist_ok=True)
+            (self.base / "clients" / str(os.getpid())).touch()
+            if not self.registered:
+                atexit.register(self.release)
+                self.registered = True
+        return ServerInfo(**state["info"])
+
+    def _answers(self, state: dict) -> bool:
+        try:
+            connect(ServerInfo(**state["info"]).admin_args(), connection_timeout=3).close()
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _start(self) -> dict:
+        datadir = self.base / "data"
+        sock = str(self.base / "mysqld.sock")
+        if len(sock) > 100:  # unix socket paths are limited to 107 bytes
+            import hashlib
+            import tempfile
+
+            tag = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+            sock = os.path.join(tempfile.gettempdir(), f"hpl-mysqld-{os.getuid()}-{tag}.sock")
+        log = self.base / "server.log"
+        fresh = not (datadir / "mysql").exists()
+        if fresh:
+            shutil.rmtree(datadir, ignore_errors=True)
+            installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+            if installer is None:
+                raise ServerUnavailableError("intercode-sql: mariadb-install-db not found (apt-get install mariadb-server)")
+            proc = subprocess.run(
+                [installer, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
+                 "--skip-test-db", "--lower-case-table-names=1", *(["--user=root"] if os.geteuid() == 0 else [])],
+                capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise ServerUnavailableError(f"intercode-sql: initialising {datadir} failed:\n{proc.stderr[-2000:]}")
+        port = _free_port()
+        cmd = [self.binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
+               "--bind-address=127.0.0.1", "--skip-name-resolve", "--lower-case-table-names=1",
+               f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={log}", "--max-connections=1000",
+               *(["--user=root"] if os.geteuid() == 0 else [])]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        password_file = self.base / "admin.json"
+        password = json.loads(password_file.read_text())["password"] if password_file.exists() and not fresh else ""
+        info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password=password, socket=sock,
+                          backend="local", flavor="mariadb" if "mariadb" in self.binary else "mysql")
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise ServerUnavailableError(f"intercode-sql: {self.binary} exited with {proc.returncode}:\n{tail}")
+            try:
+                connect(info.admin_args(), connection_timeout=2).close()
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    self._kill(proc.pid)
+                    raise ServerUnavailableError(f"intercode-sql: {self.binary} did not answer within 60 s") from None
+                time.sleep(0.05)
+        if not password:  # first start: give root a random password, kept beside the datadir (0600)
+            password = secrets.token_hex(16)
+            cnx = connect(info.admin_args())
+            cnx.cursor().execute(f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{password}'")
+            cnx.close()
+            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"password": password}, f)
+            info.admin_password = password
+        ensure_loaded(info, self.dump, self.digest)
+        state = {"pid": proc.pid, "info": asdict(info)}
+        tmp = self.base / "server.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.base / "server.json")
+        return state
+
+    def release(self) -> None:
+        """Unregister; the last client shuts the server down."""
+        if not self.registered:
+            return
+        self.registered = False
+        with self._locked():
+            (self.base / "clients" / str(os.getpid())).unlink(missing_ok=True)
+            if self._clients():
+                return
+            state = self._state()
+            if state:
+                self._kill(state.get("pid"))
+                (self.base / "server.json").unlink(missing_ok=True)
+
+    @staticmethod
+    def _kill(pid: int | None, timeout: float = 30) -> None:
+        if not pid or not _pid_alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # mariadbd shuts down cleanly on SIGTERM
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.02)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def stop_now(self) -> None:
+        """Stop the server whatever clients remain (tests, `hpl-data`)."""
+        with self._locked():
+            state = self._state()
+            if state:
+                self._kill(state.get("pid"))
+                (self.base / "server.json").unlink(missing_ok=True)
+            shutil.rmtree(self.base / "clients", ignore_errors=True)
+
+
+class DockerServer(SqlServer):
+    """A MySQL 8 container built from docker/intercode-sql.Dockerfile (dump baked in)."""
+
+    name = "docker"
+    IMAGE = "hpl-intercode-sql:latest"
+
+    def __init__(self, dump: Path, image: str | None = None) -> None:
+        self.dump = dump
+        self.image = image or self.IMAGE
+        self.container = None
+
+    def acquire(self) -> ServerInfo:
+        try:
+            import docker
+        except ImportError as e:
+            raise ServerUnavailableError("intercode-sql: the docker backend needs `pip install docker`") from e
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as e:  # noqa: BLE001
+            raise ServerUnavailableError(f"intercode-sql: no Docker engine reachable ({e})") from e
+        port = _free_port()
+        password = secrets.token_hex(12)
+        self.container = client.containers.run(
+            self.image, detach=True, remove=True, environment={"MYSQL_ROOT_PASSWORD": password},
+            ports={"3306/tcp": ("127.0.0.1", port)})
+        info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password=password,
+                          backend="docker", flavor="mysql")
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                connect(info.admin_args(), connection_timeout=3).close()
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    self.release()
+                    raise ServerUnavailableError("intercode-sql: the MySQL container did not answer within 180 s") from None
+                time.sleep(1)
+        ensure_loaded(info, self.dump, file_digest([self.dump]))
+        atexit.register(self.release)
+        return info
+
+    def release(self) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.stop(timeout=10)
+            self.container = None
+
+
+def make_server(backend: str | None, dump: Path, server: str | None = None) -> SqlServer:
+    """``backend``: 'local', 'url', 'docker' or None (a URL if given, else local, else docker)."""
+    if server and backend in (None, "url"):
+        return UrlServer(server, dump)
+    if backend == "url":
+        raise ValueError("intercode-sql: backend 'url' needs server='mysql://user:pass@host:port'")
+    if backend in (None, "local"):
+        try:
+            return LocalServer(dump)
+        except ServerUnavailableError:
+            if backend == "local":
+                raise
+    if backend in (None, "docker"):
+        return DockerServer(dump)
+    raise ValueError(f"intercode-sql: unknown backend {backend!r} (local, url, docker)")
