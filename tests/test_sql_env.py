@@ -121,7 +121,7 @@ def test_fuzzed_actions_never_raise(sql_env):
     pieces = ["SELECT", "*", "FROM", "people", "WHERE", "'", '"', ";", "--", "/*", "*/", "(", ")", "\\", "\x00",
               "UNION", "JOIN", "poker_player", "é", "漢", "🙂", "\n", "submit", "LIMIT", "1e309", "`", "@@version"]
     obs, info = sql_env.reset(options={"task_id": "0"})
-    for i in range(1500):
+    for _ in range(1500):
         action = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
         if action.startswith("submit") or action.strip().lower() == "skip":
             action = "x" + action
