@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
-APT_PACKAGES ?= mariadb-server
+APT_PACKAGES ?= mariadb-server cmake g++
 DEMO_OUT ?= demo_out/webshop
 
 .PHONY: venv demo test lint system-deps bench clean
@@ -14,7 +14,8 @@ DEMO_OUT ?= demo_out/webshop
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	# fast-downward-textworld (ALFWorld's planner) builds from source and calls `python`: put the venv first
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -e '.[test,dev,alfworld]'
 	touch $@
 
 venv: $(BIN)/.installed

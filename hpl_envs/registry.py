@@ -13,11 +13,12 @@ import gymnasium as gym
 ENVS: dict[str, dict[str, Any]] = {
     "webshop": {"gym_id": "hpl/WebShop-v0", "entry_point": "hpl_envs.webshop.env:WebShopEnv",
                 "max_turns": 10},
+    "alfworld": {"gym_id": "hpl/ALFWorld-v0", "entry_point": "hpl_envs.alfworld.env:AlfWorldEnv", "max_turns": 30},
     "intercode-sql": {"gym_id": "hpl/InterCodeSQL-v0",
                       "entry_point": "hpl_envs.intercode_sql.env:InterCodeSqlEnv", "max_turns": 10},
 }
 ALIASES = {"web-shop": "webshop", "ws": "webshop", "sql": "intercode-sql", "intercode": "intercode-sql",
-           "ic-sql": "intercode-sql"}
+           "ic-sql": "intercode-sql", "alfred": "alfworld"}
 
 
 def canonical(name: str) -> str:

@@ -57,6 +57,10 @@ def make_agent(env_name: str, agent: str, seed: int = 0, **kwargs: Any) -> Agent
         from hpl_envs.intercode_sql import agents as sql
 
         table = {"oracle": sql.SqlOracle, "heuristic": sql.SqlHeuristic}
+    elif env_name == "alfworld":
+        from hpl_envs.alfworld import agents as alf
+
+        table = {"oracle": alf.AlfWorldOracle, "heuristic": alf.AlfWorldHeuristic}
     else:
         table = {}
     if agent not in table:

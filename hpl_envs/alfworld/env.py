@@ -1,0 +1,393 @@
+"""ALFWorld (TextWorld PDDL) as a Gymnasium env with exact, replay-free snapshots."""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import itertools
+import json
+import os
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hpl_envs.alfworld.games import SPLIT_ALIASES, SPLITS, Game, discover
+from hpl_envs.core import EnvUnavailableError, HplTextEnv, TaskNotFoundError
+from hpl_envs.data import DataCorruptError, cache_dir
+
+try:
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+    from textworld.envs.pddl import PddlEnv, textgen
+except ImportError as e:  # pragma: no cover - exercised where alfworld is missing
+    _IMPORT_ERROR: ImportError | None = e
+else:
+    _IMPORT_ERROR = None
+
+_LOAD_SERIAL = itertools.count(1)
+
+
+def _install_parse_memo() -> None:
+    """TextWorld re-parses the same grammar strings with tatsu at every step (~85 % of a step).
+    The parse is a pure function of the text, so memoise it (returning fresh copies, since the
+    derivation mutates the symbols). Behaviour is unchanged; tests compare against plain TextWorld."""
+    if getattr(textgen, "_hpl_memo", False):
+        return
+    original = textgen._parse_and_convert
+    cache: dict = {}
+
+    def parse_and_convert(*args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = original(*args, **kwargs)
+        return copy.deepcopy(cache[key])
+
+    textgen._parse_and_convert = parse_and_convert
+    textgen._hpl_memo = True
+
+
+def _install_translation_cache() -> None:
+    """Loading a game translates its PDDL to SAS+ with fast-downward's Python translator four times
+    (two variants, in ``load`` and again in ``reset``): ~0.9 s, the whole cost of a load. The
+    translation is a pure function of (domain, problem, optimize); keep results in memory and on disk
+    in the cache, so a game translates once per machine."""
+    import hashlib
+    import pickle
+
+    import fast_downward
+
+    if getattr(fast_downward, "_hpl_memo", False):
+        return
+    original = fast_downward.pddl2sas
+    memory: dict = {}
+    folder = cache_dir() / "alfworld-sas"
+
+    def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
+        key = hashlib.sha256(f"{optimize}\0{domain}\0{problem}".encode()).hexdigest()
+        if key in memory:
+            return copy.deepcopy(memory[key])
+        path = folder / f"{key}.pkl"
+        result = None
+        if path.exists():
+            try:
+                result = pickle.loads(path.read_bytes())
+            except Exception:  # noqa: BLE001 - a torn cache file is recomputed
+                result = None
+        if result is None:
+            result = original(domain, problem, verbose=verbose, optimize=optimize)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+                tmp.replace(path)
+            except OSError:
+                pass
+        memory[key] = result
+        if len(memory) > 64:
+            memory.pop(next(iter(memory)))
+        return copy.deepcopy(result)
+
+    fast_downward.pddl2sas = pddl2sas
+    fast_downward._hpl_memo = True
+
+
+def _memoise_command_derivation(grammar) -> None:
+    """Command templates ('take {o} from {r}', 'go to [{r.name | receptacleatlocation(...)}]') only
+    depend on the action's arguments (receptacle locations never change in ALFWorld), so their
+    derivation is cached per (template, arguments). Templates with grammar symbols ('#...#'), whose
+    text depends on the state, are always derived."""
+    original = grammar.derive
+    cache: dict = {}
+
+    def derive(start, context={}):  # noqa: B006 - mirrors TextWorld's signature
+        if "#" in start:
+            return original(start, context)
+        key = (start, tuple(sorted((ph.name, var.name) for ph, var in context.get("mapping", {}).items())))
+        if key not in cache:
+            cache[key] = original(start, context)
+        return cache[key]
+
+    grammar.derive = derive
+
+
+def process_observation(text: str) -> str:
+    """ETO/IPR's ``process_ob``: drop the 'You arrive at loc N. ' prefix of old game files."""
+    if text.startswith("You arrive at loc "):
+        text = text[text.find(". ") + 2:]
+    return text
+
+
+def initial_observation(feedback: str) -> str:
+    """ETO/IPR drop the '-= Welcome to TextWorld, ALFRED! =-' banner: room description + task."""
+    return "\n".join(feedback.split("\n\n")[1:])
+
+
+@dataclass
+class _Snapshot:
+    """Planner and Python-side state of a loaded game at one point."""
+
+    state_id: int
+    facts: dict
+    vars_by_name: dict
+    vars_by_type: dict
+    var_counts: Any
+    moves: int
+    game_state: Any  # TextWorld GameState with admissible commands (only valid for this load)
+    operators: dict
+
+
+@dataclass
+class AlfWorldState:
+    task_id: str
+    observation: str
+    turn: int = 0
+    done: bool = False
+    won: bool = False
+    actions: list[str] = field(default_factory=list)
+    load_token: tuple | None = None  # (pid, load serial): where the planner snapshot is valid
+    snapshot: _Snapshot | None = field(default=None, repr=False)
+
+    def copy(self) -> AlfWorldState:
+        return replace(self, actions=list(self.actions))
+
+    def __getstate__(self):  # the planner snapshot never leaves the process; replay is the fallback
+        state = dict(self.__dict__)
+        state["snapshot"] = None
+        return state
+
+
+class _LoadedGame:
+    """One game loaded in-process: TextWorld's PDDL env with ALFWorld's wrappers."""
+
+    def __init__(self, game: Game, slot=None) -> None:
+        try:
+            data = json.loads(game.path.read_text(encoding="utf-8"))
+            missing = {"pddl_domain", "grammar", "pddl_problem"} - set(data)
+            if missing:
+                raise DataCorruptError(f"{game.path}: not an ALFWorld tw-pddl game (missing {sorted(missing)})")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataCorruptError(f"{game.path}: cannot read the game file ({e})") from e
+        if slot is None:  # a new TextWorld env, with its own copy of fast-downward's library
+            infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
+            slot = AlfredInfos(AlfredDemangler(PddlEnv(infos)))
+        self.env = slot
+        try:
+            self.env.load(str(game.path))
+            state = self.env.reset()
+        except Exception as e:  # noqa: BLE001 - TextWorld raises many kinds on bad PDDL
+            raise DataCorruptError(f"{game.path}: TextWorld could not load this game ({type(e).__name__}: {e})") from e
+        self.pddl = self.env.unwrapped
+        _memoise_command_derivation(self.pddl._logic.grammar)
+        lib = self.pddl.downward_lib
+        lib.get_state_id.restype = ctypes.c_int
+        lib.get_state_id.argtypes = []
+        lib.set_state_id.restype = None
+        lib.set_state_id.argtypes = [ctypes.c_int]
+        self.lib = lib
+        self.token = (os.getpid(), next(_LOAD_SERIAL))
+        self.walkthrough = list(data.get("walkthrough") or [])
+        self.initial_feedback = state.feedback
+        self.initial = self.snapshot()
+
+    def snapshot(self) -> _Snapshot:
+        ps = self.pddl._pddl_state
+        return _Snapshot(
+            state_id=self.lib.get_state_id(),
+            facts={k: set(v) for k, v in ps._facts.items()},
+            vars_by_name=dict(ps._vars_by_name),
+            vars_by_type={k: set(v) for k, v in ps._vars_by_type.items()},
+            var_counts=copy.copy(ps._var_counts),
+            moves=self.pddl._moves,
+            game_state=self.pddl.state,
+            operators=dict(ps._operators),
+        )
+
+    def restore(self, snap: _Snapshot) -> None:
+        ps = self.pddl._pddl_state
+        self.lib.set_state_id(snap.state_id)
+        ps._facts = defaultdict(set, {k: set(v) for k, v in snap.facts.items()})
+        ps._vars_by_name = dict(snap.vars_by_name)
+        ps._vars_by_type = defaultdict(set, {k: set(v) for k, v in snap.vars_by_type.items()})
+        ps._var_counts = copy.copy(snap.var_counts)
+        ps._operators = dict(snap.operators)
+        self.pddl._moves = snap.moves
+        self.pddl.state = snap.game_state
+
+    def step(self, command: str):
+        state, _, _ = self.env.step(command)
+        return state
+
+    # Libraries are never dlclose'd: closing and re-opening copies of libdownward crashed the process
+    # after a few dozen games. Evicted games hand their env (and library) to the next game instead.
+
+
+class AlfWorldEnv(HplTextEnv):
+    """
+    ## Description
+    ALFWorld (Shridhar et al., 2021): household tasks in text (Pick, Look-in-light, Clean, Heat, Cool,
+    Pick-two) on TextWorld's PDDL engine, with ALFWorld 0.4.2's demangled object names. Observations
+    are ETO/IPR's: the first holds the room description and ``Your task is to: ...``.
+
+    ## Spaces
+    Text. An action is one of ``info["admissible_actions"]`` (e.g. ``go to desk 1``,
+    ``take alarmclock 2 from desk 1``, ``use desklamp 1``); anything else gives TextWorld's
+    ``Nothing happens.`` and ``info["action_valid"] = False``.
+
+    ## Rewards
+    1.0 on the step that completes the task (``won``), else 0.
+
+    ## Episode End
+    Terminated when won; truncated after ``max_turns`` (default 30 as in the HPL paper; ETO/IPR: 40).
+
+    ## Snapshots
+    ``get_state()`` saves the planner's state id (each game holds its own fast-downward library) and
+    the Python-side facts; ``set_state()`` restores them in microseconds. A snapshot that comes from
+    another process (pickled) carries its action history instead and is restored by deterministic
+    replay from reset; ``info["restored_by"]`` says which happened.
+
+    ## Arguments
+    ``max_turns``, ``cache_games`` (games kept loaded per env, default 8), ``data_root``.
+
+    ## Version History
+    * v0: initial release (alfworld 0.4.2, textworld 1.7, tw-pddl games of json_2.1.1).
+    """
+
+    env_name = "alfworld"
+    splits = (*SPLITS, *SPLIT_ALIASES)
+
+    def __init__(self, max_turns: int = 30, cache_games: int = 8, data_root: str | Path | None = None,
+                 render_mode: str | None = None) -> None:
+        if _IMPORT_ERROR is not None:
+            raise EnvUnavailableError(
+                f"alfworld env needs the alfworld and textworld packages ({_IMPORT_ERROR}).\n"
+                "  pip install 'hpl[alfworld]'   (builds fast-downward: needs cmake and a C++ compiler)")
+        super().__init__(max_turns=max_turns, render_mode=render_mode)
+        _install_parse_memo()
+        _install_translation_cache()
+        self.games = discover(Path(data_root) if data_root else None)
+        self.by_id = {g.task_id: g for split in self.games.values() for g in split}
+        self.cache_games = max(1, int(cache_games))
+        self._loaded: OrderedDict[str, _LoadedGame] = OrderedDict()
+        self._state: AlfWorldState | None = None
+        self.last_restore = ""
+
+    # --- tasks -------------------------------------------------------------------------
+    def task_ids(self, split: str) -> list[str]:
+        self._check_split(split)
+        return [g.task_id for g in self.games[SPLIT_ALIASES.get(split, split)]]
+
+    def game(self, task_id: str) -> Game:
+        if task_id not in self.by_id:
+            raise TaskNotFoundError(f"alfworld: no task {task_id!r} (ids look like 'valid_seen/<task>/<trial>')")
+        return self.by_id[task_id]
+
+    def _load(self, task_id: str) -> _LoadedGame:
+        if task_id in self._loaded:
+            self._loaded.move_to_end(task_id)
+            return self._loaded[task_id]
+        game = self.game(task_id)
+        slot = None
+        if len(self._loaded) >= self.cache_games:
+            _, old = self._loaded.popitem(last=False)
+            slot = old.env
+        loaded = _LoadedGame(game, slot)
+        self._loaded[task_id] = loaded
+        return loaded
+
+    # --- gymnasium API -------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        task_id = self._task_from_options(options)
+        if task_id is None:
+            ids = self.task_ids("valid_unseen")
+            task_id = ids[int(self.np_random.integers(len(ids)))]
+        game = self._load(task_id)
+        game.restore(game.initial)
+        self._state = AlfWorldState(task_id=task_id, observation=initial_observation(game.initial_feedback),
+                                    load_token=game.token)
+        return self._state.observation, self._info(action_valid=True)
+
+    def step(self, action: str):
+        s = self._require_state()
+        if s.done or s.turn >= self.max_turns:
+            raise RuntimeError("alfworld: episode is over; call reset()")
+        action = action if isinstance(action, str) else str(action)
+        game = self._game_for_state()
+        command = action.strip()
+        valid = command in (game.pddl.state["_valid_commands"] or [])
+        # TextWorld's PDDL env only understands single-line commands; others do nothing, as it would
+        state = game.step(command if "\n" not in command else "\n")
+        s.turn += 1
+        s.actions.append(action)
+        s.observation = process_observation(state.feedback)
+        s.won = bool(state["won"])
+        s.done = s.won
+        terminated = s.done
+        truncated = not terminated and s.turn >= self.max_turns
+        return s.observation, 1.0 if s.won else 0.0, terminated, truncated, self._info(action_valid=valid)
+
+    def _game_for_state(self) -> _LoadedGame:
+        game = self._load(self._state.task_id)
+        if self._state.load_token != game.token:
+            raise RuntimeError("alfworld: env state does not belong to the loaded game")
+        return game
+
+    def admissible_actions(self) -> list[str]:
+        game = self._game_for_state()
+        return list(game.pddl.state["admissible_commands"])
+
+    def _info(self, action_valid: bool) -> dict:
+        s = self._require_state()
+        g = self.game(s.task_id)
+        return {"task_id": s.task_id, "task_type": g.task_type, "instruction": self._instruction(),
+                "admissible_actions": self.admissible_actions(), "won": s.won, "action_valid": action_valid,
+                "turn": s.turn, "restored_by": self.last_restore}
+
+    def _instruction(self) -> str:
+        feedback = self._load(self._state.task_id).initial_feedback
+        for line in feedback.splitlines():
+            if line.startswith("Your task is to: "):
+                return line[len("Your task is to: "):]
+        return ""
+
+    def _require_state(self) -> AlfWorldState:
+        if self._state is None:
+            raise RuntimeError("alfworld: call reset() before step()")
+        return self._state
+
+    # --- snapshots -----------------------------------------------------------------------
+    def get_state(self) -> AlfWorldState:
+        s = self._require_state()
+        out = s.copy()
+        out.snapshot = self._game_for_state().snapshot()
+        return out
+
+    def set_state(self, state: AlfWorldState) -> None:
+        if not isinstance(state, AlfWorldState):
+            raise TypeError(f"alfworld: set_state expects an AlfWorldState, got {type(state).__name__}")
+        game = self._load(state.task_id)
+        if state.snapshot is not None and state.load_token == game.token:
+            game.restore(state.snapshot)
+            self._state = state.copy()
+            self._state.snapshot = None
+            self.last_restore = "snapshot"
+            return
+        # another process (or an evicted game): replay the actions from reset, deterministically
+        self.reset(options={"task_id": state.task_id})
+        for action in state.actions:
+            self.step(action)
+        if (self._state.observation, self._state.won) != (state.observation, state.won):
+            raise RuntimeError(f"alfworld: replaying {state.task_id} did not reproduce the snapshot")
+        self.last_restore = "replay"
+
+    def walkthrough(self, task_id: str) -> list[str]:
+        return list(self._load(task_id).walkthrough)
+
+    def replan(self) -> list[str]:
+        """A plan from the current state, by ALFWorld's planner (fast-downward)."""
+        game = self._game_for_state()
+        return game.pddl._pddl_state.replan(game.pddl._entity_infos)
+
+    def close(self) -> None:
+        self._loaded.clear()
