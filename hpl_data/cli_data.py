@@ -1,7 +1,8 @@
 """``hpl-data``: what benchmark data is present, and fetching it.
 
   hpl-data info               data root, files present, task counts and split overlaps
-  hpl-data download ENV       fetch ENV's public files into the data root (--full: 1.18 M catalog)
+  hpl-data download ENV       fetch ENV's public files into the data root, verified
+                              (webshop [--full: 1.18 M catalog], alfworld, intercode-sql, prompts)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="what is present")
     d = sub.add_parser("download", help="fetch an env's files")
-    d.add_argument("env", choices=["webshop"])
+    d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
     d.add_argument("--root", type=Path, default=None, help="defaults to the data root")
     args = p.parse_args(argv)

@@ -30,6 +30,9 @@ def _github(repo: str, commit: str, path: str) -> str:
 
 
 WEBSHOP_COMMIT = "64fa2a5c15c7daa698b9ac93f5bb5437b634c9bd"
+INTERCODE = ("princeton-nlp/intercode", "c3e46d827cfc9d4c704ec078f7abf9f41e3191d8")
+ETO = ("Yifan-Song793/ETO", "a2fc5da38f8d00cfaf3f9b6370d586eebaf72904")
+IPR = ("WeiminXiong/IPR", "93335a3a818b46c1d0e081cd76288cf1cbf7dee4")
 AGENTGYM_COMMIT = "3ef9235d23e68e7c2920c5422ad957dc8ced5c6c"
 
 
@@ -54,6 +57,42 @@ FILES: dict[str, list[FileSpec]] = {
                  "b68746ed66cd31fdc5f70eb3f5831a46b38163563b57a66ddcab8fd60ee0cbdc", optional=True),
         FileSpec("webshop/items_human_ins.json", _gdrive("14Kb5SPBk_jfdLZ_CDBNitW98QLDlKR5O"), optional=True,
                  note="human goal targets"),
+    ],
+    "intercode-sql": [
+        FileSpec("intercode_sql/ic_spider_dbs.sql", _github(*INTERCODE, "data/sql/spider/ic_spider_dbs.sql"),
+                 "61f6e8000cb5bb696f123fa55e111acdcd8da7eca64f452a36fd1a6e5fb1781a"),
+        FileSpec("intercode_sql/ic_spider_dev.json", _github(*INTERCODE, "data/sql/spider/ic_spider_dev.json"),
+                 "68c9ecb0692c80770f46c724cc073ea76be4f301a294caa532c050546948128e"),
+        FileSpec("expert/intercode_sql_results/gpt-3.5/ic_sql_react_10_turns.json", _github(*INTERCODE, "data/results/sql/gpt-3.5/ic_sql_react_10_turns.json"),
+                 "cbf8d50c389c946becae1226af41221d9f92378a82faef2d1dfebc69311092d5", optional=True),
+        FileSpec("expert/intercode_sql_results/gpt-4/ic_sql_multiturn_gpt-4_10_turns.json", _github(*INTERCODE, "data/results/sql/gpt-4/ic_sql_multiturn_gpt-4_10_turns.json"),
+                 "fcf8f4a9ecd248339fbb5665cf05ce872aad996d2ee32b79b9862291148796b6", optional=True),
+        FileSpec("expert/intercode_sql_results/gpt-4/ic_sql_multiturn_gpt-4_1_turns.json", _github(*INTERCODE, "data/results/sql/gpt-4/ic_sql_multiturn_gpt-4_1_turns.json"),
+                 "4e46825aec0482792b6d1cc3e008b02a14918fd16cf512deb21e21301087557e", optional=True),
+    ],
+    "prompts": [
+        FileSpec("prompts/alfworld_3prompts_react.json", _github(*ETO, "eval_agent/data/alfworld/prompts/alfworld_3prompts.json"),
+                 "15559f6621eff809e18f7c7496aef2f2c4785b65374f61879e5cb10c5aee18f7"),
+        FileSpec("prompts/eto/icl_examples/alfworld_icl.json", _github(*ETO, "eval_agent/prompt/icl_examples/alfworld_icl.json"),
+                 "06b00f15c320c484d86fffcfaedcd057eb7cca544b452683cac9f8b9a5d2ff55"),
+        FileSpec("prompts/eto/icl_examples/webshop_icl.json", _github(*ETO, "eval_agent/prompt/icl_examples/webshop_icl.json"),
+                 "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
+        FileSpec("prompts/eto/instructions/alfworld_inst.txt", _github(*ETO, "eval_agent/prompt/instructions/alfworld_inst.txt"),
+                 "ed99085b2fcef955363a031d274e9ffcc7a312c8350776f7464b4a8fb9ae85d7"),
+        FileSpec("prompts/eto/instructions/webshop_inst.txt", _github(*ETO, "eval_agent/prompt/instructions/webshop_inst.txt"),
+                 "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
+        FileSpec("prompts/ipr/icl_examples/alfworld_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/alfworld_icl.json"),
+                 "e4fd175ebb24016540dab0b6780937cdbbd0b04ba241eb7137837ad422fbdd0c"),
+        FileSpec("prompts/ipr/icl_examples/intercode_sql_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/intercode_sql_icl.json"),
+                 "a8141421a2e8a90dc52837bca354ff96785de0482948f2b42d23131d5e32d74c"),
+        FileSpec("prompts/ipr/icl_examples/webshop_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/webshop_icl.json"),
+                 "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
+        FileSpec("prompts/ipr/instructions/alfworld_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/alfworld_inst.txt"),
+                 "1315010838ff752b1d8b715534f61bf41eae2d2d9f419072ca6913dd92cab1d5"),
+        FileSpec("prompts/ipr/instructions/intercode_sql_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/intercode_sql_inst.txt"),
+                 "bb1ac3150720be7324420c541090d11d24da5a8c666e52bcba3571b891dca435"),
+        FileSpec("prompts/ipr/instructions/webshop_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/webshop_inst.txt"),
+                 "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
     ],
     "webshop-full": [
         FileSpec("webshop/items_shuffle.json", _gdrive("1A2whVgOO0euk5O13n2iYDM0bQRkkRduB"), note="1.18 M products"),
@@ -120,10 +159,32 @@ def fetch(spec: FileSpec, root: Path, progress: Progress | None = None, timeout:
     return dest
 
 
+def download_alfworld(root: Path) -> list[Path]:
+    """ALFWorld's own downloader (the `alfworld-download` script of the alfworld package) into
+    ``root/alfworld``: json_2.1.1 with every game's game.tw-pddl, plus the PDDL/grammar files."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("alfworld-download")
+    if not script.exists():
+        raise DownloadError("alfworld-download not found: pip install 'hpl[alfworld]'")
+    target = root / "alfworld"
+    target.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, str(script), "--data-dir", str(target)])
+    if proc.returncode != 0:
+        raise DownloadError(f"alfworld-download failed with exit code {proc.returncode}")
+    games = sorted(target.glob("json_2.1.1/*/*/*/game.tw-pddl"))
+    if not games:
+        raise DownloadError(f"alfworld-download finished but no game.tw-pddl files are under {target}")
+    return games[:3]
+
+
 def download(env: str, root: Path, full: bool = False) -> list[Path]:
+    if env == "alfworld":
+        return download_alfworld(root)
     specs = list(FILES.get(env, []))
     if not specs:
-        raise DownloadError(f"no download recipe for {env!r}; available: {sorted(k for k in FILES if '-' not in k)}")
+        raise DownloadError(f"no download recipe for {env!r}; available: {sorted(k for k in FILES if k != 'webshop-full')}")
     if full:
         specs += FILES.get(f"{env}-full", [])
     done, errors = [], []

@@ -41,3 +41,20 @@ def test_download_reports_unreachable_source(tmp_path, monkeypatch):
     monkeypatch.setenv("HPL_DOWNLOAD_MIRROR", "http://127.0.0.1:9")
     with pytest.raises(dl.DownloadError, match="could not fetch"):
         dl.download("webshop", tmp_path)
+
+
+def test_intercode_sql_recipe_matches_the_published_bytes(tmp_path, data_dir, monkeypatch):
+    """Every intercode-sql file's recorded sha256 matches the real file (served from a local mirror)."""
+    src = tmp_path / "mirror"
+    for spec in dl.FILES["intercode-sql"] + dl.FILES["prompts"]:
+        (src / spec.relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_dir / spec.relpath, src / spec.relpath)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HPL_DOWNLOAD_MIRROR", f"http://127.0.0.1:{server.server_address[1]}")
+        paths = dl.download("intercode-sql", tmp_path / "root") + dl.download("prompts", tmp_path / "root")
+    finally:
+        server.shutdown()
+    assert len(paths) == len(dl.FILES["intercode-sql"]) + len(dl.FILES["prompts"])

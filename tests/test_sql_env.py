@@ -220,3 +220,20 @@ def test_eval_run_leaves_no_server_behind(tmp_path):
     time.sleep(0.5)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "cache") not in ps
+
+
+def test_concurrent_processes_share_one_server(tmp_path):
+    """Two hpl processes on the same cache dir use one server; the last to finish stops it."""
+    env = dict(os.environ, HPL_CACHE_DIR=str(tmp_path / "shared-cache"))
+    cmd = [sys.executable, "-m", "hpl_data.cli_eval", "--env", "intercode-sql", "--agent", "oracle", "--split",
+           "dev", "--limit", "150", "--quiet"]
+    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / f"r{i}.json")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    for i in range(2):
+        assert json.loads((tmp_path / f"r{i}.json").read_text())["episodes"] == 150
+    time.sleep(0.5)
+    assert str(tmp_path / "shared-cache") not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                                text=True).stdout
