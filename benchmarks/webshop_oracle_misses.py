@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 
 from hpl_envs import make_env
-from hpl_envs.agents import make_agent
+from hpl_envs.agents import make_agent, play
 from hpl_envs.webshop.reward import normalize_color
 
 
@@ -60,12 +60,7 @@ def main(argv=None) -> int:
     tasks = env.task_ids(args.split)
     with_options = 0
     for tid in tasks:
-        obs, info = env.reset(options={"task_id": tid})
-        agent.reset(env, obs, info)
-        done = False
-        while not done:
-            obs, reward, term, trunc, info = env.step(agent.act(obs, info))
-            done = term or trunc
+        _, reward, info, _ = play(env, agent, tid)
         goal = env.goal(tid)
         with_options += bool(goal.goal_options)
         if reward != 1.0:

@@ -8,19 +8,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from webshop_oracle_misses import classify  # noqa: E402
 
-from hpl_envs.agents import make_agent  # noqa: E402
+from hpl_envs.agents import make_agent, play  # noqa: E402
 
 
 def classify_misses(env, split):
     agent = make_agent("webshop", "oracle")
     causes, wins, tasks = Counter(), 0, env.task_ids(split)
     for tid in tasks:
-        obs, info = env.reset(options={"task_id": tid})
-        agent.reset(env, obs, info)
-        done = False
-        while not done:
-            obs, reward, term, trunc, info = env.step(agent.act(obs, info))
-            done = term or trunc
+        _, reward, info, _ = play(env, agent, tid)
         if reward == 1.0:
             wins += 1
         else:

@@ -13,7 +13,7 @@ pytest.importorskip("textworld")
 pytest.importorskip("alfworld")
 
 from hpl_envs import make_env  # noqa: E402
-from hpl_envs.agents import make_agent  # noqa: E402
+from hpl_envs.agents import make_agent, play  # noqa: E402
 from hpl_envs.alfworld.games import TASK_TYPES  # noqa: E402
 from hpl_envs.data import DataCorruptError, DataMissingError  # noqa: E402
 
@@ -180,9 +180,5 @@ def test_heuristic_and_random_run(alf):
     for name in ("heuristic", "random"):
         agent = make_agent("alfworld", name, seed=1)
         for tid in alf.task_ids("valid_unseen")[:3]:
-            obs, info = alf.reset(options={"task_id": tid})
-            agent.reset(alf, obs, info)
-            done = False
-            while not done:
-                obs, r, term, trunc, info = alf.step(agent.act(obs, info))
-                done = term or trunc
+            _, _, info, actions = play(alf, agent, tid)
+            assert 0 < len(actions) <= alf.max_turns

@@ -45,6 +45,19 @@ class RandomAgent:
         return action
 
 
+def play(env: Any, agent: Agent, task_id: str) -> tuple[str, float, dict, list[str]]:
+    """Run one episode to its end: (final observation, final reward, final info, actions)."""
+    obs, info = env.reset(options={"task_id": task_id})
+    agent.reset(env, obs, info)
+    actions: list[str] = []
+    reward, done = 0.0, False
+    while not done:
+        actions.append(agent.act(obs, info))
+        obs, reward, terminated, truncated, info = env.step(actions[-1])
+        done = terminated or truncated
+    return obs, float(reward), info, actions
+
+
 def make_agent(env_name: str, agent: str, seed: int = 0, **kwargs: Any) -> Agent:
     """A built-in agent by name for an env."""
     if agent == "random":
