@@ -18,7 +18,7 @@ def episode_messages(env_name: str, episode: dict, prompts: str = "default") -> 
         return []
     msgs = [{"role": "user", "content": first_message(env_name, steps[0]["observation"], prompts)}]
     for i, step in enumerate(steps):
-        msgs.append({"role": "assistant", "content": format_turn(step["action"], step.get("thought"))})
+        msgs.append({"role": "assistant", "content": format_turn(step["action"], step.get("thought"), env_name)})
         if i + 1 < len(steps):
-            msgs.append({"role": "user", "content": format_observation(steps[i + 1]["observation"])})
+            msgs.append({"role": "user", "content": format_observation(steps[i + 1]["observation"], env_name)})
     return msgs

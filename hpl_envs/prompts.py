@@ -30,6 +30,22 @@ DEFAULT_INSTRUCTIONS = {
         " page)\nAn invalid action changes nothing. Buying ends the episode.\nAnswer in this"
         " format:\nThought: <your reasoning>\nAction: <one action>"
     ),
+    "alfworld": (
+        "You are in a household and must complete the task given in the first observation.\n"
+        "Each turn you see what happened after your last action. Useful actions:\n"
+        "go to {recep}; open {recep}; close {recep}; take {obj} from {recep}; move {obj} to {recep};\n"
+        "use {lamp}; heat {obj} with {microwave}; cool {obj} with {fridge}; clean {obj} with {sink};\n"
+        "examine {something}; inventory; look.\n"
+        "Use the exact object and receptacle names you see, e.g. 'desk 1'. An action that cannot be done"
+        " gives 'Nothing happens.'\nAnswer in this format:\nThought: <your reasoning>\nAction: <one action>"
+    ),
+    "intercode-sql": (
+        "You answer questions about a MySQL database by running SQL.\n"
+        "Each turn, run one SQL statement and read its result, or submit when the last result answers"
+        " the question: the last result you produced is your answer.\nAnswer in this format:\n"
+        "Thought: <your reasoning>\nAction: ```sql\n<one SQL statement>\n```\nor\n"
+        "Thought: <your reasoning>\nAction: submit"
+    ),
 }
 
 # Our own worked examples (not copied from ETO/IPR); same shape as their ICL files.
@@ -60,6 +76,45 @@ DEFAULT_ICL = {
              " Reviews [SEP] Buy Now"},
             {"role": "assistant", "content": "Thought: Everything matches; I buy it.\n"
              "Action: click[buy now]"},
+        ]
+    ],
+    "alfworld": [
+        [
+            {"role": "user", "content": "You are in the middle of a room. Looking quickly around you, you see a"
+             " cabinet 1, a countertop 1, a fridge 1, a sinkbasin 1, and a stoveburner 1.\nYour task is to: put a"
+             " clean mug in cabinet."},
+            {"role": "assistant", "content": "Thought: A mug is probably on the countertop. I will look there"
+             " first.\nAction: go to countertop 1"},
+            {"role": "user", "content": "Observation: You arrive at countertop 1. On the countertop 1, you see a"
+             " mug 2, and a spoon 1."},
+            {"role": "assistant", "content": "Thought: There is the mug.\nAction: take mug 2 from countertop 1"},
+            {"role": "user", "content": "Observation: You pick up the mug 2 from the countertop 1."},
+            {"role": "assistant", "content": "Thought: I have to clean it in the sink.\nAction: go to sinkbasin 1"},
+            {"role": "user", "content": "Observation: You arrive at sinkbasin 1. On the sinkbasin 1, you see"
+             " nothing."},
+            {"role": "assistant", "content": "Thought: Now clean it.\nAction: clean mug 2 with sinkbasin 1"},
+            {"role": "user", "content": "Observation: You clean the mug 2 using the sinkbasin 1."},
+            {"role": "assistant", "content": "Thought: Now put it in the cabinet.\nAction: go to cabinet 1"},
+            {"role": "user", "content": "Observation: You arrive at cabinet 1. The cabinet 1 is open. In it, you"
+             " see nothing."},
+            {"role": "assistant", "content": "Thought: The cabinet is open.\nAction: move mug 2 to cabinet 1"},
+        ]
+    ],
+    "intercode-sql": [
+        [
+            {"role": "user", "content": "How many albums did each artist release? List artist names with counts."},
+            {"role": "assistant", "content": "Thought: I first need to know the tables.\nAction: ```sql\nSHOW"
+             " TABLES\n```"},
+            {"role": "user", "content": "Observation: [('album',), ('artist',)]"},
+            {"role": "assistant", "content": "Thought: I need the columns of album.\nAction: ```sql\nDESC"
+             " album\n```"},
+            {"role": "user", "content": "Observation: [('AlbumId', b'int', 'NO', 'PRI', None, ''), ('Title',"
+             " b'text', 'YES', '', None, ''), ('ArtistId', b'int', 'YES', 'MUL', None, '')]"},
+            {"role": "assistant", "content": "Thought: I join album and artist and count per artist.\nAction:"
+             " ```sql\nSELECT T2.Name, COUNT(*) FROM album AS T1 JOIN artist AS T2 ON T1.ArtistId ="
+             " T2.ArtistId GROUP BY T2.Name\n```"},
+            {"role": "user", "content": "Observation: [('AC/DC', 2), ('Accept', 2), ('Aerosmith', 1)]"},
+            {"role": "assistant", "content": "Thought: That answers the question.\nAction: submit"},
         ]
     ],
 }

@@ -18,13 +18,16 @@ class ParsedTurn:
     error: str = ""
 
 
-def format_observation(observation: str) -> str:
-    """The user turn that carries an env observation (ETO/IPR: ``Observation:\\n...``)."""
-    return f"Observation:\n{observation}"
+def format_observation(observation: str, env: str = "webshop") -> str:
+    """The user turn that carries an env observation, as ETO/IPR write it for each env
+    (WebShop: ``Observation:\\n...``; ALFWorld, InterCode-SQL: ``Observation: ...``)."""
+    return f"Observation:\n{observation}" if env == "webshop" else f"Observation: {observation}"
 
 
-def format_turn(action: str, thought: str | None = None) -> str:
-    """An assistant turn; action-only when no thought is known."""
+def format_turn(action: str, thought: str | None = None, env: str = "webshop") -> str:
+    """An assistant turn; action-only when no thought is known. SQL goes in a ```sql fence (IPR)."""
+    if env == "intercode-sql" and not action.strip().lower().startswith(("submit", "skip")):
+        action = f"\n```sql\n{action}\n```"
     return f"Thought: {thought}\nAction: {action}" if thought else f"Action: {action}"
 
 

@@ -88,3 +88,16 @@ def test_hpl_data_info():
 def test_hpl_train_says_not_built():
     p = run("hpl_train.cli")
     assert p.returncode == 2 and "not implemented" in p.stderr
+
+
+@pytest.mark.parametrize("env,limit", [("intercode-sql", 8), ("alfworld", 4)])
+def test_hpl_gen_other_envs(tmp_path, env, limit):
+    pytest.importorskip("textworld") if env == "alfworld" else None
+    out = tmp_path / env
+    p = run("hpl_data.cli_gen", "--env", env, "--limit", str(limit), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    traj = pq.read_table(out / "trajectories_expert.parquet").to_pylist()
+    assert len(traj) == limit and all(t["reward"] == 1.0 for t in traj)
+    first = traj[0]["messages"]
+    assert first[0]["role"] == "user" and "Now, it's your turn" in first[0]["content"]
+    assert first[2]["content"].startswith("Observation: ")

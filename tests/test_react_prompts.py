@@ -31,6 +31,11 @@ def test_format_roundtrip():
     assert parse_react(format_turn("click[x]", "because")).action == "click[x]"
     assert format_turn("click[x]") == "Action: click[x]"
     assert format_observation("page") == "Observation:\npage"
+    assert format_observation("You see a desk 1.", "alfworld") == "Observation: You see a desk 1."
+    sql_turn = format_turn("SELECT 1", "t", "intercode-sql")
+    assert sql_turn == "Thought: t\nAction: \n```sql\nSELECT 1\n```"
+    assert parse_react(sql_turn, multiline=True).action == "SELECT 1"
+    assert format_turn("submit", None, "intercode-sql") == "Action: submit"
 
 
 def test_default_prompt_layout():
@@ -45,3 +50,20 @@ def test_ipr_eto_prompt_files(source):
     assert "search[keywords]" in inst
     assert icl[0][0]["role"] == "user" and icl[0][1]["role"] == "assistant"
     assert icl[0][1]["content"].startswith("Thought:")
+
+
+@pytest.mark.parametrize("env", ["webshop", "alfworld", "intercode-sql"])
+def test_every_env_has_a_default_prompt(env):
+    inst, icl = load_prompt(env, "default")
+    conv = icl[0]
+    assert inst and conv[0]["role"] == "user" and conv[-1]["role"] == "assistant"
+    assert all(parse_react(m["content"], multiline=True).ok for m in conv if m["role"] == "assistant")
+    assert [m["role"] for m in conv] == ["user", "assistant"] * (len(conv) // 2)
+
+
+def test_ipr_prompts_for_sql_and_alfworld():
+    for env in ("intercode-sql", "alfworld"):
+        inst, icl = load_prompt(env, "ipr")
+        assert inst and icl[0][1]["role"] == "assistant"
+    inst, icl = load_prompt("alfworld", "eto")  # ETO marks assistant turns with "from": "gpt"
+    assert icl[0][1]["role"] == "assistant"
