@@ -182,3 +182,24 @@ def test_random_agent_runs(webshop_env):
     agent = make_agent("webshop", "random", seed=0)
     for tid in webshop_env.task_ids("test")[:20]:
         play(webshop_env, agent, tid)
+
+
+def test_product_disjoint_split_mode():
+    env = make_env("webshop", split_mode="product")
+    splits = {s: env.task_ids(s) for s in ("train", "dev", "test")}
+    products = {s: {env.goal(t).asin for t in ids} for s, ids in splits.items()}
+    assert not products["train"] & products["test"] and not products["dev"] & products["test"]
+    assert not products["train"] & products["dev"]
+    assert sum(len(v) for v in splits.values()) == len(env.goals)
+    assert 450 <= len(splits["test"]) <= 600 and 900 <= len(splits["dev"]) <= 1150
+    with pytest.raises(ValueError):
+        make_env("webshop", split_mode="random")
+
+
+def test_human_goals_mode():
+    """The 13 catalog products that carry WebShop's human instructions give human-goal tasks."""
+    env = make_env("webshop", goals="human")
+    assert 5 <= len(env.goals) <= 20
+    agent = make_agent("webshop", "oracle")
+    rewards = [play(env, agent, t)[0][-1][1] for t in env.task_ids("all")]
+    assert sum(r == 1.0 for r in rewards) >= len(rewards) // 2

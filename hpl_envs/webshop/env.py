@@ -12,7 +12,7 @@ from typing import Any
 from hpl_envs.core import HplTextEnv, TaskNotFoundError
 from hpl_envs.webshop import pages
 from hpl_envs.webshop.catalog import Catalog, load_catalog
-from hpl_envs.webshop.goals import Goal, build_goals, split_range
+from hpl_envs.webshop.goals import Goal, build_goals, product_disjoint_splits, split_range
 from hpl_envs.webshop.reward import RewardModel
 from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
 
@@ -132,7 +132,8 @@ class WebShopEnv(HplTextEnv):
     Terminated on purchase; truncated after ``max_turns`` actions (default 10) with reward 0.
 
     ## Arguments
-    ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``max_turns``,
+    ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``split_mode`` ("webshop":
+    the original's split by goal position, default; "product": no product in two splits), ``max_turns``,
     ``spacy_model`` (name of the POS pipeline), ``fix_option_normalisation`` (opt-in fix of the
     original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``.
 
@@ -146,11 +147,14 @@ class WebShopEnv(HplTextEnv):
     def __init__(self, catalog: str = "1k", goals: str = "synthetic", max_turns: int = 10,
                  spacy_model: str | None = None, fix_option_normalisation: bool = False,
                  show_attrs: bool = False, data_root: str | Path | None = None,
-                 render_mode: str | None = None) -> None:
+                 split_mode: str = "webshop", render_mode: str | None = None) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.shared = _Shared.get(Path(data_root) if data_root else None, catalog, goals,
                                   spacy_model, fix_option_normalisation)
         self.show_attrs = show_attrs
+        if split_mode not in ("webshop", "product"):
+            raise ValueError(f"webshop: split_mode must be 'webshop' or 'product', got {split_mode!r}")
+        self.split_mode = split_mode
         self._state: WebShopState | None = None
         self._view: tuple[list[str], dict[str, pages.Clickable]] | None = None
         self._rng = random.Random(0)
@@ -164,6 +168,9 @@ class WebShopEnv(HplTextEnv):
         return self.shared.goals
 
     def task_ids(self, split: str) -> list[str]:
+        if self.split_mode == "product" and split != "all":
+            self._check_split(split)
+            return [str(i) for i in product_disjoint_splits(self.goals)[split]]
         return [str(i) for i in split_range(split, len(self.goals))]
 
     def goal(self, task_id: str | int) -> Goal:

@@ -123,6 +123,29 @@ def build_goals(catalog: Catalog, source: str = "synthetic") -> list[Goal]:
     return goals
 
 
+def product_disjoint_splits(goals: list[Goal]) -> dict[str, list[int]]:
+    """Goal indexes per split such that no product appears in two splits.
+
+    WebShop's convention splits goals by position, so most test products also occur in train with
+    other options (125 of 146 on the 1k catalog). Here products are ordered by a hash of their ASIN
+    and assigned whole to test, then dev, until each holds about as many goals as WebShop's split
+    (500 and 1000, scaled to the goal count); the rest is train. Goal order within a split is kept.
+    """
+    import hashlib
+
+    n = len(goals)
+    by_asin: dict[str, list[int]] = {}
+    for i, g in enumerate(goals):
+        by_asin.setdefault(g.asin, []).append(i)
+    order = sorted(by_asin, key=lambda a: hashlib.sha256(a.encode()).hexdigest())
+    targets = {"test": min(500, n * 500 // 6910 or 1), "dev": min(1000, n * 1000 // 6910 or 1)}
+    out: dict[str, list[int]] = {"test": [], "dev": [], "train": []}
+    for asin in order:
+        bucket = next((s for s in ("test", "dev") if len(out[s]) < targets[s]), "train")
+        out[bucket].extend(by_asin[asin])
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def split_range(split: str, n_goals: int) -> range:
     if split == "all":
         return range(n_goals)
