@@ -37,6 +37,39 @@ def webshop_info(console: Console) -> None:
                   "with different option/attribute goals: the table shows how many.")
 
 
+def alfworld_info(console: Console) -> None:
+    from collections import Counter
+
+    from hpl_envs.alfworld.games import TASK_TYPES, discover
+
+    games = discover()
+    table = Table(title="alfworld (tw-pddl games)")
+    table.add_column("task type")
+    for split in games:
+        table.add_column(split, justify="right")
+    counts = {split: Counter(g.task_type for g in gs) for split, gs in games.items()}
+    for t in TASK_TYPES:
+        table.add_row(t, *(str(counts[s][t]) for s in games))
+    table.add_row("[b]all[/b]", *(str(len(games[s])) for s in games))
+    console.print(table)
+
+
+def sql_info(console: Console) -> None:
+    from hpl_envs.data import require
+    from hpl_envs.intercode_sql.env import database_split, load_tasks
+
+    tasks = load_tasks(require("intercode_sql/ic_spider_dev.json", "intercode-sql"))
+    split = database_split(tasks)
+    table = Table(title="intercode-sql (Spider dev)")
+    for col in ("split", "tasks", "databases"):
+        table.add_column(col, justify="right")
+    table.add_row("dev", str(len(tasks)), str(len({t.db for t in tasks})))
+    for name in ("train", "test"):
+        table.add_row(name, str(sum(t.db in split[name] for t in tasks)), str(len(split[name])))
+    console.print(table)
+    console.print("train/test share no database; dev is all tasks (InterCode's evaluation set).")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hpl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -52,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"data root: {root}  (set HPL_DATA_DIR to change)")
         for name in ("webshop", "alfworld", "intercode_sql", "prompts", "expert"):
             console.print(f"  {name}/: {'present' if (root / name).exists() else 'missing'}")
-        try:
-            webshop_info(console)
-        except (DataMissingError, DataCorruptError) as e:
-            console.print(f"[yellow]{e}[/yellow]")
+        for show in (webshop_info, alfworld_info, sql_info):
+            try:
+                show(console)
+            except (DataMissingError, DataCorruptError) as e:
+                console.print(f"[yellow]{e}[/yellow]")
         return 0
     from hpl_data.download import DownloadError, download
 

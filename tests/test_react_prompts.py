@@ -67,3 +67,29 @@ def test_ipr_prompts_for_sql_and_alfworld():
         assert inst and icl[0][1]["role"] == "assistant"
     inst, icl = load_prompt("alfworld", "eto")  # ETO marks assistant turns with "from": "gpt"
     assert icl[0][1]["role"] == "assistant"
+
+
+def test_readme_llm_loop_runs(webshop_env):
+    """The README's 'Using a real LLM' loop, with a scripted 'model' that answers in ReAct format."""
+    from hpl_envs.agents import make_agent
+    from hpl_envs.prompts import initial_messages
+
+    env = webshop_env
+    oracle = make_agent("webshop", "oracle")
+    obs, info = env.reset(options={"task_id": env.task_ids("test")[0]})
+    oracle.reset(env, obs, info)
+
+    def chat(messages):
+        assert messages[-1]["role"] == "user"
+        return f"Thought: following the plan.\nAction: {oracle.act(None, None)}"
+
+    messages = initial_messages("webshop", obs, source="default")
+    done = False
+    while not done:
+        reply = chat(messages)
+        action = parse_react(reply).action
+        obs, reward, terminated, truncated, info = env.step(action)
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": format_observation(obs, "webshop")}]
+        done = terminated or truncated
+    assert reward == 1.0 and info["won"]
