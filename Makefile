@@ -32,7 +32,7 @@ system-deps:
 demo: venv
 	$(BIN)/hpl-gen --env webshop --expert oracle --policy heuristic --split train --limit 50 --workers 2 \
 	  --out $(DEMO_OUT)
-	@echo "Preference data written under $(DEMO_OUT)/ (traj_pairs.parquet, trajectories_*.parquet, manifest.json)"
+	@echo "Preference data written under $(DEMO_OUT)/ ({traj,step,group}_pairs.parquet, trajectories_*.parquet, manifest.json)"
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q tests

@@ -1,13 +1,17 @@
 """``hpl-gen``: build preference datasets from env episodes.
 
-This release builds the trajectory level (ETO-style pairs): an expert trajectory per task
-(the ``oracle`` agent) against the reference policy's own trajectory (a built-in agent),
-kept when the policy's outcome reward is lower. Step- and group-level pairs with
-Monte-Carlo labels build on these tables (see the project issues). Output folder:
+Levels:
+  traj   expert trajectory (``oracle``) vs the reference policy's own trajectory, kept when the
+         policy's outcome is lower (ETO)
+  step   at each expert step, the policy's alternative action vs the expert's, both valued by M
+         Monte-Carlo policy rollouts from the restored env snapshot (IPR)
+  group  expert action groups (``--segmenter``) vs same-length policy groups from the same state,
+         r(G) = mean outcome of M rollouts after the group (HPL)
 
-  trajectories.parquet   every episode (expert and policy), with its chat messages
-  traj_pairs.parquet     TRL-compatible ``prompt`` / ``chosen`` / ``rejected`` rows
-  manifest.json          config, counters, versions, what is finished
+Output folder:
+  trajectories_{expert,policy}.parquet   every episode, with its chat messages
+  traj_pairs.parquet, step_pairs.parquet, group_pairs.parquet   TRL-style prompt/chosen/rejected
+  manifest.json                           config, counters, versions, what is finished
 
 Writes are atomic; rerunning with the same ``--out`` reuses finished tables unless
 ``--overwrite`` is given.
@@ -19,13 +23,16 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 
 from hpl_data import parquet
 from hpl_data.conversation import episode_messages
+from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
 from hpl_data.rollout import run_episodes
+from hpl_data.segmenters import parse_spec, percentile
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
@@ -36,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True)
     p.add_argument("--policy", default="heuristic", help="reference policy: a built-in agent (heuristic, random)")
     p.add_argument("--expert", default="oracle", help="expert: a built-in agent (oracle)")
-    p.add_argument("--levels", default="traj", help="comma list; this release builds: traj")
+    p.add_argument("--levels", default="traj,step,group", help="comma list of traj, step, group")
+    p.add_argument("--segmenter", default="fixed-k:3", help="fixed-n:N | fixed-k:K | uncertainty[:pP]")
+    p.add_argument("--mc-rollouts", type=int, default=3, help="Monte-Carlo rollouts per state (M)")
+    p.add_argument("--entropy-samples", type=int, default=8,
+                   help="policy samples per state to estimate action entropy (uncertainty segmenter)")
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -81,13 +92,84 @@ def traj_pairs(expert: list[dict], policy: list[dict], expert_id: str, policy_id
     return pairs
 
 
+_MC: dict = {}
+
+
+def _mc_init(env_name: str) -> None:
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _MC["env"] = make_env(env_name)
+    _MC["name"] = env_name
+
+
+def _mc_entropies(job: tuple) -> list[float]:
+    task_id, policy, expert, seed, samples = job
+    env, name = _MC["env"], _MC["name"]
+    ex = expert_pass(env, name, expert, task_id, seed)
+    return [empirical_entropy(env, name, policy, ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t],
+                              samples, seed, (task_id, t)) for t in range(len(ex["steps"]))]
+
+
+def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
+    task_id, split, args_d, levels, seg, threshold = job
+    env, name = _MC["env"], _MC["name"]
+    counters: Counter = Counter()
+    ex = expert_pass(env, name, args_d["expert"], task_id, args_d["seed"])
+    entropies = None
+    if seg[0] == "uncertainty":
+        entropies = [empirical_entropy(env, name, args_d["policy"], ex["states"][t], ex["steps"][t]["observation"],
+                                       ex["infos"][t], args_d["entropy_samples"], args_d["seed"], (task_id, t))
+                     for t in range(len(ex["steps"]))]
+    groups = segment(seg[0], seg[1], len(ex["steps"]), entropies, threshold)
+    steps, grps = label_task(env, name, split, ex, policy=args_d["policy"], expert=args_d["expert"],
+                             rollouts=args_d["mc_rollouts"], seed=args_d["seed"], levels=levels, groups=groups,
+                             segmenter=args_d["segmenter"], prompts=args_d["prompts"], counters=counters)
+    counters["expert_env_steps_mc"] += len(ex["steps"])
+    return steps, grps, dict(counters)
+
+
+def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[str], seg: tuple,
+             counters: dict) -> dict[str, list[dict]]:
+    """Monte-Carlo labelled step/group pairs, tasks spread over worker processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    args_d = {k: getattr(args, k) for k in ("expert", "policy", "seed", "mc_rollouts", "segmenter", "prompts",
+                                            "entropy_samples")}
+    make_env(env_name).warm_caches()
+    threshold = None
+    with ProcessPoolExecutor(max(1, args.workers), initializer=_mc_init, initargs=(env_name,)) as pool:
+        if seg[0] == "uncertainty":
+            jobs = [(t, args.policy, args.expert, args.seed, args.entropy_samples) for t in task_ids]
+            all_h = [h for hs in pool.map(_mc_entropies, jobs) for h in hs]
+            threshold = percentile(all_h, seg[1] if seg[1] is not None else 80.0)
+            counters["uncertainty_threshold"] = threshold
+        jobs = [(t, split, args_d, levels, seg, threshold) for t in task_ids]
+        rows: dict[str, list[dict]] = {"step": [], "group": []}
+        for steps, grps, c in pool.map(_mc_label, jobs):
+            rows["step"] += steps
+            rows["group"] += grps
+            for k, v in c.items():
+                counters[k] = counters.get(k, 0) + v
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
-    unsupported = [lv for lv in levels if lv != "traj"]
-    if unsupported:
-        console.print(f"[red]hpl-gen: levels {unsupported} are not built by this release (only 'traj')[/red]")
+    unsupported = [lv for lv in levels if lv not in ("traj", "step", "group")]
+    if unsupported or not levels:
+        console.print(f"[red]hpl-gen: unknown levels {unsupported}; use traj, step, group[/red]")
+        return 2
+    try:
+        seg_kind, seg_arg = parse_spec(args.segmenter)
+        if seg_kind == "semantic":
+            raise ValueError("the semantic segmenter needs an LLM policy backend, not available in this release")
+        if args.mc_rollouts < 1:
+            raise ValueError("--mc-rollouts must be >= 1")
+    except ValueError as e:
+        console.print(f"[red]hpl-gen: {e}[/red]")
         return 2
     try:
         env_name = canonical(args.env)
@@ -103,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"config": config, "versions": parquet.versions(), "git_revision": parquet.git_revision()}
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() and not args.overwrite else {}
-    if manifest.get("config") not in (None, config) and not args.overwrite:
+    runtime_only = ("workers", "overwrite")  # may differ between a run and its resumption
+
+    def same_data(a: dict | None, b: dict) -> bool:
+        return a is None or {k: v for k, v in a.items() if k not in runtime_only} == \
+            {k: v for k, v in b.items() if k not in runtime_only}
+
+    if not same_data(manifest.get("config"), config) and not args.overwrite:
         console.print("[red]hpl-gen: --out holds data from a different config; use --overwrite or another --out[/red]")
         return 2
     counters: dict[str, float] = manifest.get("counters", {})
@@ -134,11 +222,26 @@ def main(argv: list[str] | None = None) -> int:
                       f"{sum(r['reward'] for r in rows) / max(len(rows), 1):.3f} -> {path}")
     pairs = traj_pairs(tables["expert"], tables["policy"], args.expert, args.policy)
     counters["traj_pairs"] = len(pairs)
-    counters["wall_seconds"] = counters.get("wall_seconds", 0) + time.perf_counter() - start
     pair_path = parquet.write_table(pairs, parquet.TRAJ_PAIRS, out / "traj_pairs.parquet", {**meta, "counters": counters})
-    manifest = {"config": config, "counters": counters, "tables": {
-        "trajectories_expert": "trajectories_expert.parquet", "trajectories_policy": "trajectories_policy.parquet",
-        "traj_pairs": "traj_pairs.parquet"}, "finished": True, **meta}
+    written = {"trajectories_expert": "trajectories_expert.parquet", "trajectories_policy": "trajectories_policy.parquet",
+               "traj_pairs": "traj_pairs.parquet"}
+    mc_levels = {lv for lv in levels if lv in ("step", "group")}
+    if mc_levels and not all((out / f"{lv}_pairs.parquet").exists() for lv in mc_levels) or args.overwrite and mc_levels:
+        t0 = time.perf_counter()
+        try:
+            rows = mc_stage(env_name, args.split, task_ids, args, mc_levels, (seg_kind, seg_arg), counters)
+        except (ValueError, EnvUnavailableError) as e:
+            console.print(f"[red]hpl-gen: {e}[/red]")
+            return 2
+        counters["mc_seconds"] = time.perf_counter() - t0
+        for lv in sorted(mc_levels):
+            path = parquet.write_table(rows[lv], parquet.MC_PAIRS, out / f"{lv}_pairs.parquet",
+                                       {**meta, "counters": counters})
+            console.print(f"{len(rows[lv])} {lv} pairs -> {path}")
+    for lv in sorted(mc_levels):
+        written[f"{lv}_pairs"] = f"{lv}_pairs.parquet"
+    counters["wall_seconds"] = counters.get("wall_seconds", 0) + time.perf_counter() - start
+    manifest = {"config": config, "counters": counters, "tables": written, "finished": True, **meta}
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
     tmp.replace(manifest_path)

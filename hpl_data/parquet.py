@@ -31,6 +31,17 @@ TRAJ_PAIRS = pa.schema([
 ])
 
 
+MC_PAIRS = pa.schema([
+    ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
+    ("env", pa.string()), ("split", pa.string()), ("task_id", pa.string()), ("task_type", pa.string()),
+    ("level", pa.string()), ("group_start", pa.int32()), ("group_length", pa.int32()),
+    ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()), ("n_rollouts", pa.int32()),
+    ("chosen_std", pa.float64()), ("rejected_std", pa.float64()), ("delta_r", pa.float64()),
+    ("length_bucket", pa.int8()), ("delta_bucket", pa.int8()), ("bucket", pa.string()), ("segmenter", pa.string()),
+    ("policy_id", pa.string()), ("expert_id", pa.string()), ("seed", pa.int64()),
+])
+
+
 def git_revision() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,

@@ -58,8 +58,16 @@ def test_corrupt_catalog_is_reported(tmp_path):
 
 def test_hpl_gen_writes_loadable_pairs(tmp_path):
     out = tmp_path / "gen"
-    p = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out))
+    p = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out), "--workers", "2")
     assert p.returncode == 0, p.stderr
+    for level in ("step", "group"):
+        rows = pq.read_table(out / f"{level}_pairs.parquet").to_pylist()
+        assert rows, level
+        for r in rows:
+            assert r["chosen_reward"] - r["rejected_reward"] == pytest.approx(r["delta_r"]) and r["delta_r"] > 0
+            assert r["prompt"][-1]["role"] == "user" and r["chosen"][-1]["role"] == "assistant"
+            assert len(r["chosen"]) == 2 * r["group_length"] - 1 and r["bucket"] == f"B{r['length_bucket']}{r['delta_bucket']}"
+            assert r["n_rollouts"] == 3
     pairs = pq.read_table(out / "traj_pairs.parquet")
     assert pairs.num_rows > 0
     row = pairs.slice(0, 1).to_pylist()[0]
@@ -77,6 +85,20 @@ def test_hpl_gen_writes_loadable_pairs(tmp_path):
     # rerun reuses finished tables
     p2 = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out))
     assert p2.returncode == 0 and "reusing" in p2.stderr
+    # the same seed in a fresh folder (one worker instead of two) gives identical pairs
+    out2 = tmp_path / "gen2"
+    assert run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out2)).returncode == 0
+    for level in ("step", "group", "traj"):
+        a = pq.read_table(out / f"{level}_pairs.parquet").to_pylist()
+        b = pq.read_table(out2 / f"{level}_pairs.parquet").to_pylist()
+        assert a == b, level
+
+
+def test_hpl_gen_bad_options(tmp_path):
+    for extra in (["--levels", "traj,nope"], ["--segmenter", "fixed-k"], ["--segmenter", "semantic"],
+                  ["--mc-rollouts", "0"]):
+        p = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "2", "--out", str(tmp_path / "x"), *extra)
+        assert p.returncode == 2, extra
 
 
 def test_hpl_data_info():

@@ -1,0 +1,226 @@
+"""Step- and group-level preference pairs labelled by Monte-Carlo rollouts from env snapshots.
+
+For each task: the expert plays once while its env state is saved before every action
+(``get_state``). Values are means of M reference-policy rollouts to the end of the episode:
+
+* V_expert(t): the state after the expert's first t actions (t = T is the expert's outcome).
+* step pairs (IPR): at each expert step t the policy proposes another action a'; its value is the
+  mean outcome of M rollouts after a'. Pair kept when V_expert(t+1) > V(a').
+* group pairs (HPL, Eq. 2): the expert trajectory is segmented; for group [s, e) the policy plays
+  e-s actions from the same state; r(G) = mean outcome of M rollouts from the state after G.
+  Pair kept when ΔR = r(expert group) - r(policy group) > 0.
+
+Rollouts are reused across levels: V_expert(e) computed for a step label is the value of the
+expert group that ends at e. Rollouts restore snapshots, never replay prefixes from reset.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpl_data.conversation import episode_messages
+from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
+from hpl_envs.agents import make_agent
+from hpl_envs.react import format_observation, format_turn
+
+# (length thresholds, ΔR thresholds) of the paper's 3x3 curriculum buckets
+LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode-sql": (0, 2, 4)}
+DELTA_THRESHOLDS = (1.0, 0.7, 0.4)
+
+
+def buckets(env_name: str, length: int, delta: float) -> tuple[int, int]:
+    """Length bucket 1..3 (by the env's thresholds) and ΔR bucket 1..3 (1 = largest gap)."""
+    lt = LENGTH_THRESHOLDS.get(env_name, (0, 2, 4))
+    lb = 1 if length <= lt[1] else 2 if length <= lt[2] else 3
+    db = 1 if delta >= DELTA_THRESHOLDS[1] else 2 if delta >= DELTA_THRESHOLDS[2] else 3
+    return lb, db
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Value:
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass
+class TaskLabeler:
+    env: Any
+    env_name: str
+    policy: str
+    rollouts: int
+    seed: int
+    counters: Counter = field(default_factory=Counter)
+
+    def _agent(self, *key):
+        return make_agent(self.env_name, self.policy, seed=_seed(self.seed, *key))
+
+    def _finish(self, obs: str, info: dict, key: tuple) -> float:
+        """Policy plays from the env's current state to the end; returns the outcome."""
+        agent = self._agent(*key)
+        agent.reset(self.env, obs, info)
+        while True:
+            obs, reward, term, trunc, info = self.env.step(agent.act(obs, info))
+            self.counters["env_steps"] += 1
+            if term or trunc:
+                return float(reward)
+
+    def value(self, state, obs: str, info: dict, key: tuple) -> Value:
+        """Mean outcome of M policy rollouts from ``state``."""
+        outcomes = []
+        for m in range(self.rollouts):
+            self.env.set_state(state)
+            self.counters["restores"] += 1
+            outcomes.append(self._finish(obs, info, (*key, m)))
+        self.counters["rollouts"] += len(outcomes)
+        std = statistics.pstdev(outcomes) if len(outcomes) > 1 else 0.0
+        return Value(sum(outcomes) / len(outcomes), std, len(outcomes))
+
+    def policy_steps(self, state, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None):
+        """The policy plays up to n actions from ``state``: (actions, observations after each,
+        terminal outcome or None, info). With ``avoid``, the first action must differ from it."""
+        self.env.set_state(state)
+        self.counters["restores"] += 1
+        agent = self._agent(*key)
+        agent.reset(self.env, obs, info)
+        first = agent.act(obs, info)
+        tries = 0
+        while avoid is not None and first.strip() == avoid.strip() and tries < 4:
+            tries += 1
+            agent = self._agent(*key, "retry", tries)
+            agent.reset(self.env, obs, info)
+            first = agent.act(obs, info)
+        if avoid is not None and first.strip() == avoid.strip():
+            return None
+        actions, observations = [], []
+        action = first
+        for i in range(n):
+            if i:
+                action = agent.act(obs, info)
+            obs, reward, term, trunc, info = self.env.step(action)
+            self.counters["env_steps"] += 1
+            actions.append(action)
+            observations.append(obs)
+            if term or trunc:
+                return actions, observations, float(reward), obs, info
+        return actions, observations, None, obs, info
+
+
+def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dict:
+    """Expert episode with a snapshot before every action."""
+    agent = make_agent(env_name, expert, seed=_seed(seed, task_id, "expert"))
+    obs, info = env.reset(options={"task_id": task_id})
+    agent.reset(env, obs, info)
+    steps, states, infos = [], [], []
+    reward, done = 0.0, False
+    while not done:
+        states.append(env.get_state())
+        infos.append(info)
+        action = agent.act(obs, info)
+        steps.append({"observation": obs, "action": action})
+        obs, reward, term, trunc, info = env.step(action)
+        done = term or trunc
+    return {"task_id": task_id, "task_type": infos[0].get("task_type", ""), "steps": steps, "states": states,
+            "infos": infos, "reward": float(reward), "final_observation": obs}
+
+
+def empirical_entropy(env, env_name: str, policy: str, state, obs: str, info: dict, samples: int,
+                      seed: int, key: tuple) -> float:
+    """Entropy (nats) of the policy's action distribution at a state, estimated by sampling."""
+    counts: Counter = Counter()
+    for i in range(samples):
+        env.set_state(state)
+        agent = make_agent(env_name, policy, seed=_seed(seed, *key, "entropy", i))
+        agent.reset(env, obs, info)
+        counts[agent.act(obs, info).strip()] += 1
+    return -sum(c / samples * math.log(c / samples) for c in counts.values())
+
+
+def segment(kind: str, arg: float | None, length: int, entropies: list[float] | None,
+            threshold: float | None) -> list[tuple[int, int]]:
+    if kind == "fixed-n":
+        return fixed_n(length, int(arg))
+    if kind == "fixed-k":
+        return fixed_k(length, int(arg))
+    if kind == "uncertainty":
+        return uncertainty(entropies or [0.0] * length, threshold if threshold is not None else float("inf"))
+    raise ValueError(f"segmenter {kind!r} is not supported by this builder")
+
+
+def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert: str, rollouts: int, seed: int,
+               levels: set[str], groups: list[tuple[int, int]], segmenter: str, prompts: str,
+               counters: Counter) -> tuple[list[dict], list[dict]]:
+    """Step and group pairs for one task, from its expert pass."""
+    lab = TaskLabeler(env, env_name, policy, rollouts, seed, counters)
+    T = len(ex["steps"])
+    messages = episode_messages(env_name, ex, prompts)
+    tid = ex["task_id"]
+    values: dict[int, Value] = {T: Value(ex["reward"], 0.0, 0)}
+
+    def v_expert(t: int) -> Value:
+        if t not in values:
+            values[t] = lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t))
+        else:
+            counters["values_reused"] += 1
+        return values[t]
+
+    base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": policy,
+            "expert_id": expert, "seed": seed, "n_rollouts": rollouts}
+    step_rows, group_rows = [], []
+    if "step" in levels:
+        for t in range(T):
+            st, obs, info = ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t]
+            alt = lab.policy_steps(st, obs, info, 1, (tid, "alt", t), avoid=ex["steps"][t]["action"])
+            if alt is None:
+                counters["step_no_alternative"] += 1
+                continue
+            actions, _, outcome, a_obs, a_info = alt
+            if outcome is not None:
+                v_alt = Value(outcome, 0.0, 0)
+            else:
+                v_alt = lab.value(lab.env.get_state(), a_obs, a_info, (tid, "alt", t, "v"))
+            v_exp = v_expert(t + 1)
+            delta = v_exp.mean - v_alt.mean
+            if delta <= 0:
+                continue
+            lb, db = buckets(env_name, 1, delta)
+            step_rows.append({**base, "prompt": messages[: 1 + 2 * t], "chosen": [messages[1 + 2 * t]],
+                              "rejected": [{"role": "assistant", "content": format_turn(actions[0], None, env_name)}],
+                              "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
+                              "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
+                              "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
+                              "segmenter": ""})
+    if "group" in levels:
+        for s, e in groups:
+            st, obs, info = ex["states"][s], ex["steps"][s]["observation"], ex["infos"][s]
+            v_exp = v_expert(e)
+            pol = lab.policy_steps(st, obs, info, e - s, (tid, "grp", s, e))
+            actions, observations, outcome, p_obs, p_info = pol
+            if outcome is not None:
+                v_pol = Value(outcome, 0.0, 0)
+            else:
+                v_pol = lab.value(lab.env.get_state(), p_obs, p_info, (tid, "grp", s, e, "v"))
+            delta = v_exp.mean - v_pol.mean
+            if delta <= 0:
+                continue
+            rejected = []
+            for i, a in enumerate(actions):
+                rejected.append({"role": "assistant", "content": format_turn(a, None, env_name)})
+                if i + 1 < len(actions):
+                    rejected.append({"role": "user", "content": format_observation(observations[i], env_name)})
+            lb, db = buckets(env_name, e - s, delta)
+            group_rows.append({**base, "prompt": messages[: 1 + 2 * s], "chosen": messages[1 + 2 * s: 2 * e],
+                               "rejected": rejected, "level": "group", "group_start": s, "group_length": e - s,
+                               "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
+                               "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
+                               "bucket": f"B{lb}{db}", "segmenter": segmenter})
+    return step_rows, group_rows
