@@ -13,8 +13,9 @@ Output folder:
   traj_pairs.parquet, step_pairs.parquet, group_pairs.parquet   TRL-style prompt/chosen/rejected
   manifest.json                           config, counters, versions, what is finished
 
-Writes are atomic; rerunning with the same ``--out`` reuses finished tables unless
-``--overwrite`` is given.
+Crash-safe: every finished task is written as a shard (``.shards/``, atomic) and a rerun with the
+same ``--out`` and config resumes, skipping finished tasks; tables are assembled atomically at
+the end. ``--overwrite`` starts over.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hpl_data.conversation import episode_messages
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
 from hpl_data.rollout import run_episodes
 from hpl_data.segmenters import parse_spec, percentile
+from hpl_data.shards import ShardStore
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
@@ -138,19 +140,27 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
                                             "entropy_samples")}
     make_env(env_name).warm_caches()
     threshold = None
+    out = args.out
     with ProcessPoolExecutor(max(1, args.workers), initializer=_mc_init, initargs=(env_name,)) as pool:
         if seg[0] == "uncertainty":
-            jobs = [(t, args.policy, args.expert, args.seed, args.entropy_samples) for t in task_ids]
-            all_h = [h for hs in pool.map(_mc_entropies, jobs) for h in hs]
+            ent = ShardStore(out, "entropy")
+            jobs = [(t, args.policy, args.expert, args.seed, args.entropy_samples) for t in ent.pending(task_ids)]
+            for job, hs in zip(jobs, pool.map(_mc_entropies, jobs)):
+                ent.put(job[0], {"entropies": hs})
+            all_h = [h for t in task_ids for h in ent.get(t)["entropies"]]
             threshold = percentile(all_h, seg[1] if seg[1] is not None else 80.0)
             counters["uncertainty_threshold"] = threshold
-        jobs = [(t, split, args_d, levels, seg, threshold) for t in task_ids]
-        rows: dict[str, list[dict]] = {"step": [], "group": []}
-        for steps, grps, c in pool.map(_mc_label, jobs):
-            rows["step"] += steps
-            rows["group"] += grps
-            for k, v in c.items():
-                counters[k] = counters.get(k, 0) + v
+        store = ShardStore(out, "mc_" + "_".join(sorted(levels)))
+        jobs = [(t, split, args_d, levels, seg, threshold) for t in store.pending(task_ids)]
+        for job, (steps, grps, c) in zip(jobs, pool.map(_mc_label, jobs)):
+            store.put(job[0], {"step": steps, "group": grps, "counters": c})
+    rows: dict[str, list[dict]] = {"step": [], "group": []}
+    for t in task_ids:
+        sh = store.get(t)
+        rows["step"] += sh["step"]
+        rows["group"] += sh["group"]
+        for k, v in sh["counters"].items():
+            counters[k] = counters.get(k, 0) + v
     return rows
 
 
@@ -194,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     if not same_data(manifest.get("config"), config) and not args.overwrite:
         console.print("[red]hpl-gen: --out holds data from a different config; use --overwrite or another --out[/red]")
         return 2
+    if args.overwrite:
+        import shutil
+
+        shutil.rmtree(out / ".shards", ignore_errors=True)
+        for f in out.glob("*.parquet"):
+            f.unlink()
+    if not manifest:  # record the config first, so a killed run is resumed only with the same one
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"config": config, "finished": False, **meta}, indent=1, default=str))
+        tmp.replace(manifest_path)
     counters: dict[str, float] = manifest.get("counters", {})
     tables: dict[str, list[dict]] = {}
     start = time.perf_counter()
@@ -206,15 +226,26 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"reusing {path}")
             continue
         t0 = time.perf_counter()
+        store = ShardStore(out, f"trajectories_{role}")
+        todo = store.pending(task_ids)
+        if len(todo) < len(task_ids):
+            console.print(f"{role}: resuming, {len(task_ids) - len(todo)} of {len(task_ids)} tasks already done")
+
+        def save(episode: dict, store=store, role=role) -> None:
+            store.put(episode["task_id"], {"rows": trajectory_rows(env_name, args.split, role, [episode], args.prompts),
+                                           "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
+
         try:
-            episodes = run_episodes(env_name, task_ids, agent, seed=args.seed, workers=args.workers)
+            if todo:
+                run_episodes(env_name, todo, agent, seed=args.seed, workers=args.workers, on_episode=save)
         except (ValueError, EnvUnavailableError) as e:
             console.print(f"[red]hpl-gen: {e}[/red]")
             return 2
-        rows = trajectory_rows(env_name, args.split, role, episodes, args.prompts)
-        counters[f"{role}_env_steps"] = sum(len(e["steps"]) for e in episodes)
-        counters[f"{role}_episodes"] = len(episodes)
-        counters[f"{role}_failed"] = sum(1 for e in episodes if e["error"])
+        shards = [store.get(t) for t in task_ids]
+        rows = [r for sh in shards for r in sh["rows"]]
+        counters[f"{role}_env_steps"] = sum(sh["env_steps"] for sh in shards)
+        counters[f"{role}_episodes"] = len(rows)
+        counters[f"{role}_failed"] = sum(sh["failed"] for sh in shards)
         counters[f"{role}_seconds"] = time.perf_counter() - t0
         parquet.write_table(rows, parquet.TRAJECTORIES, path, {**meta, "counters": counters})
         tables[role] = rows
@@ -226,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     written = {"trajectories_expert": "trajectories_expert.parquet", "trajectories_policy": "trajectories_policy.parquet",
                "traj_pairs": "traj_pairs.parquet"}
     mc_levels = {lv for lv in levels if lv in ("step", "group")}
-    if mc_levels and not all((out / f"{lv}_pairs.parquet").exists() for lv in mc_levels) or args.overwrite and mc_levels:
+    if mc_levels and not all((out / f"{lv}_pairs.parquet").exists() for lv in mc_levels):
         t0 = time.perf_counter()
         try:
             rows = mc_stage(env_name, args.split, task_ids, args, mc_levels, (seg_kind, seg_arg), counters)
