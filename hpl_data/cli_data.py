@@ -1,6 +1,7 @@
 """``hpl-data``: what benchmark data is present, and fetching it.
 
   hpl-data info               data root, files present, task counts and split overlaps
+  hpl-data inspect DIR        counts, reward/ΔR histograms, curriculum buckets of hpl-gen output
   hpl-data download ENV       fetch ENV's public files into the data root, verified
                               (webshop [--full: 1.18 M catalog], alfworld, intercode-sql, prompts)
 """
@@ -70,10 +71,66 @@ def sql_info(console: Console) -> None:
     console.print("train/test share no database; dev is all tasks (InterCode's evaluation set).")
 
 
+def inspect_dir(console: Console, folder: Path) -> int:
+    """Counts, reward histograms and the curriculum bucket matrix of an hpl-gen output folder."""
+    import pyarrow.parquet as pq
+
+    tables = sorted(folder.glob("*.parquet"))
+    if not tables:
+        console.print(f"[red]hpl-data inspect: no Parquet tables in {folder}[/red]")
+        return 2
+    summary = Table(title=f"{folder}")
+    for col in ("table", "rows", "tasks", "mean reward / ΔR"):
+        summary.add_column(col, justify="right" if col != "table" else "left")
+    for path in tables:
+        try:
+            t = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001
+            console.print(f"[red]{path.name}: unreadable ({e})[/red]")
+            return 2
+        cols = t.column_names
+        tasks = len(set(t.column("task_id").to_pylist())) if "task_id" in cols else 0
+        if "delta_r" in cols and t.num_rows:
+            stat = f"ΔR {sum(t.column('delta_r').to_pylist()) / t.num_rows:.3f}"
+        elif "reward" in cols and t.num_rows:
+            stat = f"R {sum(t.column('reward').to_pylist()) / t.num_rows:.3f}"
+        else:
+            stat = "-"
+        summary.add_row(path.stem, str(t.num_rows), str(tasks), stat)
+    console.print(summary)
+    for path in tables:
+        t = pq.read_table(path)
+        values = t.column("delta_r" if "delta_r" in t.column_names else "reward").to_pylist() \
+            if {"delta_r", "reward"} & set(t.column_names) else []
+        if values:
+            bins = [0] * 10
+            for v in values:
+                bins[min(9, max(0, int(v * 10)))] += 1
+            top = max(bins) or 1
+            console.print(f"[b]{path.stem}[/b] {'ΔR' if 'delta_r' in t.column_names else 'reward'} histogram")
+            for i, n in enumerate(bins):
+                label = "(<0.1)    " if i == 0 else "[0.9, 1.0]" if i == 9 else f"[{i / 10:.1f}, {(i + 1) / 10:.1f})"
+                console.print(f"  {label} {'#' * round(30 * n / top):<30} {n}")
+        if "bucket" in t.column_names and t.num_rows:
+            from collections import Counter
+
+            counts = Counter(t.column("bucket").to_pylist())
+            m = Table(title=f"{path.stem}: buckets (rows: length 1-3, columns: ΔR 1-3)")
+            m.add_column("")
+            for d in (1, 2, 3):
+                m.add_column(f"ΔR{d}", justify="right")
+            for lb in (1, 2, 3):
+                m.add_row(f"len{lb}", *(str(counts.get(f"B{lb}{d}", 0)) for d in (1, 2, 3)))
+            console.print(m)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hpl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="what is present")
+    ins = sub.add_parser("inspect", help="summarise an hpl-gen output folder")
+    ins.add_argument("folder", type=Path)
     d = sub.add_parser("download", help="fetch an env's files")
     d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
@@ -91,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             except (DataMissingError, DataCorruptError) as e:
                 console.print(f"[yellow]{e}[/yellow]")
         return 0
+    if args.cmd == "inspect":
+        return inspect_dir(console, args.folder)
     from hpl_data.download import DownloadError, download
 
     root = args.root or data_root()
