@@ -70,36 +70,30 @@ FILES: dict[str, list[FileSpec]] = {
         FileSpec("expert/intercode_sql_results/gpt-4/ic_sql_multiturn_gpt-4_1_turns.json", _github(*INTERCODE, "data/results/sql/gpt-4/ic_sql_multiturn_gpt-4_1_turns.json"),
                  "4e46825aec0482792b6d1cc3e008b02a14918fd16cf512deb21e21301087557e", optional=True),
     ],
-    "prompts": [
-        FileSpec("prompts/alfworld_3prompts_react.json", _github(*ETO, "eval_agent/data/alfworld/prompts/alfworld_3prompts.json"),
-                 "15559f6621eff809e18f7c7496aef2f2c4785b65374f61879e5cb10c5aee18f7"),
-        FileSpec("prompts/eto/icl_examples/alfworld_icl.json", _github(*ETO, "eval_agent/prompt/icl_examples/alfworld_icl.json"),
-                 "06b00f15c320c484d86fffcfaedcd057eb7cca544b452683cac9f8b9a5d2ff55"),
-        FileSpec("prompts/eto/icl_examples/webshop_icl.json", _github(*ETO, "eval_agent/prompt/icl_examples/webshop_icl.json"),
-                 "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
-        FileSpec("prompts/eto/instructions/alfworld_inst.txt", _github(*ETO, "eval_agent/prompt/instructions/alfworld_inst.txt"),
-                 "ed99085b2fcef955363a031d274e9ffcc7a312c8350776f7464b4a8fb9ae85d7"),
-        FileSpec("prompts/eto/instructions/webshop_inst.txt", _github(*ETO, "eval_agent/prompt/instructions/webshop_inst.txt"),
-                 "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
-        FileSpec("prompts/ipr/icl_examples/alfworld_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/alfworld_icl.json"),
-                 "e4fd175ebb24016540dab0b6780937cdbbd0b04ba241eb7137837ad422fbdd0c"),
-        FileSpec("prompts/ipr/icl_examples/intercode_sql_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/intercode_sql_icl.json"),
-                 "a8141421a2e8a90dc52837bca354ff96785de0482948f2b42d23131d5e32d74c"),
-        FileSpec("prompts/ipr/icl_examples/webshop_icl.json", _github(*IPR, "eval_agent/prompt/icl_examples/webshop_icl.json"),
-                 "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
-        FileSpec("prompts/ipr/instructions/alfworld_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/alfworld_inst.txt"),
-                 "1315010838ff752b1d8b715534f61bf41eae2d2d9f419072ca6913dd92cab1d5"),
-        FileSpec("prompts/ipr/instructions/intercode_sql_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/intercode_sql_inst.txt"),
-                 "bb1ac3150720be7324420c541090d11d24da5a8c666e52bcba3571b891dca435"),
-        FileSpec("prompts/ipr/instructions/webshop_inst.txt", _github(*IPR, "eval_agent/prompt/instructions/webshop_inst.txt"),
-                 "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
-    ],
+    "prompts": [],  # filled below from PROMPT_FILES
     "webshop-full": [
         FileSpec("webshop/items_shuffle.json", _gdrive("1A2whVgOO0euk5O13n2iYDM0bQRkkRduB"), note="1.18 M products"),
         FileSpec("webshop/items_ins_v2.json", _gdrive("1s2j6NgHljiZzQNL3veZaAiyW_qDEgBNi")),
         FileSpec("webshop/items_human_ins.json", _gdrive("14Kb5SPBk_jfdLZ_CDBNitW98QLDlKR5O")),
     ],
 }
+
+
+# ETO/IPR instruction and in-context example files: (relative path, repo, path in repo, sha256)
+PROMPT_FILES = [
+    ("prompts/alfworld_3prompts_react.json", ETO, "eval_agent/data/alfworld/prompts/alfworld_3prompts.json", "15559f6621eff809e18f7c7496aef2f2c4785b65374f61879e5cb10c5aee18f7"),
+    ("prompts/eto/icl_examples/alfworld_icl.json", ETO, "eval_agent/prompt/icl_examples/alfworld_icl.json", "06b00f15c320c484d86fffcfaedcd057eb7cca544b452683cac9f8b9a5d2ff55"),
+    ("prompts/eto/icl_examples/webshop_icl.json", ETO, "eval_agent/prompt/icl_examples/webshop_icl.json", "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
+    ("prompts/eto/instructions/alfworld_inst.txt", ETO, "eval_agent/prompt/instructions/alfworld_inst.txt", "ed99085b2fcef955363a031d274e9ffcc7a312c8350776f7464b4a8fb9ae85d7"),
+    ("prompts/eto/instructions/webshop_inst.txt", ETO, "eval_agent/prompt/instructions/webshop_inst.txt", "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
+    ("prompts/ipr/icl_examples/alfworld_icl.json", IPR, "eval_agent/prompt/icl_examples/alfworld_icl.json", "e4fd175ebb24016540dab0b6780937cdbbd0b04ba241eb7137837ad422fbdd0c"),
+    ("prompts/ipr/icl_examples/intercode_sql_icl.json", IPR, "eval_agent/prompt/icl_examples/intercode_sql_icl.json", "a8141421a2e8a90dc52837bca354ff96785de0482948f2b42d23131d5e32d74c"),
+    ("prompts/ipr/icl_examples/webshop_icl.json", IPR, "eval_agent/prompt/icl_examples/webshop_icl.json", "bb59e41bc6909d475919f9c77d1a7c552c1747f64eeb7b5835102713b9ffec7e"),
+    ("prompts/ipr/instructions/alfworld_inst.txt", IPR, "eval_agent/prompt/instructions/alfworld_inst.txt", "1315010838ff752b1d8b715534f61bf41eae2d2d9f419072ca6913dd92cab1d5"),
+    ("prompts/ipr/instructions/intercode_sql_inst.txt", IPR, "eval_agent/prompt/instructions/intercode_sql_inst.txt", "bb1ac3150720be7324420c541090d11d24da5a8c666e52bcba3571b891dca435"),
+    ("prompts/ipr/instructions/webshop_inst.txt", IPR, "eval_agent/prompt/instructions/webshop_inst.txt", "073c199aa1418863a4c5fd815d38db7cadaccc9697dd49a4f1accba406c70529"),
+]
+FILES["prompts"] = [FileSpec(rel, _github(*repo, src), sha) for rel, repo, src, sha in PROMPT_FILES]
 
 
 class DownloadError(RuntimeError):

@@ -69,7 +69,6 @@ class AlfWorldHeuristic:
 
     def _weight(self, a: str) -> float:
         w = 1.0
-        holding = False
         if a.startswith("take ") and self.obj and a.split()[1].startswith(self.obj):
             w = 40.0
         elif self.verb and a.startswith(self.verb + " ") and self.obj in a:
@@ -86,5 +85,4 @@ class AlfWorldHeuristic:
             w = 2.0
         elif a.startswith("examine ") or a.startswith("close "):
             w = 0.2
-        del holding
         return w

@@ -51,7 +51,7 @@ class SqlHeuristic:
     def reset(self, env: Any, observation: str, info: dict) -> None:
         self.question = info["instruction"].lower()
         self.tables: list[str] = []
-        self.columns: dict[str, list[str]] = {}
+        self.described: list[str] = []
         self.stage = "tables"
 
     def act(self, observation: str, info: dict) -> str:
@@ -63,30 +63,26 @@ class SqlHeuristic:
                 self.tables = re.findall(r"\('([^']+)',\)", observation) or ["dual"]
                 self.rng.shuffle(self.tables)
                 self.tables.sort(key=lambda t: -self._overlap(t))
-            pending = [t for t in self.tables if t not in self.columns]
-            if self.columns and (not pending or len(self.columns) >= 2):
+            pending = [t for t in self.tables if t not in self.described]
+            if self.described and (not pending or len(self.described) >= 2):
                 self.stage = "query"
             else:
                 table = pending[0]
-                self.columns[table] = []
-                self._last_desc = table
+                self.described.append(table)
                 return f"DESCRIBE {table}"
         if self.stage == "query":
             self.stage = "submit"
             return self._guess()
         return "submit"
 
-    def observe_columns(self, observation: str) -> list[str]:
-        return re.findall(r"\('([^']+)', ", observation)
-
     def _overlap(self, name: str) -> int:
         words = set(re.findall(r"[a-z]+", self.question))
         return sum(1 for part in re.findall(r"[a-z]+", name.lower()) if part in words or part + "s" in words)
 
     def _guess(self) -> str:
-        table = max(self.columns, key=self._overlap)
+        table = max(self.described, key=self._overlap)
         if self.rng.random() < self.epsilon:
-            table = self.rng.choice(list(self.columns))
+            table = self.rng.choice(self.described)
         q = self.question
         if q.startswith("how many") or "number of" in q or "count" in q:
             return f"SELECT COUNT(*) FROM {table}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -281,9 +283,6 @@ class LocalServer(SqlServer):
         datadir = self.base / "data"
         sock = str(self.base / "mysqld.sock")
         if len(sock) > 100:  # unix socket paths are limited to 107 bytes
-            import hashlib
-            import tempfile
-
             tag = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
             sock = os.path.join(tempfile.gettempdir(), f"hpl-mysqld-{os.getuid()}-{tag}.sock")
         log = self.base / "server.log"

@@ -157,7 +157,6 @@ class WebShopEnv(HplTextEnv):
         self.split_mode = split_mode
         self._state: WebShopState | None = None
         self._view: tuple[list[str], dict[str, pages.Clickable]] | None = None
-        self._rng = random.Random(0)
 
     def warm_caches(self) -> None:
         _ = self.shared.search, self.shared.reward
