@@ -12,6 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hpl_data.shards import remove_stale_temp_files
+
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 
@@ -74,6 +76,7 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)
+    remove_stale_temp_files(path.parent, f".{path.name}.*.tmp")  # left by a writer killed mid-write
     return path
 
 

@@ -13,10 +13,23 @@ import os
 from pathlib import Path
 
 
+def remove_stale_temp_files(folder: Path, pattern: str) -> None:
+    """Delete ``<name>.<pid>.tmp`` files left by writers that were killed (their pid is gone)."""
+    for tmp in Path(folder).glob(pattern):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError, IndexError):
+            continue
+
+
 class ShardStore:
     def __init__(self, out: Path, stage: str) -> None:
         self.dir = Path(out) / ".shards" / stage
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.dir, ".*.tmp")
 
     def _path(self, task_id: str) -> Path:
         return self.dir / f"{hashlib.sha1(task_id.encode()).hexdigest()[:20]}.json"
