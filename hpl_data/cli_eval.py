@@ -1,44 +1,67 @@
-"""``hpl-eval``: run an agent on an env split and report reward, success and speed."""
+"""``hpl-eval``: run any policy (built-in agent, user agent, vLLM, OpenAI-compatible server, HF) on
+env splits through the async engine; report reward, success, speed and cost.
+
+    hpl-eval --env webshop --agent heuristic --split test --limit 100 --out runs/heuristic.json
+    hpl-eval --env alfworld,webshop,intercode-sql --agent vllm:/models/qwen --out runs/qwen/
+    hpl-eval compare runs/heuristic/summary.json runs/qwen/summary.json --png table.png
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hpl_data.rollout import run_episodes, summarize
+from hpl_data.engine import EngineConfig, RolloutEngine
+from hpl_data.policies import PolicyError, SamplingParams, make_chat_policy, parse_spec
+from hpl_data.rollout import summarize
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
 
+# The paper's evaluation splits per env (ALFWorld: seen and unseen eval games).
+DEFAULT_SPLITS = {"webshop": ["test"], "intercode-sql": ["test"], "alfworld": ["valid_seen", "valid_unseen"]}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpl-eval", description=__doc__)
-    p.add_argument("--env", required=True, help="webshop")
-    p.add_argument("--agent", required=True, help="oracle | heuristic | random")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="first N tasks of the split")
+    p = argparse.ArgumentParser(prog="hpl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", required=True, help="webshop | alfworld | intercode-sql, or several comma-separated")
+    p.add_argument("--agent", "--policy", dest="agent", required=True,
+                   help="oracle | heuristic | random | vllm:MODEL | openai:URL[#model] | hf:MODEL | package.module:factory")
+    p.add_argument("--split", default=None, help="split(s), comma-separated; default: the paper's eval split per env")
+    p.add_argument("--limit", type=int, default=None, help="first N tasks of each split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="env worker processes")
+    p.add_argument("--concurrency", type=int, default=64, help="episodes in flight")
     p.add_argument("--max-turns", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=256, help="per model turn")
+    p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"],
+                   help="instruction + worked example shown to LLM policies")
+    p.add_argument("--episode-timeout", type=float, default=None, help="seconds; a slower episode is recorded as failed")
+    p.add_argument("--out", type=Path, default=None,
+                   help="one run: summary JSON path (trajectories go beside it as .parquet); several: a directory")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra env constructor argument (JSON value), e.g. catalog=\"full\"")
+    p.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra backend option (JSON value), e.g. max_model_len=8192, concurrency=32")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def parse_kv(pairs: list[str]) -> dict:
+def parse_kv(pairs: list[str], flag: str = "--env-arg") -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"hpl-eval: --env-arg expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -47,46 +70,147 @@ def parse_kv(pairs: list[str]) -> dict:
     return out
 
 
+def plan_runs(args) -> list[tuple[str, str, list[str]]]:
+    """[(env, split, task ids)]; validates envs, splits and data before anything starts."""
+    runs = []
+    for name in [e.strip() for e in args.env.split(",") if e.strip()]:
+        env_name = canonical(name)
+        env = make_env(env_name, **args.env_kwargs)
+        for split in (args.split.split(",") if args.split else DEFAULT_SPLITS.get(env_name, ["test"])):
+            ids = env.task_ids(split.strip())
+            runs.append((env_name, split.strip(), ids[: args.limit] if args.limit is not None else ids))
+        env.close()
+    return runs
+
+
+def check_agent(env_name: str, spec) -> None:
+    """Fail before starting workers when a built-in agent does not exist for the env."""
+    from hpl_data.policies import make_agent_from_spec
+
+    if spec.is_agent:
+        make_agent_from_spec(env_name, spec, seed=0)
+
+
+async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]:
+    spec = parse_spec(args.agent)
+    policy = None if spec.is_agent else make_chat_policy(spec, **args.policy_kwargs)  # one model for every run
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    out = []
+    try:
+        for env_name, split, ids in runs:
+            config = EngineConfig(concurrency=args.concurrency, workers=args.workers, seed=args.seed,
+                                  episode_timeout_s=args.episode_timeout, prompts=args.prompts, sampling=sampling)
+            engine = RolloutEngine(env_name, policy or args.agent, env_kwargs=args.env_kwargs, config=config)
+            async with engine:
+                episodes = await _with_progress(engine, ids, f"{env_name}/{split}", console, args.quiet)
+            summary = summarize(env_name, split, str(spec), episodes, engine.counters.wall_s)
+            summary["counters"] = engine.counters.as_dict()
+            summary["config"] = {"seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
+                                 "max_tokens": args.max_tokens, "max_turns": args.max_turns, "prompts": args.prompts,
+                                 "concurrency": args.concurrency, "workers": args.workers, "limit": args.limit}
+            summary["per_episode"] = [
+                {"task_id": e["task_id"], "task_type": e["task_type"], "reward": e["reward"], "won": e["won"],
+                 "steps": len(e["steps"]), "error": e["error"], "stop_reason": e["stop_reason"],
+                 "reward_parts": e["reward_parts"], "actions": [s["action"] for s in e["steps"]]}
+                for e in episodes
+            ]
+            out.append((summary, episodes))
+    finally:
+        if policy is not None:
+            await policy.close()
+    return out
+
+
+async def _with_progress(engine: RolloutEngine, ids: list[str], label: str, console: Console, quiet: bool):
+    c = engine.counters
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[rates]}"), console=console, disable=quiet,
+                  refresh_per_second=4) as progress:
+        bar = progress.add_task(label, total=len(ids), rates="")
+        t0 = time.perf_counter()
+
+        def rates() -> str:
+            dt = max(1e-9, time.perf_counter() - t0)
+            s = f"{c.env_steps / dt:,.0f} steps/s"
+            if c.llm_calls:
+                s += f" | {c.llm_calls / dt:,.1f} LLM calls/s | {(c.prompt_tokens + c.completion_tokens) / dt:,.0f} tok/s"
+            return s + (f" | failed {c.failed_episodes}" if c.failed_episodes else "")
+
+        async def ticker():
+            while True:
+                progress.update(bar, rates=rates())
+                await asyncio.sleep(0.5)
+
+        tick = asyncio.create_task(ticker())
+        try:
+            episodes = await engine.run(ids, on_episode=lambda _: progress.advance(bar))
+        finally:
+            tick.cancel()
+        progress.update(bar, rates=rates())
+    return episodes
+
+
+def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Console) -> None:
+    from hpl_data.conversation import trajectory_rows
+    from hpl_data.parquet import TRAJECTORIES, git_revision, versions, write_table
+
+    def one(summary: dict, episodes: list[dict], json_path: Path) -> None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"summary": {k: v for k, v in summary.items() if k != "per_episode"}, "versions": versions(),
+                "git_revision": git_revision()}
+        rows = trajectory_rows(summary["env"], summary["split"], "eval", episodes, summary["config"]["prompts"])
+        pq_path = write_table(rows, TRAJECTORIES, json_path.with_suffix(".trajectories.parquet"), meta)
+        summary["trajectories"] = pq_path.name
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(json_path)
+        console.print(f"wrote {json_path} and {pq_path.name}")
+
+    if len(results) == 1 and out.suffix == ".json":
+        one(*results[0], out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for summary, episodes in results:
+        one(summary, episodes, out / f"{summary['env']}_{summary['split']}.json")
+    combined = {"agent": results[0][0]["agent"], "runs": [{k: v for k, v in s.items() if k != "per_episode"}
+                                                          for s, _ in results]}
+    (out / "summary.json").write_text(json.dumps(combined, indent=1))
+    console.print(f"wrote {out / 'summary.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        from hpl_data.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     console = Console(stderr=True, quiet=args.quiet)
     try:
-        env_name = canonical(args.env)
-        env_kwargs = parse_kv(args.env_arg)
+        args.env_kwargs = parse_kv(args.env_arg)
+        args.policy_kwargs = parse_kv(args.policy_arg, "--policy-arg")
         if args.max_turns:
-            env_kwargs["max_turns"] = args.max_turns
-        env = make_env(env_name, **env_kwargs)
-        task_ids = env.task_ids(args.split)
+            args.env_kwargs["max_turns"] = args.max_turns
+        spec = parse_spec(args.agent)
+        runs = plan_runs(args)
+        for env_name in {r[0] for r in runs}:
+            check_agent(env_name, spec)
     except (DataMissingError, DataCorruptError, EnvUnavailableError, ValueError, TypeError) as e:
         console.print(f"[red]hpl-eval: {e}[/red]")
         return 2
-    if args.limit is not None:
-        task_ids = task_ids[: args.limit]
-    del env
-    start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=args.quiet) as progress:
-        bar = progress.add_task(f"{env_name}/{args.split} {args.agent}", total=len(task_ids))
-        try:
-            episodes = run_episodes(env_name, task_ids, args.agent, env_kwargs=env_kwargs, seed=args.seed,
-                                    workers=args.workers, on_episode=lambda _: progress.advance(bar))
-        except (ValueError, EnvUnavailableError) as e:
-            console.print(f"[red]hpl-eval: {e}[/red]")
-            return 2
-    summary = summarize(env_name, args.split, args.agent, episodes, time.perf_counter() - start)
-    summary["per_episode"] = [
-        {"task_id": e["task_id"], "task_type": e["task_type"], "reward": e["reward"], "won": e["won"],
-         "steps": len(e["steps"]), "error": e["error"], "reward_parts": e["reward_parts"],
-         "actions": [s["action"] for s in e["steps"]]}
-        for e in episodes
-    ]
-    print_summary(Console(), summary)
+    try:
+        results = asyncio.run(run_all(args, runs, console))
+    except (PolicyError, EnvUnavailableError, RuntimeError) as e:
+        console.print(f"[red]hpl-eval: {e}[/red]")
+        return 2
+    for summary, _ in results:
+        print_summary(Console(), summary)
+    if len(results) > 1:
+        from hpl_data.compare import print_table
+
+        print_table(Console(), [{"agent": results[0][0]["agent"], "runs": [s for s, _ in results]}])
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(args.out)
-        console.print(f"wrote {args.out}")
+        write_outputs(args.out, results, console)
     return 0
 
 
@@ -98,8 +222,20 @@ def print_summary(console: Console, s: dict) -> None:
         table.add_row(k, str(v["episodes"]), f"{v['avg_reward']:.4f}", f"{v['success_rate']:.3f}")
     table.add_row("[b]all[/b]", str(s["episodes"]), f"[b]{s['avg_reward']:.4f}[/b]", f"[b]{s['success_rate']:.3f}[/b]")
     console.print(table)
-    console.print(f"avg steps {s['avg_steps']:.2f} | env steps/s {s['env_steps_per_s']:.0f} | "
-                  f"failed episodes {s['failed_episodes']} | wall {s['wall_s']:.1f}s")
+    c = s.get("counters", {})
+    line = (f"avg steps {s['avg_steps']:.2f} | env steps/s {s['env_steps_per_s']:.0f} | "
+            f"failed episodes {s['failed_episodes']} | wall {s['wall_s']:.1f}s")
+    if c.get("llm_calls"):
+        line += (f" | LLM calls {c['llm_calls']} | tokens {c['prompt_tokens']}+{c['completion_tokens']}"
+                 f" | outside LLM {c['outside_llm_fraction']:.1%}")
+    console.print(line)
+    reasons: dict[str, int] = {}
+    for e in s.get("per_episode", []):
+        if e["error"]:
+            key = e["error"].splitlines()[0][:120]
+            reasons[key] = reasons.get(key, 0) + 1
+    for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        console.print(f"  failed x{n}: {r}")
 
 
 if __name__ == "__main__":

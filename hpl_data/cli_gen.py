@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hpl_data import parquet
-from hpl_data.conversation import episode_messages
+from hpl_data.conversation import trajectory_rows
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
 from hpl_data.rollout import run_episodes
 from hpl_data.segmenters import parse_spec, percentile
@@ -58,21 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     return p
-
-
-def trajectory_rows(env_name: str, split: str, role: str, episodes: list[dict], prompts: str) -> list[dict]:
-    rows = []
-    for e in episodes:
-        rows.append({
-            "env": env_name, "split": split, "task_id": e["task_id"], "task_type": e["task_type"],
-            "instruction": e["instruction"], "role": role, "agent": e["agent"], "seed": e["seed"],
-            "reward": e["reward"], "won": e["won"], "n_steps": len(e["steps"]), "truncated": e["truncated"],
-            "error": e["error"], "messages": episode_messages(env_name, e, prompts) if not e["error"] else [],
-            "actions": [s["action"] for s in e["steps"]],
-            "observations": [s["observation"] for s in e["steps"]] + [e["final_observation"]],
-            "action_valid": [s["action_valid"] for s in e["steps"]],
-        })
-    return rows
 
 
 def traj_pairs(expert: list[dict], policy: list[dict], expert_id: str, policy_id: str) -> list[dict]:

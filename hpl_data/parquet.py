@@ -21,8 +21,9 @@ TRAJECTORIES = pa.schema([
     ("env", pa.string()), ("split", pa.string()), ("task_id", pa.string()), ("task_type", pa.string()),
     ("instruction", pa.string()), ("role", pa.string()), ("agent", pa.string()), ("seed", pa.int64()),
     ("reward", pa.float64()), ("won", pa.bool_()), ("n_steps", pa.int32()), ("truncated", pa.bool_()),
-    ("error", pa.string()), ("messages", MESSAGES), ("actions", pa.list_(pa.string())),
+    ("error", pa.string()), ("stop_reason", pa.string()), ("messages", MESSAGES), ("actions", pa.list_(pa.string())),
     ("observations", pa.list_(pa.string())), ("action_valid", pa.list_(pa.bool_())),
+    ("logprobs", pa.list_(pa.float64())), ("entropies", pa.list_(pa.float64())),  # per step; null for agents
 ])
 
 TRAJ_PAIRS = pa.schema([

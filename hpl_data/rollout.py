@@ -25,6 +25,10 @@ class Step:
     action: str
     reward: float
     action_valid: bool
+    thought: str = ""
+    raw_output: str | None = None  # the model's full text for LLM policies
+    logprob: float | None = None  # sum of the action tokens' log-probs
+    entropy: float | None = None  # mean per-token entropy of the completion (nats)
 
 
 @dataclass
@@ -44,6 +48,11 @@ class Episode:
     error: str | None = None
     reward_parts: dict | None = None
     seconds: float = 0.0
+    stop_reason: str = ""  # done | max_turns | context_length | error | timeout
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    restarts: int = 0  # times the episode was restored or restarted after its env worker died
 
     def to_dict(self) -> dict:
         return asdict(self)

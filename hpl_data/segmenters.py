@@ -75,3 +75,35 @@ def parse_semantic_groups(text: str, length: int) -> list[tuple[int, int]] | Non
             continue
         return groups
     return None
+
+
+SEMANTIC_PROMPT = """Here is the trajectory of an agent solving a task, one numbered action per line, \
+each followed by what the agent observed.
+Split the trajectory into contiguous groups of actions, each group achieving one sub-goal.
+Answer with JSON only: a list of [first, last] index pairs (inclusive) that covers 0..{last} in order,
+for example [[0,1],[2,3],[4,4]].
+
+Task: {task}
+{steps}"""
+
+
+async def semantic_groups(policy, task: str, actions: list[str], observations: list[str], *, fallback_k: int = 3,
+                          max_tokens: int = 256, obs_chars: int = 200) -> tuple[list[tuple[int, int]], bool]:
+    """Ask a chat policy (``hpl_data.policies``) for the groups of an expert trajectory.
+
+    Returns (groups, fell_back): an answer that is not a valid contiguous cover is replaced by
+    Fixed-K with ``fallback_k`` and flagged, so callers can count fallbacks.
+    """
+    from hpl_data.policies import PolicyError, SamplingParams
+
+    lines = [f"{i}. {a}\n   -> {o[:obs_chars]}" for i, (a, o) in enumerate(zip(actions, observations))]
+    prompt = SEMANTIC_PROMPT.format(last=len(actions) - 1, task=task, steps="\n".join(lines))
+    try:
+        comp = (await policy.chat([{"role": "user", "content": prompt}],
+                                  SamplingParams(temperature=0.0, max_tokens=max_tokens, top_logprobs=0)))[0]
+        groups = parse_semantic_groups(comp.text, len(actions))
+    except PolicyError:
+        groups = None
+    if groups is None:
+        return fixed_k(len(actions), fallback_k), True
+    return groups, False

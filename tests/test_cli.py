@@ -29,7 +29,7 @@ def test_hpl_eval_contract(tmp_path):
 def test_hpl_eval_bad_input():
     assert run("hpl_data.cli_eval", "--env", "nope", "--agent", "oracle").returncode == 2
     p = run("hpl_data.cli_eval", "--env", "webshop", "--agent", "genius", "--limit", "1")
-    assert p.returncode == 2 and "no built-in agent" in p.stderr
+    assert p.returncode == 2 and "unknown policy spec" in p.stderr
     assert run("hpl_data.cli_eval", "--env", "webshop", "--agent", "oracle", "--split", "nope").returncode == 2
 
 

