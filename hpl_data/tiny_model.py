@@ -30,26 +30,47 @@ def default_corpus() -> list[str]:
     return texts
 
 
-def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 1024, hidden_size: int = 64, layers: int = 2,
-                     heads: int = 2, max_positions: int = 8192, seed: int = 0,
-                     corpus: list[str] | None = None, chat_template: str = CHATML_TEMPLATE) -> Path:
-    """Write a tokenizer + Qwen2 model to ``out_dir`` (safetensors, float32) and return it."""
-    import torch
+LLAMA3_TEMPLATE = (  # Llama-3's chat layout, for tests with a second template family
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIAL_TOKENS = ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                         "<|eot_id|>"]
+
+
+def build_tokenizer(out_dir: str | Path, *, vocab_size: int = 1024, corpus: list[str] | None = None,
+                    chat_template: str = CHATML_TEMPLATE, special_tokens: list[str] | None = None,
+                    eos_token: str = "<|im_end|>", pad_token: str = "<|endoftext|>", max_positions: int = 8192):
+    """A byte-level BPE trained on local text, with a chat template, saved to ``out_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens or SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus or default_corpus(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token,
                                    bos_token=None, padding_side="left", chat_template=chat_template,
                                    model_max_length=max_positions)
     fast.save_pretrained(out)
+    return fast
+
+
+def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 1024, hidden_size: int = 64, layers: int = 2,
+                     heads: int = 2, max_positions: int = 8192, seed: int = 0,
+                     corpus: list[str] | None = None, chat_template: str = CHATML_TEMPLATE) -> Path:
+    """Write a tokenizer + Qwen2 model to ``out_dir`` (safetensors, float32) and return it."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    fast = build_tokenizer(out, vocab_size=vocab_size, corpus=corpus, chat_template=chat_template,
+                           max_positions=max_positions)
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(fast), hidden_size=hidden_size, intermediate_size=hidden_size * 2,

@@ -1,15 +1,49 @@
-"""``hpl-train``: not built yet. The trainer (BC + trajectory/step/group DPO with the curriculum)
-is tracked as its own issue; until it lands this command says so and exits non-zero."""
+"""``hpl-train``: train a policy on hpl-gen data with BC + trajectory/step/group DPO.
+
+    hpl-train --config hpl model=/models/qwen data=out/webshop output_dir=runs/hpl-webshop
+    accelerate launch --config_file hpl_train/accelerate/zero3.yaml -m hpl_train --config hpl ...
+
+``--config`` takes a YAML file or a shipped name (sft, rft, eto, ipr, hpl, hpl_wo_group, ...);
+``key=value`` arguments override it (JSON values: lr=1e-6, phase_boundaries=[0.2,0.5]).
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from hpl_train.config import CONFIG_DIR, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("hpl-train: the trainer is not implemented in this release; the datasets written by "
-          "`hpl-gen` (traj_pairs.parquet) load in TRL's DPOTrainer meanwhile.", file=sys.stderr)
-    return 2
+    p = argparse.ArgumentParser(prog="hpl-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help=f"YAML file or one of: {', '.join(sorted(f.stem for f in CONFIG_DIR.glob('*.yaml')))}")
+    p.add_argument("--model", default=None)
+    p.add_argument("--data", default=None, help="comma-separated hpl-gen dirs or Parquet files")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--resume", default=None, help="a checkpoint dir or 'latest'")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, model=args.model,
+                          data=args.data.split(",") if args.data else None, output_dir=args.output_dir,
+                          resume_from=args.resume)
+        from hpl_train.data import DataError
+        from hpl_train.recipe import train
+    except ValueError as e:
+        print(f"hpl-train: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"hpl-train: needs the training extras: pip install 'hpl[train]' ({e})", file=sys.stderr)
+        return 2
+    try:
+        history = train(cfg)
+    except (DataError, ValueError, OSError) as e:
+        print(f"hpl-train: {e}", file=sys.stderr)
+        return 2
+    if history:
+        print(f"done: {len(history)} steps, final loss {history[-1]['loss']:.4f}; outputs in {cfg.output_dir}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,5 @@
+import sys
+
+from hpl_train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""Training data from Parquet: hpl-gen outputs or any TRL-style conversational preference table.
+
+Reads ``traj_pairs``, ``step_pairs``, ``group_pairs`` (``prompt``/``chosen``/``rejected`` lists of
+{role, content}) and, for behaviour cloning, ``trajectories_expert`` (``messages``) or successful
+``trajectories_policy`` rows (RFT). A Parquet file of other origin is taken as trajectory-level
+pairs unless it has a ``level`` column. Nothing here imports an env: data flows one way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from hpl_train.curriculum import DELTA_THRESHOLDS, LENGTH_THRESHOLDS, bucket
+from hpl_train.packing import Segment, make_segment
+from hpl_train.tokenize import AlignmentError, tokenize_conversation, tokenize_pair
+
+PAIR_KINDS = ("traj", "step", "group")
+TABLES = {"traj": "traj_pairs", "step": "step_pairs", "group": "group_pairs",
+          "expert": "trajectories_expert", "policy": "trajectories_policy"}
+
+
+class DataError(ValueError):
+    """Training data missing or unreadable."""
+
+
+@dataclass
+class TrainData:
+    segments: dict[str, list[Segment]] = field(default_factory=dict)  # kind -> segments (bc, traj, step, group)
+    skipped: Counter = field(default_factory=Counter)  # (kind, reason) -> count
+    examples: dict[str, str] = field(default_factory=dict)  # kind -> one skipped sample's reason, for the report
+    files: list[Path] = field(default_factory=list)
+    env: str | None = None
+
+    def report(self) -> str:
+        parts = [f"{k}: {len(v)}" for k, v in self.segments.items()]
+        lines = ["samples " + ", ".join(parts)]
+        for (kind, reason), n in sorted(self.skipped.items()):
+            lines.append(f"  skipped {n} {kind} sample(s): {reason}")
+        return "\n".join(lines)
+
+
+def _read(path: Path) -> list[dict]:
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+
+
+def find_tables(paths: list[str]) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            hits = [(kind, p / f"{name}.parquet") for kind, name in TABLES.items() if (p / f"{name}.parquet").exists()]
+            if not hits:
+                raise DataError(f"{p}: no hpl-gen tables ({', '.join(n + '.parquet' for n in TABLES.values())})")
+            for kind, f in hits:
+                found.setdefault(kind, []).append(f)
+        elif p.is_file():
+            kind = next((k for k, n in TABLES.items() if p.stem == n), "pairs")
+            found.setdefault(kind, []).append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    return found
+
+
+def fingerprint(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", share_prefix: bool = True,
+                    env: str | None = None, length_thresholds=None, delta_thresholds=DELTA_THRESHOLDS,
+                    kinds: set[str] | None = None) -> TrainData:
+    """Tokenize every usable sample; count (and keep one example of) every sample that is not."""
+    tables = find_tables(paths)
+    data = TrainData(files=[f for fs in tables.values() for f in fs])
+    rows_by_kind: dict[str, list[dict]] = {k: [] for k in PAIR_KINDS}
+    for kind in ("traj", "step", "group"):
+        for f in tables.get(kind, []):
+            rows_by_kind[kind] += _read(f)
+    for f in tables.get("pairs", []):
+        for row in _read(f):
+            level = row.get("level") or "traj"
+            if level not in PAIR_KINDS:
+                data.skipped[("pairs", f"unknown level {level!r}")] += 1
+                continue
+            rows_by_kind[level].append(row)
+    envs = {r.get("env") for rows in rows_by_kind.values() for r in rows if r.get("env")}
+    data.env = env or (envs.pop() if len(envs) == 1 else None)
+    lt = tuple(length_thresholds or LENGTH_THRESHOLDS.get(data.env or "", (0, 2, 4)))
+
+    for kind in PAIR_KINDS:
+        if kinds is not None and kind not in kinds:
+            continue
+        segs = []
+        for i, row in enumerate(rows_by_kind[kind]):
+            try:
+                for col in ("prompt", "chosen", "rejected"):
+                    if not isinstance(row.get(col), list) or not row[col]:
+                        raise AlignmentError(f"column {col!r} is missing or empty")
+                c, r = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
+                if not any(c.trainable) or not any(r.trainable):
+                    raise AlignmentError("no assistant tokens in chosen or rejected")
+            except (AlignmentError, KeyError, TypeError) as e:
+                data.skipped[(kind, str(e).split(";")[0])] += 1
+                data.examples.setdefault(kind, f"row {i}: {e}")
+                continue
+            meta = {"delta_r": float(row.get("delta_r") or 0.0)}
+            if kind == "group":
+                length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
+                meta["bucket"] = bucket(length, meta["delta_r"], lt, tuple(delta_thresholds))
+            segs.append(make_segment(kind, i, c, r, share_prefix=share_prefix, meta=meta))
+        data.segments[kind] = segs
+
+    if kinds is None or "bc" in kinds:
+        bc_rows = []
+        if bc_source in ("expert", "both"):
+            bc_rows += [r for f in tables.get("expert", []) for r in _read(f) if not r.get("error")]
+        if bc_source in ("policy-success", "both"):
+            bc_rows += [r for f in tables.get("policy", []) for r in _read(f)
+                        if not r.get("error") and (r.get("won") or r.get("reward") == 1.0)]
+        if not bc_rows and bc_source == "expert":  # plain preference files: clone the chosen trajectories
+            bc_rows = [{"messages": r["prompt"] + r["chosen"]} for r in rows_by_kind["traj"] if r.get("prompt")]
+        segs = []
+        for i, row in enumerate(bc_rows):
+            msgs = row.get("messages") or []
+            try:
+                conv = tokenize_conversation(tokenizer, msgs[:1], msgs[1:])
+                if not any(conv.trainable):
+                    raise AlignmentError("no assistant tokens")
+            except (AlignmentError, KeyError, TypeError) as e:
+                data.skipped[("bc", str(e).split(";")[0])] += 1
+                data.examples.setdefault("bc", f"row {i}: {e}")
+                continue
+            segs.append(make_segment("bc", i, conv))
+        data.segments["bc"] = segs
+    return data

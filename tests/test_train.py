@@ -1,0 +1,196 @@
+"""hpl-train: masks, losses, prefix sharing, the training loop, curriculum, resume, 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+from hpl_data.tiny_model import LLAMA3_SPECIAL_TOKENS, LLAMA3_TEMPLATE, build_tiny_model, build_tokenizer  # noqa: E402
+from hpl_train.config import load_config  # noqa: E402
+from hpl_train.curriculum import allowed, bucket  # noqa: E402
+from hpl_train.data import load_train_data  # noqa: E402
+from hpl_train.losses import dpo_loss  # noqa: E402
+from hpl_train.packing import collate, pack, sequence_logps  # noqa: E402
+from hpl_train.tokenize import AlignmentError, tokenize_conversation  # noqa: E402
+
+PROMPT = [{"role": "user", "content": "Buy a red shirt under 20 dollars."}]
+COMPLETION = [{"role": "assistant", "content": "Thought: search first.\nAction: search[red shirt]"},
+              {"role": "user", "content": "Observation:\n[SEP] B01 [SEP] Red Shirt [SEP] $9.99"},
+              {"role": "assistant", "content": "Action: click[b01]"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def gen_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "webshop"
+    subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--expert", "oracle", "--policy",
+                    "heuristic", "--split", "train", "--limit", "20", "--out", str(out)], check=True,
+                   capture_output=True, timeout=600)
+    return out
+
+
+def trained_text(tok, conv):
+    return tok.decode([i for i, m in zip(conv.ids, conv.trainable) if m])
+
+
+@pytest.mark.parametrize("family", ["chatml", "llama3"])
+def test_only_action_tokens_are_trained(family, tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    if family == "chatml":
+        tok, end = AutoTokenizer.from_pretrained(tiny), "<|im_end|>\n"
+    else:
+        tok = build_tokenizer(tmp_path, chat_template=LLAMA3_TEMPLATE, special_tokens=LLAMA3_SPECIAL_TOKENS,
+                              eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+        end = "<|eot_id|>"
+    conv = tokenize_conversation(tok, PROMPT, COMPLETION)
+    assert trained_text(tok, conv) == COMPLETION[0]["content"] + end + COMPLETION[2]["content"] + end
+    assert conv.ids == tok.apply_chat_template(PROMPT + COMPLETION, tokenize=True, return_dict=False)
+    assert not any(conv.trainable[: conv.prompt_len])
+    # the expert prefix of a step pair lives in the prompt: context, not trained
+    conv2 = tokenize_conversation(tok, PROMPT + COMPLETION[:2], COMPLETION[2:])
+    assert trained_text(tok, conv2) == COMPLETION[2]["content"] + end and conv2.ids == conv.ids
+
+
+def test_template_that_rewrites_earlier_turns_is_reported(tmp_path, gen_data):
+    strip_thoughts = (  # drops the thought of every assistant turn but the last, like reasoning templates
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+        "{{ '<|im_start|>assistant\\n' + m['content'].split('Action:')[-1] + '<|im_end|>\\n' }}"
+        "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tok = build_tokenizer(tmp_path, chat_template=strip_thoughts)
+    with pytest.raises(AlignmentError, match="renders earlier turns differently"):
+        tokenize_conversation(tok, PROMPT, COMPLETION)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": PROMPT, "chosen": COMPLETION, "rejected": COMPLETION[:1]},
+            {"prompt": PROMPT, "chosen": COMPLETION[:1], "rejected": [{"role": "assistant", "content": "Action: x"}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    data = load_train_data(tok, [str(tmp_path / "pairs.parquet")])
+    assert len(data.segments["traj"]) == 1 and sum(n for (k, _), n in data.skipped.items() if k == "traj") == 1
+    assert "renders earlier turns differently" in data.report()
+
+
+def test_dpo_loss_matches_paper_equations():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(64, generator=g, dtype=torch.float64) * 20 for _ in range(4))
+    beta = 0.3
+    loss, cr, rj = dpo_loss(pc, pr, rc, rr, beta)
+    direct = -torch.log(torch.sigmoid(beta * (pc - rc) - beta * (pr - rr)))  # Eq. 3-5, written out
+    finite = torch.isfinite(direct)
+    assert torch.allclose(loss[finite], direct[finite], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(cr, beta * (pc - rc)) and torch.allclose(rj, beta * (pr - rr))
+    big = dpo_loss(torch.tensor([0.0]), torch.tensor([1000.0]), torch.tensor([0.0]), torch.tensor([0.0]), 1.0)[0]
+    assert torch.isfinite(big).all() and big.item() == pytest.approx(1000.0)  # stable where the direct form overflows
+
+
+def test_prefix_shared_forward_equals_separate_forwards(tiny, gen_data):
+    """Tolerance: 1e-4 absolute on sums of ~100-1,000 fp32 token log-probs (observed ~2e-5)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    shared = load_train_data(tok, [str(gen_data)], kinds={"step", "group"})
+    plain = load_train_data(tok, [str(gen_data)], kinds={"step", "group"}, share_prefix=False)
+    segs_s = shared.segments["step"][:3] + shared.segments["group"][:3]
+    segs_p = plain.segments["step"][:3] + plain.segments["group"][:3]
+    assert all(len(s.prefix) > 100 for s in segs_s)  # these pairs really share a long context
+    with torch.no_grad():
+        a = sequence_logps(model, collate([pack(segs_s, 100_000)[0]]))
+        b = torch.cat([sequence_logps(model, collate([[s]])) for s in segs_p])
+        order = {id(s): i for i, s in enumerate(segs_s)}
+        packed_order = [order[id(s)] for s in pack(segs_s, 100_000)[0]]
+        direct = []
+        for seg in segs_p:  # plain causal forward per side, no packing code at all
+            row = []
+            for ids, train in seg.branches:
+                logits = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+                lp = logits.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+                row.append(lp[torch.tensor(train[1:])].sum())
+            direct.append(torch.stack(row))
+        direct = torch.stack(direct)
+    assert torch.allclose(b, direct, atol=1e-4)
+    assert torch.allclose(a, b[packed_order], atol=1e-4)
+
+
+def test_curriculum_buckets_and_phases():
+    assert bucket(1, 1.0, (0, 2, 4)) == (1, 1) and bucket(3, 0.5, (0, 2, 4)) == (2, 2)
+    assert bucket(7, 0.1, (0, 3, 6)) == (3, 3) and bucket(3, 0.7, (0, 3, 6)) == (1, 1)
+    assert allowed(1) == {(1, 1)} and allowed(2) == {(1, 1), (1, 2), (2, 1)} and len(allowed(3)) == 9
+    assert allowed(1, "length-only") == {(1, 1), (1, 2), (1, 3)} and len(allowed(1, "static")) == 9
+
+
+def _cfg(tiny, data, out, *overrides):
+    return load_config("hpl", ["report_to=none", "save_model=false", "lr=1e-3", "warmup_ratio=0", *overrides],
+                       model=str(tiny), data=[str(data)], output_dir=str(out))
+
+
+def test_all_four_losses_fall_on_a_fixed_batch(tiny, gen_data, tmp_path):
+    from hpl_train.recipe import train
+
+    hist = train(_cfg(tiny, gen_data, tmp_path, "max_steps=5", "batch_size=2", "fixed_batch=true",
+                      "curriculum=static", "max_grad_norm=0"))
+    first, last = hist[0], hist[-1]
+    for k in ("loss/bc", "loss/traj", "loss/step", "loss/group"):
+        assert k in first and k in last, k
+        assert last[k] < first[k], (k, first[k], last[k])
+    assert first["loss/traj"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 0: log 2
+    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "training.png").stat().st_size > 5000
+
+
+def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_data, tmp_path):
+    from hpl_train.recipe import HPLRecipe, train
+
+    over = ["max_steps=6", "batch_size=1", "bc_weight=0", "traj_weight=0", "step_weight=0", "save_every=3"]
+    full = train(_cfg(tiny, gen_data, tmp_path / "a", *over))
+    r = HPLRecipe(_cfg(tiny, gen_data, tmp_path / "probe", *over))
+    r.setup()
+    buckets = [s.meta["bucket"] for s in r.data.segments["group"]]
+    sizes = {1: sum(b == (1, 1) for b in buckets), 2: sum(b in {(1, 1), (1, 2), (2, 1)} for b in buckets),
+             3: len(buckets)}
+    expect = {p: next(sizes[q] for q in range(p, 4) if sizes[q]) for p in (1, 2, 3)}  # empty phase -> next one
+    assert [m["phase"] for m in full] == [1, 1, 2, 2, 3, 3]
+    assert [m["group_pool"] for m in full] == [expect[m["phase"]] for m in full] and expect[1] < expect[3]
+    # resume from the step-3 checkpoint in a fresh process state: steps 4-6 equal the uninterrupted run
+    resumed = train(_cfg(tiny, gen_data, tmp_path / "b", *over,
+                         f"resume_from={tmp_path / 'a' / 'checkpoints' / 'step-000003'}"))
+    assert [m["step"] for m in resumed] == [4, 5, 6]
+    for a, b in zip(full[3:], resumed):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["phase"] == b["phase"]
+
+
+def test_two_process_cpu_run_trains_and_checkpoints(tiny, gen_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hpl_train", "--config", "ipr",
+           "--model", str(tiny), "--data", str(gen_data), "--output-dir", str(tmp_path),
+           "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("loss/step" in r for r in rows)
+    assert (tmp_path / "checkpoints" / "step-000002" / "hpl_state.json").exists()
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_bad_inputs_exit_cleanly(tiny, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "hpl_train", *args], capture_output=True, text=True, timeout=300)
+
+    p = run("--model", str(tiny), "--data", str(tmp_path / "missing"))
+    assert p.returncode == 2 and "no such file or directory" in p.stderr
+    p = run("--config", "hpl", "--model", str(tiny), "--data", str(tmp_path), "learning_rate=1")
+    assert p.returncode == 2 and "unknown option 'learning_rate'" in p.stderr
+    (tmp_path / "traj_pairs.parquet").write_bytes(b"not parquet")
+    p = run("--model", str(tiny), "--data", str(tmp_path), "--output-dir", str(tmp_path / "o"))
+    assert p.returncode == 2 and "not a readable Parquet file" in p.stderr
