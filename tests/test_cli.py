@@ -110,9 +110,9 @@ def test_hpl_data_info():
     assert "shared with train" in p.stdout
 
 
-def test_hpl_train_says_not_built():
+def test_hpl_train_needs_a_model():
     p = run("hpl_train.cli")
-    assert p.returncode == 2 and "not implemented" in p.stderr
+    assert p.returncode == 2 and "'model' is required" in p.stderr
 
 
 @pytest.mark.parametrize("env,limit", [("intercode-sql", 8), ("alfworld", 4)])

@@ -194,3 +194,21 @@ def test_bad_inputs_exit_cleanly(tiny, tmp_path):
     (tmp_path / "traj_pairs.parquet").write_bytes(b"not parquet")
     p = run("--model", str(tiny), "--data", str(tmp_path), "--output-dir", str(tmp_path / "o"))
     assert p.returncode == 2 and "not a readable Parquet file" in p.stderr
+
+
+def test_trl_dpo_trainer_accepts_hpl_gen_pairs(tiny, gen_data, tmp_path):
+    """hpl-gen's pair tables load with `datasets` and train one step in TRL's DPOTrainer as they are."""
+    trl = pytest.importorskip("trl")
+    from datasets import concatenate_datasets, load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    parts = [load_dataset("parquet", data_files=str(gen_data / f"{lvl}_pairs.parquet"), split="train",
+                          cache_dir=str(tmp_path / "hf")).select_columns(["prompt", "chosen", "rejected"])
+             for lvl in ("traj", "step", "group")]
+    ds = concatenate_datasets(parts).select(range(4))
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2, max_steps=1, beta=0.3,
+                         max_length=None, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1)
+    trainer = trl.DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny), args=args, train_dataset=ds,
+                             processing_class=AutoTokenizer.from_pretrained(tiny))
+    out = trainer.train()
+    assert out.global_step == 1 and torch.isfinite(torch.tensor(out.training_loss))
