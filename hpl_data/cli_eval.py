@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True, quiet=args.quiet)
+    console = Console(stderr=True, quiet=args.quiet, soft_wrap=True)
     try:
         args.env_kwargs = parse_kv(args.env_arg)
         args.policy_kwargs = parse_kv(args.policy_arg, "--policy-arg")

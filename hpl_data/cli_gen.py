@@ -31,6 +31,7 @@ from rich.console import Console
 
 from hpl_data import parquet
 from hpl_data.conversation import trajectory_rows
+from hpl_data.experts import keep_expert
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
 from hpl_data.rollout import run_episodes
 from hpl_data.segmenters import parse_spec, percentile
@@ -44,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpl-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True)
     p.add_argument("--policy", default="heuristic", help="reference policy: a built-in agent (heuristic, random)")
-    p.add_argument("--expert", default="oracle", help="expert: a built-in agent (oracle)")
+    p.add_argument("--expert", default="oracle",
+                   help="oracle | file:PATH (InterCode results JSON, ETO/IPR conversation JSON, hpl trajectories "
+                        "Parquet) | teacher:POLICY (e.g. teacher:openai:URL#gpt-4o); filtered by the paper's rule")
     p.add_argument("--levels", default="traj,step,group", help="comma list of traj, step, group")
-    p.add_argument("--segmenter", default="fixed-k:3", help="fixed-n:N | fixed-k:K | uncertainty[:pP]")
+    p.add_argument("--segmenter", default="fixed-k:3",
+                   help="fixed-n:N | fixed-k:K | uncertainty[:pP] | semantic:POLICY (e.g. semantic:openai:URL#model)")
     p.add_argument("--mc-rollouts", type=int, default=3, help="Monte-Carlo rollouts per state (M)")
     p.add_argument("--entropy-samples", type=int, default=8,
                    help="policy samples per state to estimate action entropy (uncertainty segmenter)")
@@ -99,7 +103,7 @@ def _mc_entropies(job: tuple) -> list[float]:
 
 
 def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
-    task_id, split, args_d, levels, seg, threshold = job
+    task_id, split, args_d, levels, seg, threshold, given_groups = job
     env, name = _MC["env"], _MC["name"]
     counters: Counter = Counter()
     ex = expert_pass(env, name, args_d["expert"], task_id, args_d["seed"])
@@ -108,7 +112,11 @@ def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
         entropies = [empirical_entropy(env, name, args_d["policy"], ex["states"][t], ex["steps"][t]["observation"],
                                        ex["infos"][t], args_d["entropy_samples"], args_d["seed"], (task_id, t))
                      for t in range(len(ex["steps"]))]
-    groups = segment(seg[0], seg[1], len(ex["steps"]), entropies, threshold)
+    if seg[0] == "semantic":  # groups came from the LLM (validated, or Fixed-K after a counted fallback)
+        groups = given_groups if given_groups and given_groups[-1][1] == len(ex["steps"]) else \
+            segment("fixed-k", 3, len(ex["steps"]), None, None)
+    else:
+        groups = segment(seg[0], seg[1], len(ex["steps"]), entropies, threshold)
     steps, grps = label_task(env, name, split, ex, policy=args_d["policy"], expert=args_d["expert"],
                              rollouts=args_d["mc_rollouts"], seed=args_d["seed"], levels=levels, groups=groups,
                              segmenter=args_d["segmenter"], prompts=args_d["prompts"], counters=counters)
@@ -116,27 +124,78 @@ def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
     return steps, grps, dict(counters)
 
 
+def resolve_expert(env_name: str, expert: str) -> tuple[str, str]:
+    """(kind, spec): builtin (an agent name), file (``file:PATH``) or teacher (a chat policy spec)."""
+    from hpl_data.policies import BUILTIN_AGENTS
+    from hpl_data.policies import parse_spec as parse_policy
+
+    if expert.startswith("teacher:"):
+        spec = expert[len("teacher:"):]
+        if parse_policy(spec).is_agent:
+            raise ValueError(f"--expert teacher: needs an LLM policy (vllm:, openai:, hf:), got {spec!r}")
+        return "teacher", spec
+    if expert.startswith("file:") or Path(expert).exists():
+        path = expert[5:] if expert.startswith("file:") else expert
+        if not Path(path).exists():
+            raise ValueError(f"--expert {expert}: no such file")
+        return "file", f"file:{Path(path).resolve()}"
+    if expert in BUILTIN_AGENTS or ":" in expert:
+        return "builtin", expert
+    raise ValueError(f"--expert {expert!r}: use oracle, file:PATH or teacher:POLICY")
+
+
+def semantic_stage(out: Path, task_ids: list[str], expert_rows: list[dict], spec: str, counters: dict) -> dict:
+    """Groups of every expert trajectory from an LLM (all requests in flight together), sharded."""
+    import asyncio
+
+    from hpl_data.policies import make_chat_policy
+    from hpl_data.segmenters import semantic_groups
+
+    store = ShardStore(out, "semantic")
+    by_task = {r["task_id"]: r for r in expert_rows if not r["error"] and r["actions"]}
+    todo = [t for t in store.pending(task_ids) if t in by_task]
+
+    async def run() -> None:
+        policy = make_chat_policy(spec)
+        try:
+            async def one(t: str) -> None:
+                r = by_task[t]
+                groups, fell_back = await semantic_groups(policy, r["instruction"], r["actions"], r["observations"][1:])
+                store.put(t, {"groups": groups, "fallback": fell_back})
+            await asyncio.gather(*(one(t) for t in todo))
+        finally:
+            await policy.close()
+
+    if todo:
+        asyncio.run(run())
+    shards = {t: store.get(t) for t in task_ids if t in by_task}
+    counters["semantic_calls"] = len(shards)
+    counters["semantic_fallbacks"] = sum(sh["fallback"] for sh in shards.values())
+    return {t: [tuple(g) for g in sh["groups"]] for t, sh in shards.items()}
+
+
 def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[str], seg: tuple,
-             counters: dict) -> dict[str, list[dict]]:
+             counters: dict, semantic: dict | None = None, expert: str | None = None) -> dict[str, list[dict]]:
     """Monte-Carlo labelled step/group pairs, tasks spread over worker processes."""
     from concurrent.futures import ProcessPoolExecutor
 
     args_d = {k: getattr(args, k) for k in ("expert", "policy", "seed", "mc_rollouts", "segmenter", "prompts",
                                             "entropy_samples")}
+    args_d["expert"] = expert or args.expert
     make_env(env_name).warm_caches()
     threshold = None
     out = args.out
     with ProcessPoolExecutor(max(1, args.workers), initializer=_mc_init, initargs=(env_name,)) as pool:
         if seg[0] == "uncertainty":
             ent = ShardStore(out, "entropy")
-            jobs = [(t, args.policy, args.expert, args.seed, args.entropy_samples) for t in ent.pending(task_ids)]
+            jobs = [(t, args.policy, args_d["expert"], args.seed, args.entropy_samples) for t in ent.pending(task_ids)]
             for job, hs in zip(jobs, pool.map(_mc_entropies, jobs)):
                 ent.put(job[0], {"entropies": hs})
             all_h = [h for t in task_ids for h in ent.get(t)["entropies"]]
             threshold = percentile(all_h, seg[1] if seg[1] is not None else 80.0)
             counters["uncertainty_threshold"] = threshold
         store = ShardStore(out, "mc_" + "_".join(sorted(levels)))
-        jobs = [(t, split, args_d, levels, seg, threshold) for t in store.pending(task_ids)]
+        jobs = [(t, split, args_d, levels, seg, threshold, (semantic or {}).get(t)) for t in store.pending(task_ids)]
         for job, (steps, grps, c) in zip(jobs, pool.map(_mc_label, jobs)):
             store.put(job[0], {"step": steps, "group": grps, "counters": c})
     rows: dict[str, list[dict]] = {"step": [], "group": []}
@@ -151,7 +210,7 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     unsupported = [lv for lv in levels if lv not in ("traj", "step", "group")]
     if unsupported or not levels:
@@ -160,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seg_kind, seg_arg = parse_spec(args.segmenter)
         if seg_kind == "semantic":
-            raise ValueError("the semantic segmenter needs an LLM policy backend, not available in this release")
+            from hpl_data.policies import parse_spec as parse_policy
+
+            if parse_policy(str(seg_arg)).is_agent:
+                raise ValueError(f"segmenter semantic needs an LLM policy (vllm:, openai:, hf:), got {seg_arg!r}")
         if args.mc_rollouts < 1:
             raise ValueError("--mc-rollouts must be >= 1")
     except ValueError as e:
@@ -170,6 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         env_name = canonical(args.env)
         task_ids = make_env(env_name).task_ids(args.split)
     except (DataMissingError, DataCorruptError, EnvUnavailableError, ValueError) as e:
+        console.print(f"[red]hpl-gen: {e}[/red]")
+        return 2
+    try:
+        expert_kind, expert_spec = resolve_expert(env_name, args.expert)
+        if expert_kind == "file":
+            from hpl_data.experts import load_expert_file
+
+            recorded = load_expert_file(expert_spec[5:], env_name == "intercode-sql")
+            task_ids = [t for t in task_ids if t in recorded]
+            if not task_ids:
+                raise ValueError(f"{expert_spec[5:]} has no trajectory for any {args.split} task of {env_name}")
+    except ValueError as e:
         console.print(f"[red]hpl-gen: {e}[/red]")
         return 2
     if args.limit is not None:
@@ -221,9 +295,15 @@ def main(argv: list[str] | None = None) -> int:
                                            "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
 
         try:
-            if todo:
-                run_episodes(env_name, todo, agent, seed=args.seed, workers=args.workers, on_episode=save)
-        except (ValueError, EnvUnavailableError) as e:
+            if todo and role == "expert" and expert_kind == "teacher":
+                from hpl_data.engine import EngineConfig, run_rollouts
+
+                run_rollouts(env_name, todo, expert_spec, config=EngineConfig(workers=args.workers, seed=args.seed,
+                                                                              prompts=args.prompts), on_episode=save)
+            elif todo:
+                run_episodes(env_name, todo, expert_spec if role == "expert" else agent, seed=args.seed,
+                             workers=args.workers, on_episode=save)
+        except (ValueError, EnvUnavailableError, RuntimeError) as e:
             console.print(f"[red]hpl-gen: {e}[/red]")
             return 2
         shards = [store.get(t) for t in task_ids]
@@ -236,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         tables[role] = rows
         console.print(f"{role}: {len(rows)} episodes, avg reward "
                       f"{sum(r['reward'] for r in rows) / max(len(rows), 1):.3f} -> {path}")
-    pairs = traj_pairs(tables["expert"], tables["policy"], args.expert, args.policy)
+    kept = [r for r in tables["expert"] if not r["error"] and keep_expert(env_name, r["reward"])]
+    counters["expert_kept"], counters["expert_filtered"] = len(kept), len(tables["expert"]) - len(kept)
+    pairs = traj_pairs(kept, tables["policy"], args.expert, args.policy)
     counters["traj_pairs"] = len(pairs)
     pair_path = parquet.write_table(pairs, parquet.TRAJ_PAIRS, out / "traj_pairs.parquet", {**meta, "counters": counters})
     written = {"trajectories_expert": "trajectories_expert.parquet", "trajectories_policy": "trajectories_policy.parquet",
@@ -245,7 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     if mc_levels and not all((out / f"{lv}_pairs.parquet").exists() for lv in mc_levels):
         t0 = time.perf_counter()
         try:
-            rows = mc_stage(env_name, args.split, task_ids, args, mc_levels, (seg_kind, seg_arg), counters)
+            semantic = None
+            if seg_kind == "semantic" and "group" in mc_levels:
+                semantic = semantic_stage(out, task_ids, tables["expert"], str(seg_arg), counters)
+                console.print(f"semantic segmenter: {counters['semantic_calls']} trajectories, "
+                              f"{counters['semantic_fallbacks']} fell back to Fixed-K:3")
+            # Monte-Carlo labelling replays the kept expert trajectories (exact: the envs are deterministic)
+            mc_expert = expert_spec if expert_kind == "builtin" else f"file:{out / 'trajectories_expert.parquet'}"
+            mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
+            rows = mc_stage(env_name, args.split, mc_tasks, args, mc_levels, (seg_kind, seg_arg), counters, semantic,
+                            expert=mc_expert)
         except (ValueError, EnvUnavailableError) as e:
             console.print(f"[red]hpl-gen: {e}[/red]")
             return 2

@@ -117,7 +117,9 @@ class TaskLabeler:
 
 def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dict:
     """Expert episode with a snapshot before every action."""
-    agent = make_agent(env_name, expert, seed=_seed(seed, task_id, "expert"))
+    from hpl_data.policies import make_agent_from_spec
+
+    agent = make_agent_from_spec(env_name, expert, seed=_seed(seed, task_id, "expert"))
     obs, info = env.reset(options={"task_id": task_id})
     agent.reset(env, obs, info)
     steps, states, infos = [], [], []
@@ -126,7 +128,7 @@ def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dic
         states.append(env.get_state())
         infos.append(info)
         action = agent.act(obs, info)
-        steps.append({"observation": obs, "action": action})
+        steps.append({"observation": obs, "action": action, "thought": getattr(agent, "last_thought", "") or ""})
         obs, reward, term, trunc, info = env.step(action)
         done = term or trunc
     return {"task_id": task_id, "task_type": infos[0].get("task_type", ""), "steps": steps, "states": states,

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hpl_envs import make_env
-from hpl_envs.agents import make_agent
 
 
 @dataclass
@@ -74,8 +73,9 @@ def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) ->
         done = False
         while not done:
             action = agent.act(obs, info)
+            thought = getattr(agent, "last_thought", "") or ""
             new_obs, reward, terminated, truncated, info = env.step(action)
-            ep.steps.append(Step(obs, action, float(reward), bool(info.get("action_valid", True))))
+            ep.steps.append(Step(obs, action, float(reward), bool(info.get("action_valid", True)), thought=thought))
             obs, done = new_obs, terminated or truncated
             ep.reward, ep.terminated, ep.truncated = float(reward), bool(terminated), bool(truncated)
         ep.won = bool(info.get("won", False))
@@ -96,18 +96,20 @@ def _init_worker(env_name: str, env_kwargs: dict) -> None:
     _WORKER["name"] = env_name
 
 
-def _run_one(args: tuple[str, dict, str, int]) -> dict:
-    agent_name, agent_kwargs, task_id, seed = args
+def _run_one(args: tuple[str, str, int]) -> dict:
+    agent_name, task_id, seed = args
     ep_seed = episode_seed(seed, task_id)
-    agent = make_agent(_WORKER["name"], agent_name, seed=ep_seed, **agent_kwargs)
+    from hpl_data.policies import make_agent_from_spec
+
+    agent = make_agent_from_spec(_WORKER["name"], agent_name, seed=ep_seed)
     return run_episode(_WORKER["env"], agent, _WORKER["name"], task_id, ep_seed).to_dict()
 
 
 def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: dict | None = None,
-                 agent_kwargs: dict | None = None, seed: int = 0, workers: int = 1, on_episode=None) -> list[dict]:
+                 seed: int = 0, workers: int = 1, on_episode=None) -> list[dict]:
     """Run one episode per task id; results come back in task order."""
-    env_kwargs, agent_kwargs = env_kwargs or {}, agent_kwargs or {}
-    jobs = [(agent, agent_kwargs, str(t), seed) for t in task_ids]
+    env_kwargs = env_kwargs or {}
+    jobs = [(agent, str(t), seed) for t in task_ids]
     results: list[dict] = []
     if workers <= 1:
         _init_worker(env_name, env_kwargs)

@@ -4,7 +4,7 @@
 * ``fixed-k:K`` -- groups of K actions (the last may be shorter);
 * ``uncertainty[:pP]`` -- a boundary after each action whose policy entropy exceeds the P-th
   percentile (default 80) of the entropies given (computed over the dataset by the caller);
-* ``semantic`` -- an LLM returns index groups as JSON (``[[0,1],[2,3],[4,4]]``); see
+* ``semantic:POLICY`` -- an LLM (a chat policy spec) returns index groups as JSON (``[[0,1],[2,3],[4,4]]``); see
   :func:`parse_semantic_groups`, which validates the answer (contiguous, covering, in order).
 
 Groups are half-open index ranges ``(start, end)``.
@@ -16,7 +16,15 @@ import json
 import re
 
 
-def parse_spec(spec: str) -> tuple[str, float | None]:
+def parse_spec(spec: str) -> tuple[str, float | str | None]:
+    """(kind, argument); for ``semantic:POLICY_SPEC`` the argument is the policy spec string."""
+    if spec.strip().startswith("semantic:"):
+        policy = spec.strip()[len("semantic:"):]
+        if not policy:
+            raise ValueError("segmenter semantic needs a policy, e.g. semantic:openai:http://127.0.0.1:8000/v1")
+        return "semantic", policy
+    if spec.strip() == "semantic":
+        raise ValueError("segmenter semantic needs a policy spec: semantic:vllm:MODEL or semantic:openai:URL[#model]")
     m = re.fullmatch(r"(fixed-n|fixed-k|uncertainty|semantic)(?::p?([\d.]+))?", spec.strip())
     if not m:
         raise ValueError(f"unknown segmenter {spec!r}: use fixed-n:N, fixed-k:K, uncertainty[:pP] or semantic")

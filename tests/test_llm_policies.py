@@ -152,6 +152,25 @@ def test_semantic_segmenter_with_garbage_model_falls_back(server):
     assert fell_back and groups == [(0, 2), (2, 4)]
 
 
+def test_hpl_gen_semantic_segmenter_counts_fallbacks(server, tmp_path):
+    """hpl-gen asks the real server for groups; the random model's answers are never valid JSON
+    covers, so every trajectory falls back to Fixed-K:3, counted in the manifest."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "gen"
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "3", "--levels",
+                        "group", "--segmenter", f"semantic:openai:{server.url}", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    counters = json.loads((out / "manifest.json").read_text())["counters"]
+    assert counters["semantic_calls"] == 3 and counters["semantic_fallbacks"] == 3
+    rows = pq.read_table(out / "group_pairs.parquet").to_pylist()
+    assert rows and all(r["segmenter"].startswith("semantic:openai:") and r["group_start"] % 3 == 0 for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--segmenter",
+                          "semantic:heuristic", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs an LLM policy" in bad.stderr
+
+
 def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
     from hpl_data.policies.openai_backend import OpenAIPolicy
 

@@ -35,6 +35,7 @@ def test_spec_parsing():
     assert parse_spec("fixed-k:3") == ("fixed-k", 3.0)
     assert parse_spec("uncertainty:p80") == ("uncertainty", 80.0)
     assert parse_spec("uncertainty") == ("uncertainty", None)
-    for bad in ("fixed-k", "fixed-n:0", "fixed-k:1.5", "random:3"):
+    assert parse_spec("semantic:openai:http://h:1/v1#m") == ("semantic", "openai:http://h:1/v1#m")
+    for bad in ("fixed-k", "fixed-n:0", "fixed-k:1.5", "random:3", "semantic", "semantic:"):
         with pytest.raises(ValueError):
             parse_spec(bad)

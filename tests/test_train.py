@@ -199,8 +199,9 @@ def test_bad_inputs_exit_cleanly(tiny, tmp_path):
 def test_trl_dpo_trainer_accepts_hpl_gen_pairs(tiny, gen_data, tmp_path):
     """hpl-gen's pair tables load with `datasets` and train one step in TRL's DPOTrainer as they are."""
     trl = pytest.importorskip("trl")
-    from datasets import concatenate_datasets, load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from datasets import concatenate_datasets, load_dataset
 
     parts = [load_dataset("parquet", data_files=str(gen_data / f"{lvl}_pairs.parquet"), split="train",
                           cache_dir=str(tmp_path / "hf")).select_columns(["prompt", "chosen", "rejected"])

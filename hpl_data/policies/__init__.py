@@ -103,12 +103,15 @@ class PolicySpec:
 
 
 def parse_spec(spec: str) -> PolicySpec:
-    """``vllm:PATH``, ``openai:URL[#model]``, ``hf:PATH``, ``oracle|heuristic|random`` or
+    """``vllm:PATH``, ``openai:URL[#model]``, ``hf:PATH``, ``oracle|heuristic|random``,
+    ``file:PATH`` (recorded expert trajectories, see :mod:`hpl_data.experts`) or
     ``package.module:factory``."""
     spec = (spec or "").strip()
     if not spec:
         raise ValueError("empty policy spec; use e.g. heuristic, vllm:/models/qwen, openai:http://127.0.0.1:8000/v1")
     if spec in BUILTIN_AGENTS:
+        return PolicySpec("agent", spec)
+    if spec.startswith("file:") and len(spec) > 5:
         return PolicySpec("agent", spec)
     kind, sep, rest = spec.partition(":")
     if sep and kind in CHAT_BACKENDS:
@@ -133,6 +136,10 @@ def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -
         raise ValueError(f"{spec} is a chat policy, not an agent")
     if spec.target in BUILTIN_AGENTS:
         return make_agent(env_name, spec.target, seed=seed)
+    if spec.target.startswith("file:"):
+        from hpl_data.experts import FileExpert
+
+        return FileExpert(spec.target[5:], env_name, seed)
     module_name, _, attr = spec.target.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
