@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", default="fixed-k:3",
                    help="fixed-n:N | fixed-k:K | uncertainty[:pP] | semantic:POLICY (e.g. semantic:openai:URL#model)")
     p.add_argument("--mc-rollouts", type=int, default=3, help="Monte-Carlo rollouts per state (M)")
+    p.add_argument("--mc-adaptive", action="store_true",
+                   help="stop a pair's rollouts once a Hoeffding bound settles the sign of ΔR (M is the maximum)")
+    p.add_argument("--mc-min-rollouts", type=int, default=2, help="adaptive: rollouts per side before testing")
+    p.add_argument("--mc-confidence", type=float, default=0.8, help="adaptive: confidence of the bound (1 - δ)")
     p.add_argument("--entropy-samples", type=int, default=8,
                    help="policy samples per state to estimate action entropy (uncertainty segmenter)")
     p.add_argument("--split", default="train")
@@ -119,7 +123,9 @@ def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
         groups = segment(seg[0], seg[1], len(ex["steps"]), entropies, threshold)
     steps, grps = label_task(env, name, split, ex, policy=args_d["policy"], expert=args_d["expert"],
                              rollouts=args_d["mc_rollouts"], seed=args_d["seed"], levels=levels, groups=groups,
-                             segmenter=args_d["segmenter"], prompts=args_d["prompts"], counters=counters)
+                             segmenter=args_d["segmenter"], prompts=args_d["prompts"], counters=counters,
+                             adaptive=args_d["mc_adaptive"], min_rollouts=args_d["mc_min_rollouts"],
+                             confidence=args_d["mc_confidence"])
     counters["expert_env_steps_mc"] += len(ex["steps"])
     return steps, grps, dict(counters)
 
@@ -180,7 +186,7 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
     from concurrent.futures import ProcessPoolExecutor
 
     args_d = {k: getattr(args, k) for k in ("expert", "policy", "seed", "mc_rollouts", "segmenter", "prompts",
-                                            "entropy_samples")}
+                                            "entropy_samples", "mc_adaptive", "mc_min_rollouts", "mc_confidence")}
     args_d["expert"] = expert or args.expert
     make_env(env_name).warm_caches()
     threshold = None
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"segmenter semantic needs an LLM policy (vllm:, openai:, hf:), got {seg_arg!r}")
         if args.mc_rollouts < 1:
             raise ValueError("--mc-rollouts must be >= 1")
+        if not 0 < args.mc_confidence < 1 or args.mc_min_rollouts < 1:
+            raise ValueError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
     except ValueError as e:
         console.print(f"[red]hpl-gen: {e}[/red]")
         return 2

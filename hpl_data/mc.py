@@ -12,6 +12,12 @@ For each task: the expert plays once while its env state is saved before every a
 
 Rollouts are reused across levels: V_expert(e) computed for a step label is the value of the
 expert group that ends at e. Rollouts restore snapshots, never replay prefixes from reset.
+
+Adaptive mode (``adaptive=True``): each side of a pair starts with ``min_rollouts`` and gets one
+more rollout at a time (up to M, the side with fewer first) until a Hoeffding bound on ΔR settles
+its sign: |ΔR^| > R sqrt(ln(2/δ)/2 (1/n_c + 1/n_r)), R the outcome range, a side whose outcome is
+exact (a finished episode) counting as 1/n = 0. Rollout m always uses the same seed, so an
+adaptive label is the non-adaptive label computed from fewer of the same rollouts.
 """
 
 from __future__ import annotations
@@ -49,7 +55,13 @@ def _seed(*parts: Any) -> int:
 class Value:
     mean: float
     std: float
-    n: int
+    n: int  # rollouts behind the mean; 0 = exact (a finished episode's outcome)
+    outcomes: list[float] = field(default_factory=list)
+    source: tuple | None = None  # (state, obs, info, key): where more rollouts come from
+
+    @property
+    def exact(self) -> bool:
+        return self.source is None
 
 
 @dataclass
@@ -60,6 +72,10 @@ class TaskLabeler:
     rollouts: int
     seed: int
     counters: Counter = field(default_factory=Counter)
+    adaptive: bool = False
+    min_rollouts: int = 2
+    confidence: float = 0.8  # 1 - δ of the Hoeffding bound
+    outcome_range: float = 1.0  # max - min outcome (InterCode with Kendall tau: 2)
 
     def _agent(self, *key):
         return make_agent(self.env_name, self.policy, seed=_seed(self.seed, *key))
@@ -75,15 +91,43 @@ class TaskLabeler:
                 return float(reward)
 
     def value(self, state, obs: str, info: dict, key: tuple) -> Value:
-        """Mean outcome of M policy rollouts from ``state``."""
-        outcomes = []
-        for m in range(self.rollouts):
+        """Mean outcome of policy rollouts from ``state``: M of them, or ``min_rollouts`` to start
+        with in adaptive mode (:meth:`extend` adds more)."""
+        v = Value(0.0, 0.0, 0, [], (state, obs, info, key))
+        self.extend(v, self.min_rollouts if self.adaptive else self.rollouts)
+        return v
+
+    def extend(self, v: Value, n: int) -> None:
+        """Grow ``v`` to ``n`` rollouts (rollout m always has the same seed)."""
+        if v.exact:
+            return
+        state, obs, info, key = v.source
+        while v.n < min(n, self.rollouts):
             self.env.set_state(state)
             self.counters["restores"] += 1
-            outcomes.append(self._finish(obs, info, (*key, m)))
-        self.counters["rollouts"] += len(outcomes)
-        std = statistics.pstdev(outcomes) if len(outcomes) > 1 else 0.0
-        return Value(sum(outcomes) / len(outcomes), std, len(outcomes))
+            v.outcomes.append(self._finish(obs, info, (*key, v.n)))
+            v.n += 1
+            self.counters["rollouts"] += 1
+        v.mean = sum(v.outcomes) / v.n
+        v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
+
+    def settle(self, chosen: Value, rejected: Value) -> None:
+        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M."""
+        if not self.adaptive:
+            return
+        log_term = math.log(2 / (1 - self.confidence)) / 2
+        while True:
+            inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
+            half = self.outcome_range * math.sqrt(log_term * inv)
+            if abs(chosen.mean - rejected.mean) > half:
+                self.counters["pairs_settled_early"] += any(not v.exact and v.n < self.rollouts
+                                                            for v in (chosen, rejected))
+                return
+            open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.rollouts]
+            if not open_sides:
+                return
+            side = min(open_sides, key=lambda v: v.n)
+            self.extend(side, side.n + 1)
 
     def policy_steps(self, state, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None):
         """The policy plays up to n actions from ``state``: (actions, observations after each,
@@ -160,17 +204,23 @@ def segment(kind: str, arg: float | None, length: int, entropies: list[float] | 
 
 def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert: str, rollouts: int, seed: int,
                levels: set[str], groups: list[tuple[int, int]], segmenter: str, prompts: str,
-               counters: Counter) -> tuple[list[dict], list[dict]]:
+               counters: Counter, adaptive: bool = False, min_rollouts: int = 2,
+               confidence: float = 0.8) -> tuple[list[dict], list[dict]]:
     """Step and group pairs for one task, from its expert pass."""
-    lab = TaskLabeler(env, env_name, policy, rollouts, seed, counters)
+    outcome_range = 2.0 if env_name == "intercode-sql" and getattr(env, "kendall_tau", True) else 1.0
+    lab = TaskLabeler(env, env_name, policy, rollouts, seed, counters, adaptive=adaptive,
+                      min_rollouts=max(1, min(min_rollouts, rollouts)), confidence=confidence,
+                      outcome_range=outcome_range)
     T = len(ex["steps"])
     messages = episode_messages(env_name, ex, prompts)
     tid = ex["task_id"]
     values: dict[int, Value] = {T: Value(ex["reward"], 0.0, 0)}
+    estimated: list[Value] = []
 
     def v_expert(t: int) -> Value:
         if t not in values:
             values[t] = lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t))
+            estimated.append(values[t])
         else:
             counters["values_reused"] += 1
         return values[t]
@@ -190,7 +240,9 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                 v_alt = Value(outcome, 0.0, 0)
             else:
                 v_alt = lab.value(lab.env.get_state(), a_obs, a_info, (tid, "alt", t, "v"))
+                estimated.append(v_alt)
             v_exp = v_expert(t + 1)
+            lab.settle(v_exp, v_alt)
             delta = v_exp.mean - v_alt.mean
             if delta <= 0:
                 continue
@@ -199,6 +251,7 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                               "rejected": [{"role": "assistant", "content": format_turn(actions[0], None, env_name)}],
                               "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
                               "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
+                              "n_rollouts": max(v_exp.n, v_alt.n) if adaptive else rollouts,
                               "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
                               "segmenter": ""})
     if "group" in levels:
@@ -211,6 +264,8 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                 v_pol = Value(outcome, 0.0, 0)
             else:
                 v_pol = lab.value(lab.env.get_state(), p_obs, p_info, (tid, "grp", s, e, "v"))
+                estimated.append(v_pol)
+            lab.settle(v_exp, v_pol)
             delta = v_exp.mean - v_pol.mean
             if delta <= 0:
                 continue
@@ -223,6 +278,9 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
             group_rows.append({**base, "prompt": messages[: 1 + 2 * s], "chosen": messages[1 + 2 * s: 2 * e],
                                "rejected": rejected, "level": "group", "group_start": s, "group_length": e - s,
                                "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
+                               "n_rollouts": max(v_exp.n, v_pol.n) if adaptive else rollouts,
                                "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
                                "bucket": f"B{lb}{db}", "segmenter": segmenter})
+    if adaptive:  # rollouts a fixed-M run would have drawn for the same values
+        counters["rollouts_saved"] += sum(rollouts - v.n for v in estimated)
     return step_rows, group_rows

@@ -39,3 +39,29 @@ def test_spec_parsing():
     for bad in ("fixed-k", "fixed-n:0", "fixed-k:1.5", "random:3", "semantic", "semantic:"):
         with pytest.raises(ValueError):
             parse_spec(bad)
+
+
+def test_adaptive_mc_accounting_and_agreement(webshop_env):
+    """Adaptive MC draws a prefix of the same seeded rollouts: its saved count closes the books
+    against a fixed-M run, and it keeps (almost) the same pairs in the same ΔR buckets."""
+    from collections import Counter
+
+    from hpl_data.mc import expert_pass, label_task
+
+    runs = {}
+    for adaptive in (False, True):
+        counters, rows = Counter(), []
+        for tid in webshop_env.task_ids("train")[:8]:
+            ex = expert_pass(webshop_env, "webshop", "oracle", tid, 0)
+            groups = fixed_k(len(ex["steps"]), 3)
+            s, g = label_task(webshop_env, "webshop", "train", ex, policy="heuristic", expert="oracle", rollouts=5,
+                              seed=0, levels={"step", "group"}, groups=groups, segmenter="fixed-k:3",
+                              prompts="default", counters=counters, adaptive=adaptive, min_rollouts=2)
+            rows += s + g
+        runs[adaptive] = (counters, {(r["task_id"], r["level"], r["group_start"]): r for r in rows})
+    (cf, fixed), (ca, adapt) = runs[False], runs[True]
+    assert cf["rollouts"] == ca["rollouts"] + ca["rollouts_saved"] and ca["rollouts_saved"] > 0
+    assert all(2 <= r["n_rollouts"] <= 5 for r in adapt.values()) and any(r["n_rollouts"] < 5 for r in adapt.values())
+    both = set(adapt) & set(fixed)
+    assert len(both) >= 0.9 * len(fixed)  # the kept pairs (sign of ΔR) barely change
+    assert sum(adapt[k]["bucket"] == fixed[k]["bucket"] for k in both) >= 0.9 * len(both)
