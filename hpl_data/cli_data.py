@@ -71,6 +71,47 @@ def sql_info(console: Console) -> None:
     console.print("train/test share no database; dev is all tasks (InterCode's evaluation set).")
 
 
+def save_inspect_png(folder: Path, out: Path) -> Path:
+    """Reward / ΔR histograms per table and the curriculum bucket matrix of group pairs, as a PNG."""
+    from collections import Counter
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    panels = []
+    for path in sorted(folder.glob("*.parquet")):
+        t = pq.read_table(path)
+        col = "delta_r" if "delta_r" in t.column_names else "reward" if "reward" in t.column_names else None
+        if col and t.num_rows:
+            panels.append((path.stem, col, t.column(col).to_pylist(),
+                           Counter(t.column("bucket").to_pylist()) if "bucket" in t.column_names else None))
+    if not panels:
+        raise ValueError(f"no tables with rewards in {folder}")
+    matrices = [p for p in panels if p[3]]
+    fig, axes = plt.subplots(1, len(panels) + len(matrices), figsize=(3.2 * (len(panels) + len(matrices)), 3))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    for ax, (name, col, values, _) in zip(axes, panels):
+        ax.hist(values, bins=20, color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("ΔR" if col == "delta_r" else "reward", fontsize=8)
+    for ax, (name, _, _, counts) in zip(axes[len(panels):], matrices):
+        grid = [[counts.get(f"B{lb}{d}", 0) for d in (1, 2, 3)] for lb in (1, 2, 3)]
+        ax.imshow(grid, cmap="Blues")
+        for lb in range(3):
+            for d in range(3):
+                ax.text(d, lb, str(grid[lb][d]), ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(3), ["ΔR1", "ΔR2", "ΔR3"])
+        ax.set_yticks(range(3), ["len1", "len2", "len3"])
+        ax.set_title(f"{name} buckets", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def inspect_dir(console: Console, folder: Path) -> int:
     """Counts, reward histograms and the curriculum bucket matrix of an hpl-gen output folder."""
     import pyarrow.parquet as pq
@@ -131,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="what is present")
     ins = sub.add_parser("inspect", help="summarise an hpl-gen output folder")
     ins.add_argument("folder", type=Path)
+    ins.add_argument("--png", type=Path, default=None, help="also save histograms and the bucket matrix here")
     d = sub.add_parser("download", help="fetch an env's files")
     d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
@@ -149,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[yellow]{e}[/yellow]")
         return 0
     if args.cmd == "inspect":
-        return inspect_dir(console, args.folder)
+        rc = inspect_dir(console, args.folder)
+        if rc == 0 and args.png:
+            try:
+                console.print(f"wrote {save_inspect_png(args.folder, args.png)}")
+            except ImportError:
+                console.print("[red]hpl-data inspect --png needs matplotlib: pip install 'hpl[plot]'[/red]")
+                return 2
+        return rc
     from hpl_data.download import DownloadError, download
 
     root = args.root or data_root()

@@ -82,8 +82,9 @@ def test_hpl_gen_writes_loadable_pairs(tmp_path):
     ds = datasets.load_dataset("parquet", data_files=str(out / "traj_pairs.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
     assert set(["prompt", "chosen", "rejected"]) <= set(ds.column_names)
-    insp = run("hpl_data.cli_data", "inspect", str(out))
+    insp = run("hpl_data.cli_data", "inspect", str(out), "--png", str(tmp_path / "inspect.png"))
     assert insp.returncode == 0 and "buckets" in insp.stdout and "step_pairs" in insp.stdout, insp.stderr
+    assert (tmp_path / "inspect.png").stat().st_size > 10_000
     assert run("hpl_data.cli_data", "inspect", str(tmp_path / "empty")).returncode == 2
     # rerun reuses finished tables
     p2 = run("hpl_data.cli_gen", "--env", "webshop", "--limit", "12", "--out", str(out))
