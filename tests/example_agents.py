@@ -19,3 +19,19 @@ def make(env_name, seed):
 
 def not_an_agent(env_name, seed):
     return object()
+
+
+class Sleeper(FirstAdmissible):
+    """Takes ``seconds`` per action: a stuck agent or env for the engine's timeouts."""
+
+    seconds = 3.0
+
+    def act(self, observation, info):
+        import time
+
+        time.sleep(self.seconds)
+        return super().act(observation, info)
+
+
+def slow(env_name, seed):
+    return Sleeper()

@@ -89,3 +89,14 @@ def test_user_agent_by_spec_and_bad_specs():
     assert "has no reset" in eps[0]["error"] and counters["failed_episodes"] == 1
     eps, _ = run_rollouts("webshop", ["no-such-task"], "heuristic", config=EngineConfig(workers=1))
     assert "no-such-task" in eps[0]["error"]
+
+
+def test_episode_timeout_and_hung_worker_are_recorded():
+    """A too-slow episode fails with 'episode timeout'; a worker stuck past env_timeout_s is killed,
+    restarted, and the episode gives up after max_restarts; both are recorded, the run ends."""
+    eps, c = run_rollouts("webshop", ["0"], "example_agents:slow", config=EngineConfig(workers=1, episode_timeout_s=1.5))
+    assert eps[0]["error"].startswith("episode timeout") and eps[0]["stop_reason"] == "timeout"
+    cfg = EngineConfig(workers=2, concurrency=2, env_timeout_s=1.0, max_restarts=1)
+    eps, c = run_rollouts("webshop", ["0"], "example_agents:slow", config=cfg)
+    assert "gave up after 1 restarts" in eps[0]["error"] and "hung" in eps[0]["error"]
+    assert c["worker_restarts"] == 2 and c["failed_episodes"] == 1
