@@ -30,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hpl_data import parquet
-from hpl_data.conversation import trajectory_rows
+from hpl_data.conversation import episode_messages, trajectory_rows
 from hpl_data.experts import keep_expert
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
 from hpl_data.rollout import run_episodes
@@ -44,7 +44,12 @@ from hpl_envs.data import DataCorruptError, DataMissingError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpl-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True)
-    p.add_argument("--policy", default="heuristic", help="reference policy: a built-in agent (heuristic, random)")
+    p.add_argument("--policy", default="heuristic",
+                   help="reference policy: heuristic | random | package.module:factory | openai:URL[#model] | hf:MODEL "
+                        "(an LLM is served to the MC workers; for vLLM start its OpenAI server and use openai:)")
+    p.add_argument("--policy-temperature", type=float, default=1.0, help="LLM reference policy sampling temperature")
+    p.add_argument("--policy-max-tokens", type=int, default=256, help="LLM reference policy tokens per turn")
+    p.add_argument("--max-turns", type=int, default=None, help="episode length cap (default: the env's)")
     p.add_argument("--expert", default="oracle",
                    help="oracle | file:PATH (InterCode results JSON, ETO/IPR conversation JSON, hpl trajectories "
                         "Parquet) | teacher:POLICY (e.g. teacher:openai:URL#gpt-4o); filtered by the paper's rule")
@@ -90,23 +95,33 @@ def traj_pairs(expert: list[dict], policy: list[dict], expert_id: str, policy_id
 _MC: dict = {}
 
 
-def _mc_init(env_name: str) -> None:
+def _mc_init(env_name: str, env_kwargs: dict | None = None) -> None:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _MC["env"] = make_env(env_name)
+    _MC["env"] = make_env(env_name, **(env_kwargs or {}))
     _MC["name"] = env_name
 
 
 def _mc_entropies(job: tuple) -> list[float]:
-    task_id, policy, expert, seed, samples = job
+    task_id, policy, expert, seed, samples, prompts = job
     env, name = _MC["env"], _MC["name"]
     ex = expert_pass(env, name, expert, task_id, seed)
+    msgs = episode_messages(name, ex, prompts)
     return [empirical_entropy(env, name, policy, ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t],
-                              samples, seed, (task_id, t)) for t in range(len(ex["steps"]))]
+                              samples, seed, (task_id, t), msgs[: 1 + 2 * t]) for t in range(len(ex["steps"]))]
 
 
-def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
+def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict] | str:
+    """One task's step/group pairs, or the error text when labelling failed (e.g. a dead LLM server):
+    the task is then left unfinished, so a rerun retries it."""
+    try:
+        return _mc_label_task(job)
+    except Exception as e:  # noqa: BLE001 - recorded and counted, never fatal for the run
+        return f"{type(e).__name__}: {e}"
+
+
+def _mc_label_task(job: tuple) -> tuple[list[dict], list[dict], dict]:
     task_id, split, args_d, levels, seg, threshold, given_groups = job
     env, name = _MC["env"], _MC["name"]
     counters: Counter = Counter()
@@ -125,9 +140,22 @@ def _mc_label(job: tuple) -> tuple[list[dict], list[dict], dict]:
                              rollouts=args_d["mc_rollouts"], seed=args_d["seed"], levels=levels, groups=groups,
                              segmenter=args_d["segmenter"], prompts=args_d["prompts"], counters=counters,
                              adaptive=args_d["mc_adaptive"], min_rollouts=args_d["mc_min_rollouts"],
-                             confidence=args_d["mc_confidence"])
+                             confidence=args_d["mc_confidence"],
+                             policy_options={"temperature": args_d["policy_temperature"],
+                                             "max_tokens": args_d["policy_max_tokens"], "prompts": args_d["prompts"]}
+                             if not parse_policy_spec(args_d["policy"]).is_agent else None)
     counters["expert_env_steps_mc"] += len(ex["steps"])
     return steps, grps, dict(counters)
+
+
+def env_kwargs(args) -> dict:
+    return {"max_turns": args.max_turns} if args.max_turns else {}
+
+
+def parse_policy_spec(spec: str):
+    from hpl_data.policies import parse_spec as parse_policy
+
+    return parse_policy(spec)
 
 
 def resolve_expert(env_name: str, expert: str) -> tuple[str, str]:
@@ -186,15 +214,17 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
     from concurrent.futures import ProcessPoolExecutor
 
     args_d = {k: getattr(args, k) for k in ("expert", "policy", "seed", "mc_rollouts", "segmenter", "prompts",
-                                            "entropy_samples", "mc_adaptive", "mc_min_rollouts", "mc_confidence")}
+                                            "entropy_samples", "mc_adaptive", "mc_min_rollouts", "mc_confidence",
+                                            "policy_temperature", "policy_max_tokens")}
     args_d["expert"] = expert or args.expert
-    make_env(env_name).warm_caches()
+    make_env(env_name, **env_kwargs(args)).warm_caches()
     threshold = None
     out = args.out
-    with ProcessPoolExecutor(max(1, args.workers), initializer=_mc_init, initargs=(env_name,)) as pool:
+    with ProcessPoolExecutor(max(1, args.workers), initializer=_mc_init, initargs=(env_name, env_kwargs(args))) as pool:
         if seg[0] == "uncertainty":
             ent = ShardStore(out, "entropy")
-            jobs = [(t, args.policy, args_d["expert"], args.seed, args.entropy_samples) for t in ent.pending(task_ids)]
+            jobs = [(t, args.policy, args_d["expert"], args.seed, args.entropy_samples, args.prompts)
+                    for t in ent.pending(task_ids)]
             for job, hs in zip(jobs, pool.map(_mc_entropies, jobs)):
                 ent.put(job[0], {"entropies": hs})
             all_h = [h for t in task_ids for h in ent.get(t)["entropies"]]
@@ -202,10 +232,23 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
             counters["uncertainty_threshold"] = threshold
         store = ShardStore(out, "mc_" + "_".join(sorted(levels)))
         jobs = [(t, split, args_d, levels, seg, threshold, (semantic or {}).get(t)) for t in store.pending(task_ids)]
-        for job, (steps, grps, c) in zip(jobs, pool.map(_mc_label, jobs)):
+        failed: dict[str, str] = {}
+        for job, res in zip(jobs, pool.map(_mc_label, jobs)):
+            if isinstance(res, str):
+                failed[job[0]] = res
+                continue
+            steps, grps, c = res
             store.put(job[0], {"step": steps, "group": grps, "counters": c})
+    counters["mc_failed_tasks"] = len(failed)
+    if failed:
+        first = next(iter(failed.items()))
+        Console(stderr=True, soft_wrap=True).print(
+            f"[yellow]hpl-gen: MC labelling failed for {len(failed)} task(s), e.g. {first[0]}: {first[1][:300]} "
+            "(rerun with the same --out to retry them)[/yellow]")
     rows: dict[str, list[dict]] = {"step": [], "group": []}
     for t in task_ids:
+        if t in failed:
+            continue
         sh = store.get(t)
         rows["step"] += sh["step"]
         rows["group"] += sh["group"]
@@ -233,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--mc-rollouts must be >= 1")
         if not 0 < args.mc_confidence < 1 or args.mc_min_rollouts < 1:
             raise ValueError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
+        from hpl_data.llm_agent import check_rollout_policy
+
+        check_rollout_policy(args.policy)
     except ValueError as e:
         console.print(f"[red]hpl-gen: {e}[/red]")
         return 2
@@ -303,13 +349,18 @@ def main(argv: list[str] | None = None) -> int:
                                            "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
 
         try:
-            if todo and role == "expert" and expert_kind == "teacher":
+            spec = expert_spec if role == "expert" else agent
+            if todo and not parse_policy_spec(spec).is_agent:  # an LLM (teacher or reference policy)
                 from hpl_data.engine import EngineConfig, run_rollouts
+                from hpl_data.policies import SamplingParams
 
-                run_rollouts(env_name, todo, expert_spec, config=EngineConfig(workers=args.workers, seed=args.seed,
-                                                                              prompts=args.prompts), on_episode=save)
+                temp = args.policy_temperature if role == "policy" else 0.0
+                run_rollouts(env_name, todo, spec, env_kwargs=env_kwargs(args), on_episode=save,
+                             config=EngineConfig(workers=args.workers, seed=args.seed, prompts=args.prompts,
+                                                 sampling=SamplingParams(temperature=temp,
+                                                                         max_tokens=args.policy_max_tokens)))
             elif todo:
-                run_episodes(env_name, todo, expert_spec if role == "expert" else agent, seed=args.seed,
+                run_episodes(env_name, todo, spec, env_kwargs=env_kwargs(args), seed=args.seed,
                              workers=args.workers, on_episode=save)
         except (ValueError, EnvUnavailableError, RuntimeError) as e:
             console.print(f"[red]hpl-gen: {e}[/red]")

@@ -31,7 +31,6 @@ from typing import Any
 
 from hpl_data.conversation import episode_messages
 from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
-from hpl_envs.agents import make_agent
 from hpl_envs.react import format_observation, format_turn
 
 # (length thresholds, ΔR thresholds) of the paper's 3x3 curriculum buckets
@@ -65,6 +64,17 @@ class Value:
 
 
 @dataclass
+class PolicyPlay:
+    actions: list[str]
+    observations: list[str]  # after each action
+    turns: list[str]  # assistant contents
+    outcome: float | None  # the episode's reward if it ended
+    obs: str
+    info: dict
+    history: list[dict] | None  # the LLM policy's conversation up to ``obs``
+
+
+@dataclass
 class TaskLabeler:
     env: Any
     env_name: str
@@ -76,24 +86,37 @@ class TaskLabeler:
     min_rollouts: int = 2
     confidence: float = 0.8  # 1 - δ of the Hoeffding bound
     outcome_range: float = 1.0  # max - min outcome (InterCode with Kendall tau: 2)
+    policy_options: dict = field(default_factory=dict)  # LLM policies: temperature, max_tokens, prompts
 
-    def _agent(self, *key):
-        return make_agent(self.env_name, self.policy, seed=_seed(self.seed, *key))
+    def _agent(self, *key, history: list[dict] | None = None):
+        from hpl_data.llm_agent import make_rollout_agent
 
-    def _finish(self, obs: str, info: dict, key: tuple) -> float:
+        agent = make_rollout_agent(self.env_name, self.policy, seed=_seed(self.seed, *key), **self.policy_options)
+        if history is not None and hasattr(agent, "set_history"):
+            agent.set_history(history)  # an LLM policy sees the conversation that led to this state
+        return agent
+
+    def _finish(self, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> float:
         """Policy plays from the env's current state to the end; returns the outcome."""
-        agent = self._agent(*key)
+        from hpl_data.policies import ContextLengthError
+
+        agent = self._agent(*key, history=history)
         agent.reset(self.env, obs, info)
         while True:
-            obs, reward, term, trunc, info = self.env.step(agent.act(obs, info))
+            try:
+                action = agent.act(obs, info)
+            except ContextLengthError:  # the conversation outgrew the model: the episode ends unfinished
+                self.counters["rollouts_context_length"] += 1
+                return 0.0
+            obs, reward, term, trunc, info = self.env.step(action)
             self.counters["env_steps"] += 1
             if term or trunc:
                 return float(reward)
 
-    def value(self, state, obs: str, info: dict, key: tuple) -> Value:
+    def value(self, state, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> Value:
         """Mean outcome of policy rollouts from ``state``: M of them, or ``min_rollouts`` to start
         with in adaptive mode (:meth:`extend` adds more)."""
-        v = Value(0.0, 0.0, 0, [], (state, obs, info, key))
+        v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
         self.extend(v, self.min_rollouts if self.adaptive else self.rollouts)
         return v
 
@@ -101,11 +124,11 @@ class TaskLabeler:
         """Grow ``v`` to ``n`` rollouts (rollout m always has the same seed)."""
         if v.exact:
             return
-        state, obs, info, key = v.source
+        state, obs, info, key, history = v.source
         while v.n < min(n, self.rollouts):
             self.env.set_state(state)
             self.counters["restores"] += 1
-            v.outcomes.append(self._finish(obs, info, (*key, v.n)))
+            v.outcomes.append(self._finish(obs, info, (*key, v.n), history))
             v.n += 1
             self.counters["rollouts"] += 1
         v.mean = sum(v.outcomes) / v.n
@@ -129,34 +152,50 @@ class TaskLabeler:
             side = min(open_sides, key=lambda v: v.n)
             self.extend(side, side.n + 1)
 
-    def policy_steps(self, state, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None):
+    def policy_steps(self, state, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
+                     history: list[dict] | None = None):
         """The policy plays up to n actions from ``state``: (actions, observations after each,
-        terminal outcome or None, info). With ``avoid``, the first action must differ from it."""
+        terminal outcome or None, obs, info, history after). With ``avoid``, the first action must
+        differ from it."""
+        from hpl_data.policies import ContextLengthError
+
         self.env.set_state(state)
         self.counters["restores"] += 1
-        agent = self._agent(*key)
-        agent.reset(self.env, obs, info)
-        first = agent.act(obs, info)
-        tries = 0
-        while avoid is not None and first.strip() == avoid.strip() and tries < 4:
-            tries += 1
-            agent = self._agent(*key, "retry", tries)
+        try:
+            agent = self._agent(*key, history=history)
             agent.reset(self.env, obs, info)
             first = agent.act(obs, info)
+            tries = 0
+            while avoid is not None and first.strip() == avoid.strip() and tries < 4:
+                tries += 1
+                agent = self._agent(*key, "retry", tries, history=history)
+                agent.reset(self.env, obs, info)
+                first = agent.act(obs, info)
+        except ContextLengthError:
+            self.counters["rollouts_context_length"] += 1
+            return None
         if avoid is not None and first.strip() == avoid.strip():
             return None
-        actions, observations = [], []
+        from hpl_data.llm_agent import history_after
+
+        actions, observations, turns = [], [], []
         action = first
         for i in range(n):
             if i:
-                action = agent.act(obs, info)
+                try:
+                    action = agent.act(obs, info)
+                except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
+                    self.counters["rollouts_context_length"] += 1
+                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
+            # what the policy said: an LLM's own text, else the action in the ReAct layout
+            turns.append(getattr(agent, "last_output", None) or format_turn(action, None, self.env_name))
             obs, reward, term, trunc, info = self.env.step(action)
             self.counters["env_steps"] += 1
             actions.append(action)
             observations.append(obs)
             if term or trunc:
-                return actions, observations, float(reward), obs, info
-        return actions, observations, None, obs, info
+                return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
+        return PolicyPlay(actions, observations, turns, None, obs, info, history_after(agent, obs, self.env_name))
 
 
 def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dict:
@@ -180,12 +219,16 @@ def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dic
 
 
 def empirical_entropy(env, env_name: str, policy: str, state, obs: str, info: dict, samples: int,
-                      seed: int, key: tuple) -> float:
+                      seed: int, key: tuple, history: list[dict] | None = None) -> float:
     """Entropy (nats) of the policy's action distribution at a state, estimated by sampling."""
+    from hpl_data.llm_agent import make_rollout_agent
+
     counts: Counter = Counter()
     for i in range(samples):
         env.set_state(state)
-        agent = make_agent(env_name, policy, seed=_seed(seed, *key, "entropy", i))
+        agent = make_rollout_agent(env_name, policy, seed=_seed(seed, *key, "entropy", i))
+        if history is not None and hasattr(agent, "set_history"):
+            agent.set_history(history)
         agent.reset(env, obs, info)
         counts[agent.act(obs, info).strip()] += 1
     return -sum(c / samples * math.log(c / samples) for c in counts.values())
@@ -205,12 +248,12 @@ def segment(kind: str, arg: float | None, length: int, entropies: list[float] | 
 def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert: str, rollouts: int, seed: int,
                levels: set[str], groups: list[tuple[int, int]], segmenter: str, prompts: str,
                counters: Counter, adaptive: bool = False, min_rollouts: int = 2,
-               confidence: float = 0.8) -> tuple[list[dict], list[dict]]:
+               confidence: float = 0.8, policy_options: dict | None = None) -> tuple[list[dict], list[dict]]:
     """Step and group pairs for one task, from its expert pass."""
     outcome_range = 2.0 if env_name == "intercode-sql" and getattr(env, "kendall_tau", True) else 1.0
     lab = TaskLabeler(env, env_name, policy, rollouts, seed, counters, adaptive=adaptive,
                       min_rollouts=max(1, min(min_rollouts, rollouts)), confidence=confidence,
-                      outcome_range=outcome_range)
+                      outcome_range=outcome_range, policy_options=dict(policy_options or {}))
     T = len(ex["steps"])
     messages = episode_messages(env_name, ex, prompts)
     tid = ex["task_id"]
@@ -219,7 +262,8 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
 
     def v_expert(t: int) -> Value:
         if t not in values:
-            values[t] = lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t))
+            values[t] = lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t),
+                                  messages[: 1 + 2 * t])
             estimated.append(values[t])
         else:
             counters["values_reused"] += 1
@@ -231,15 +275,15 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
     if "step" in levels:
         for t in range(T):
             st, obs, info = ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t]
-            alt = lab.policy_steps(st, obs, info, 1, (tid, "alt", t), avoid=ex["steps"][t]["action"])
+            alt = lab.policy_steps(st, obs, info, 1, (tid, "alt", t), avoid=ex["steps"][t]["action"],
+                                   history=messages[: 1 + 2 * t])
             if alt is None:
                 counters["step_no_alternative"] += 1
                 continue
-            actions, _, outcome, a_obs, a_info = alt
-            if outcome is not None:
-                v_alt = Value(outcome, 0.0, 0)
+            if alt.outcome is not None:
+                v_alt = Value(alt.outcome, 0.0, 0)
             else:
-                v_alt = lab.value(lab.env.get_state(), a_obs, a_info, (tid, "alt", t, "v"))
+                v_alt = lab.value(lab.env.get_state(), alt.obs, alt.info, (tid, "alt", t, "v"), alt.history)
                 estimated.append(v_alt)
             v_exp = v_expert(t + 1)
             lab.settle(v_exp, v_alt)
@@ -248,7 +292,7 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                 continue
             lb, db = buckets(env_name, 1, delta)
             step_rows.append({**base, "prompt": messages[: 1 + 2 * t], "chosen": [messages[1 + 2 * t]],
-                              "rejected": [{"role": "assistant", "content": format_turn(actions[0], None, env_name)}],
+                              "rejected": [{"role": "assistant", "content": alt.turns[0]}],
                               "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
                               "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
                               "n_rollouts": max(v_exp.n, v_alt.n) if adaptive else rollouts,
@@ -258,22 +302,24 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
         for s, e in groups:
             st, obs, info = ex["states"][s], ex["steps"][s]["observation"], ex["infos"][s]
             v_exp = v_expert(e)
-            pol = lab.policy_steps(st, obs, info, e - s, (tid, "grp", s, e))
-            actions, observations, outcome, p_obs, p_info = pol
-            if outcome is not None:
-                v_pol = Value(outcome, 0.0, 0)
+            pol = lab.policy_steps(st, obs, info, e - s, (tid, "grp", s, e), history=messages[: 1 + 2 * s])
+            if pol is None:  # the policy could not act here (its context overflowed)
+                counters["group_no_policy_play"] += 1
+                continue
+            if pol.outcome is not None:
+                v_pol = Value(pol.outcome, 0.0, 0)
             else:
-                v_pol = lab.value(lab.env.get_state(), p_obs, p_info, (tid, "grp", s, e, "v"))
+                v_pol = lab.value(lab.env.get_state(), pol.obs, pol.info, (tid, "grp", s, e, "v"), pol.history)
                 estimated.append(v_pol)
             lab.settle(v_exp, v_pol)
             delta = v_exp.mean - v_pol.mean
             if delta <= 0:
                 continue
             rejected = []
-            for i, a in enumerate(actions):
-                rejected.append({"role": "assistant", "content": format_turn(a, None, env_name)})
-                if i + 1 < len(actions):
-                    rejected.append({"role": "user", "content": format_observation(observations[i], env_name)})
+            for i, turn in enumerate(pol.turns):
+                rejected.append({"role": "assistant", "content": turn})
+                if i + 1 < len(pol.turns):
+                    rejected.append({"role": "user", "content": format_observation(pol.observations[i], env_name)})
             lb, db = buckets(env_name, e - s, delta)
             group_rows.append({**base, "prompt": messages[: 1 + 2 * s], "chosen": messages[1 + 2 * s: 2 * e],
                                "rejected": rejected, "level": "group", "group_start": s, "group_length": e - s,

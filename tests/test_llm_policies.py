@@ -171,6 +171,27 @@ def test_hpl_gen_semantic_segmenter_counts_fallbacks(server, tmp_path):
     assert bad.returncode == 2 and "needs an LLM policy" in bad.stderr
 
 
+def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
+    """The reference policy is the served model: it explores (engine) and plays every MC rollout
+    (in the workers, seeing the conversation that led to the state)."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "gen"
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--policy",
+                        f"openai:{server.url}", "--policy-max-tokens", "16", "--max-turns", "8", "--mc-rollouts", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = json.loads((out / "manifest.json").read_text())["counters"]
+    assert c["mc_failed_tasks"] == 0 and c["rollouts"] > 0 and c["traj_pairs"] == 1
+    pol = pq.read_table(out / "trajectories_policy.parquet").to_pylist()[0]
+    assert pol["agent"].startswith("openai:") and all(lp is not None for lp in pol["logprobs"])
+    rows = pq.read_table(out / "step_pairs.parquet").to_pylist() + pq.read_table(out / "group_pairs.parquet").to_pylist()
+    assert rows and all(r["policy_id"].startswith("openai:") for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--policy",
+                          "vllm:/some/model", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "openai:URL" in bad.stderr
+
+
 def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
     from hpl_data.policies.openai_backend import OpenAIPolicy
 
