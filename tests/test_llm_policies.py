@@ -190,6 +190,15 @@ def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--policy",
                           "vllm:/some/model", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "openai:URL" in bad.stderr
+    # the served model as a teacher expert: its episodes are recorded, then dropped by the paper's filter
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "2", "--expert",
+                        f"teacher:openai:{server.url}", "--levels", "traj", "--max-turns", "3", "--policy-max-tokens",
+                        "16", "--out", str(tmp_path / "teacher")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = json.loads((tmp_path / "teacher" / "manifest.json").read_text())["counters"]
+    assert c["expert_episodes"] == 2 and c["expert_filtered"] == 2 and c["traj_pairs"] == 0
+    ex = pq.read_table(tmp_path / "teacher" / "trajectories_expert.parquet").to_pylist()
+    assert all(r["agent"].startswith("openai:") and r["n_steps"] >= 1 for r in ex)
 
 
 def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
