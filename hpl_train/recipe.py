@@ -317,13 +317,26 @@ class HPLRecipe:
         return int(state["step"])
 
     def save_model(self) -> Path:
+        """``final/``: a full model that ``vllm:``/``hf:`` policies load directly. With LoRA the
+        adapter goes to ``final/adapter`` and the merged weights to ``final/`` (merging needs the
+        whole model on one process; under ZeRO-3/FSDP only the adapter is written)."""
+        acc = self.accelerator
         path = self.out / "final"
-        self.accelerator.wait_for_everyone()
-        model = self.accelerator.unwrap_model(self.model)
-        if self.accelerator.is_main_process:
-            model.save_pretrained(path, safe_serialization=True)
+        acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        sharded = acc.distributed_type.name in ("DEEPSPEED", "FSDP")
+        state_dict = acc.get_state_dict(self.model)
+        if self.cfg.lora_r > 0:
+            model.save_pretrained(path / "adapter", state_dict=state_dict, is_main_process=acc.is_main_process,
+                                  save_function=acc.save)
+            if not sharded and acc.is_main_process:
+                model.merge_and_unload().save_pretrained(path, safe_serialization=True)
+        else:
+            model.save_pretrained(path, state_dict=state_dict, is_main_process=acc.is_main_process,
+                                  save_function=acc.save, safe_serialization=True)
+        if acc.is_main_process:
             self.tokenizer.save_pretrained(path)
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         return path
 
 

@@ -213,3 +213,32 @@ def test_trl_dpo_trainer_accepts_hpl_gen_pairs(tiny, gen_data, tmp_path):
                              processing_class=AutoTokenizer.from_pretrained(tiny))
     out = trainer.train()
     assert out.global_step == 1 and torch.isfinite(torch.tensor(out.training_loss))
+
+
+def test_lora_run_saves_a_model_that_policies_load(tiny, gen_data, tmp_path):
+    """gen -> train (LoRA) -> eval: the merged final/ model drives WebShop episodes as an hf: policy."""
+    import asyncio
+
+    from hpl_data.engine import EngineConfig, RolloutEngine
+    from hpl_data.policies import SamplingParams
+    from hpl_data.policies.hf_backend import HFPolicy
+    from hpl_train.recipe import train
+
+    hist = train(load_config("eto", ["report_to=none", "max_steps=2", "batch_size=2", "lora_r=4", "lr=1e-3"],
+                             model=str(tiny), data=[str(gen_data)], output_dir=str(tmp_path)))
+    assert len(hist) == 2 and (tmp_path / "final" / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    diff = sum((a - b).abs().sum().item() for a, b in zip(base.parameters(), tuned.parameters()))
+    assert diff > 0  # the LoRA update is merged into the saved weights
+
+    async def run():
+        policy = HFPolicy(str(tmp_path / "final"))
+        cfg = EngineConfig(workers=1, concurrency=2, sampling=SamplingParams(temperature=1.0, max_tokens=16))
+        async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 2}, config=cfg) as eng:
+            return await eng.run(["0", "1"])
+
+    eps = asyncio.run(run())
+    assert all(e["error"] is None and len(e["steps"]) >= 1 for e in eps)
