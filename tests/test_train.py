@@ -24,6 +24,16 @@ COMPLETION = [{"role": "assistant", "content": "Thought: search first.\nAction: 
               {"role": "assistant", "content": "Action: click[b01]"}]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test builds its own Accelerator; TRL's Trainer leaves a process-wide AcceleratorState
+    with other settings behind, which a later Accelerator(...) would refuse."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
