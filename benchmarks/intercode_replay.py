@@ -6,6 +6,10 @@ reward that ``submit`` would give (InterCode evaluated every turn) with the reco
 Mismatches are classified by cause.
 
   python benchmarks/intercode_replay.py [--file gpt-4/ic_sql_multiturn_gpt-4_10_turns.json] [--limit N]
+      [--backend local|url|docker] [--url mysql://...] [--image mysql:8.0]
+
+MySQL 8 fidelity (the server InterCode recorded on; needs a registry for the image):
+  python benchmarks/intercode_replay.py --backend docker --image mysql:8.0 --raw-mariadb
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ def main(argv=None) -> int:
     ap.add_argument("--show", type=int, default=3, help="examples printed per cause")
     ap.add_argument("--no-tau", action="store_true", help="score as the recordings were scored (IoU only)")
     ap.add_argument("--raw-mariadb", action="store_true", help="turn off the MySQL 8 compatibility layer")
+    ap.add_argument("--backend", choices=["local", "url", "docker"], default=None, help="SQL server backend")
+    ap.add_argument("--url", default=None, help="backend url: mysql://user:pass@host:port")
+    ap.add_argument("--image", default=None, help="backend docker: base image, e.g. mysql:8.0")
     args = ap.parse_args(argv)
     path = require(f"expert/intercode_sql_results/{args.file}", "intercode-sql")
     runs = json.loads(path.read_text())
-    env = make_env("intercode-sql", max_turns=100, kendall_tau=not args.no_tau, mysql8_compat=not args.raw_mariadb)
+    env = make_env("intercode-sql", max_turns=100, kendall_tau=not args.no_tau, mysql8_compat=not args.raw_mariadb,
+                   backend=args.backend, url=args.url, image=args.image)
     obs_total = obs_match = rew_total = rew_match = 0
     ep_total = ep_match = 0
     causes: Counter = Counter()

@@ -1,12 +1,16 @@
-# MySQL 8 with InterCode's Spider databases baked in, for hpl's `docker` InterCode-SQL backend.
-# The dump is data, not part of this repository: build with the data folder as context,
-#   docker build -f docker/intercode-sql.Dockerfile -t hpl-intercode-sql:latest "$HPL_DATA_DIR/intercode_sql"
-# hpl starts it with a random root password on a free 127.0.0.1 port (backend="docker").
-FROM mysql:8.0
-ENV MYSQL_ROOT_HOST=%
-# drop the dump's own admin/admin account; hpl creates a read-only agent account itself
-COPY ic_spider_dbs.sql /tmp/ic_spider_dbs.sql
-RUN sed -E '/^\s*(CREATE USER|GRANT|FLUSH PRIVILEGES)/d' /tmp/ic_spider_dbs.sql \
-      > /docker-entrypoint-initdb.d/01-spider.sql && rm /tmp/ic_spider_dbs.sql
-# InterCode runs MySQL with lower_case_table_names=1 (169 gold queries need it); it must be set at init
-CMD ["mysqld", "--lower_case_table_names=1"]
+# InterCode-SQL server for hpl's `docker` backend: MariaDB (default) or MySQL 8 on a unix socket only,
+# lower_case_table_names=1, an empty data directory made at build. hpl builds this (context: this
+# folder), starts it once with --network none, loads the Spider dump and the read-only agent account
+# with the same code as its local backend, and commits the result as hpl-intercode-sql:<content hash>.
+#   python -m hpl_envs.intercode_sql.docker_backend build                 # offline MariaDB base
+#   python -m hpl_envs.intercode_sql.docker_backend build --base mysql:8.0  # needs a registry
+# BASE must have mariadbd (+ mariadb-install-db) or mysqld, and /bin/sh. The default,
+# hpl-mariadb-base:bookworm, is made offline by hpl from Debian packages:
+#   mmdebstrap --variant=minbase --include=mariadb-server,mariadb-client bookworm rootfs.tar
+#   docker import rootfs.tar hpl-mariadb-base:bookworm
+ARG BASE=hpl-mariadb-base:bookworm
+FROM ${BASE}
+COPY intercode-sql-server.sh /usr/local/bin/hpl-sql-server
+RUN chmod 755 /usr/local/bin/hpl-sql-server && /usr/local/bin/hpl-sql-server --init
+ENTRYPOINT ["/usr/local/bin/hpl-sql-server"]
+CMD []

@@ -62,10 +62,42 @@ ABUSE = [
 ]
 
 
-def test_abuse_leaves_databases_intact(sql_env):
+def docker_engine_or_skip():
+    from hpl_envs.intercode_sql.docker_backend import docker_client
+
+    try:
+        return docker_client()
+    except ServerUnavailableError as e:
+        pytest.skip(f"no Docker engine here (make test starts dockerd where it can): {e}")
+
+
+@pytest.fixture(scope="module")
+def docker_sql_env():
+    """One container for this module, built from the cached image; gone at teardown."""
+    from hpl_envs.intercode_sql.docker_backend import LABEL_PID, LABEL_ROLE, ROLE
+
+    client = docker_engine_or_skip()
+    env = make_env("intercode-sql", backend="docker")
+    env.shared.ensure_server()
+    yield env
+    env.close()
+    env.shared.server.release()
+    env.shared.info = None
+    mine = client.containers.list(all=True, filters={"label": [f"{LABEL_ROLE}={ROLE}", f"{LABEL_PID}={os.getpid()}"]})
+    assert mine == []
+
+
+@pytest.fixture(params=["local", "docker"])
+def backend_env(request):
+    """(backend, the module's env on it): tests that take it run on both servers."""
+    return request.param, request.getfixturevalue("sql_env" if request.param == "local" else "docker_sql_env")
+
+
+def test_abuse_leaves_databases_intact(backend_env):
+    backend, sql_env = backend_env
     poker_tasks = [t for t in sql_env.task_ids("dev") if sql_env.task(t).db == "poker_player"]
     obs, info = sql_env.reset(options={"task_id": poker_tasks[0]})
-    env = make_env("intercode-sql", max_turns=len(ABUSE) + 5)
+    env = make_env("intercode-sql", backend=backend, max_turns=len(ABUSE) + 5)
     env.reset(options={"task_id": poker_tasks[0]})
     for action in ABUSE:
         obs, r, term, trunc, info = env.step(action)
@@ -237,3 +269,56 @@ def test_concurrent_processes_share_one_server(tmp_path):
     time.sleep(0.5)
     assert str(tmp_path / "shared-cache") not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                                                 text=True).stdout
+
+
+def test_without_a_choice_the_error_lists_each_backend_tried(monkeypatch, tmp_path):
+    import hpl_envs.intercode_sql.server as srv
+
+    monkeypatch.setattr(srv, "find_server_binary", lambda: None)
+    from hpl_envs.intercode_sql.docker_backend import SHARE_ENV
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.delenv(SHARE_ENV, raising=False)  # not this process's docker_sql_env container
+    with pytest.raises(ServerUnavailableError) as err:
+        srv.make_server(None, tmp_path / "dump.sql").acquire()
+    lines = str(err.value).splitlines()
+    assert lines[1].startswith("  local: no mariadbd or mysqld") and any(x.startswith("  docker: no Docker engine")
+                                                                         for x in lines), lines
+    with pytest.raises(ValueError, match="unknown backend"):
+        srv.make_server("podman", tmp_path / "dump.sql")
+
+
+def _hpl_containers(client, exclude_pid: int) -> list:
+    from hpl_envs.intercode_sql.docker_backend import LABEL_PID, LABEL_ROLE, ROLE
+
+    return [c for c in client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE}"})
+            if c.labels.get(LABEL_PID) != str(exclude_pid)]
+
+
+@pytest.mark.slow
+def test_docker_eval_run_leaves_no_container_even_after_sigkill(tmp_path, docker_sql_env):
+    """An hpl-eval run SIGKILLed mid-run leaves its container; the next run prunes it and removes
+    its own at exit. (docker_sql_env: the image is built once, by the fixture.)"""
+    import signal
+
+    from hpl_envs.intercode_sql.docker_backend import SHARE_ENV
+
+    client = docker_engine_or_skip()
+    env = {k: v for k, v in os.environ.items() if k != SHARE_ENV}
+    cmd = [sys.executable, "-m", "hpl_data.cli_eval", "--env", "intercode-sql", "--agent", "oracle", "--split", "dev",
+           "--env-arg", "backend=docker", "--workers", "2", "--quiet"]
+    victim = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed.json")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not _hpl_containers(client, os.getpid()) and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    left = _hpl_containers(client, os.getpid())
+    assert [c.labels["hpl.owner_pid"] for c in left] == [str(victim.pid)]
+    out = tmp_path / "next.json"
+    p = subprocess.run(cmd + ["--limit", "30", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(out.read_text())["success_rate"] == 1.0
+    assert _hpl_containers(client, os.getpid()) == []

@@ -96,19 +96,19 @@ class _Shared:
     _cache: dict[tuple, _Shared] = {}
     _lock = threading.Lock()
 
-    def __init__(self, backend: str | None, server: str | None) -> None:
+    def __init__(self, backend: str | None, server: str | None, image: str | None = None) -> None:
         self.tasks = load_tasks(require("intercode_sql/ic_spider_dev.json", "intercode-sql"))
         self.dump = require("intercode_sql/ic_spider_dbs.sql", "intercode-sql")
         self.splits = database_split(self.tasks)
-        self.server = make_server(backend, self.dump, server)
+        self.server = make_server(backend, self.dump, server, image)
         self.info: ServerInfo | None = None
 
     @classmethod
-    def get(cls, backend: str | None, server: str | None) -> _Shared:
-        key = (backend, server)
+    def get(cls, backend: str | None, server: str | None, image: str | None = None) -> _Shared:
+        key = (backend, server, image)
         with cls._lock:
             if key not in cls._cache:
-                cls._cache[key] = cls(backend, server)
+                cls._cache[key] = cls(backend, server, image)
             return cls._cache[key]
 
     def ensure_server(self) -> ServerInfo:
@@ -145,7 +145,9 @@ class InterCodeSqlEnv(HplTextEnv):
     produce an ``Error executing query: ...`` observation. Gold queries run on the episode's connection as InterCode does (see ``gold_result``).
 
     ## Arguments
-    ``backend`` ("local", "url", "docker" or None = first that works), ``server`` (a mysql:// URL),
+    ``backend`` ("local", "url", "docker" or None = local, else docker; the error lists why each
+    failed), ``url`` (a mysql:// URL; ``server`` is the older name), ``image`` (docker: the base
+    image, default the offline MariaDB one, e.g. ``mysql:8.0`` where a registry answers),
     ``max_turns``, ``time_limit_s``, ``row_cap``, ``mysql8_compat`` (default True: MariaDB error
     messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``kendall_tau``
     (default True: InterCode's code; False reproduces the reward as its published GPT-4/3.5
@@ -158,13 +160,14 @@ class InterCodeSqlEnv(HplTextEnv):
     env_name = "intercode-sql"
     splits = ("dev", "train", "test")
 
-    def __init__(self, backend: str | None = None, server: str | None = None, max_turns: int = 10,
+    def __init__(self, backend: str | None = None, server: str | None = None, url: str | None = None,
+                 image: str | None = None, max_turns: int = 10,
                  time_limit_s: float = 5.0, row_cap: int = 10_000, mysql8_compat: bool = True,
                  kendall_tau: bool = True, render_mode: str | None = None) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.mysql8_compat = mysql8_compat
         self.kendall_tau = kendall_tau
-        self.shared = _Shared.get(backend, server)
+        self.shared = _Shared.get(backend, server or url, image)
         self.time_limit_s = float(time_limit_s)
         self.row_cap = int(row_cap)
         self._cnx = None

@@ -8,7 +8,10 @@ Backends (one interface, :class:`SqlServer`):
   ``clients/``; the last one to leave shuts it down (a client killed with SIGKILL is noticed and
   pruned by the next start or stop).
 * ``url`` -- any server given as ``mysql://user:pass@host:port``; the data is loaded if missing.
-* ``docker`` -- a container from ``docker/intercode-sql.Dockerfile`` through the ``docker`` SDK.
+* ``docker`` -- a container from ``docker/intercode-sql.Dockerfile`` through the ``docker`` SDK
+  (``docker_backend.py``).
+
+With no backend chosen, local then docker are tried (:class:`FirstAvailableServer`).
 
 Every backend ends in the same state: the Spider databases, a read-only agent account
 (SELECT/SHOW VIEW on those databases only) and an admin account that runs gold queries.
@@ -379,67 +382,49 @@ class LocalServer(SqlServer):
             shutil.rmtree(self.base / "clients", ignore_errors=True)
 
 
-class DockerServer(SqlServer):
-    """A MySQL 8 container built from docker/intercode-sql.Dockerfile (dump baked in)."""
+class FirstAvailableServer(SqlServer):
+    """No backend chosen: the first candidate that starts wins; the error lists each one and why."""
 
-    name = "docker"
-    IMAGE = "hpl-intercode-sql:latest"
+    name = "auto"
 
-    def __init__(self, dump: Path, image: str | None = None) -> None:
-        self.dump = dump
-        self.image = image or self.IMAGE
-        self.container = None
+    def __init__(self, candidates: list) -> None:
+        self.candidates = candidates  # [(name, factory)]: a factory may itself raise
+        self.chosen: SqlServer | None = None
 
     def acquire(self) -> ServerInfo:
-        try:
-            import docker
-        except ImportError as e:
-            raise ServerUnavailableError("intercode-sql: the docker backend needs `pip install docker`") from e
-        try:
-            client = docker.from_env()
-            client.ping()
-        except Exception as e:  # noqa: BLE001
-            raise ServerUnavailableError(f"intercode-sql: no Docker engine reachable ({e})") from e
-        port = _free_port()
-        password = secrets.token_hex(12)
-        self.container = client.containers.run(
-            self.image, detach=True, remove=True, environment={"MYSQL_ROOT_PASSWORD": password},
-            ports={"3306/tcp": ("127.0.0.1", port)})
-        info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password=password,
-                          backend="docker", flavor="mysql")
-        deadline = time.monotonic() + 180
-        while True:
+        if self.chosen is not None:
+            return self.chosen.acquire()
+        reasons = []
+        for name, factory in self.candidates:
             try:
-                connect(info.admin_args(), connection_timeout=3).close()
-                break
-            except Exception:  # noqa: BLE001
-                if time.monotonic() > deadline:
-                    self.release()
-                    raise ServerUnavailableError("intercode-sql: the MySQL container did not answer within 180 s") from None
-                time.sleep(1)
-        ensure_loaded(info, self.dump, file_digest([self.dump]))
-        atexit.register(self.release)
-        return info
+                server = factory()
+                info = server.acquire()
+            except ServerUnavailableError as e:
+                reasons.append(f"  {name}: {str(e).removeprefix('intercode-sql: ').strip()}")
+                continue
+            self.chosen = server
+            return info
+        raise ServerUnavailableError("intercode-sql: no SQL server backend works; tried:\n" + "\n".join(reasons)
+                                     + "\n  (choose one with --env-arg backend=local|url|docker, url=mysql://...)")
 
     def release(self) -> None:
-        if self.container is not None:
-            with contextlib.suppress(Exception):
-                self.container.stop(timeout=10)
-            self.container = None
+        if self.chosen is not None:
+            self.chosen.release()
 
 
-def make_server(backend: str | None, dump: Path, server: str | None = None) -> SqlServer:
-    """``backend``: 'local', 'url', 'docker' or None (a URL if given, else local, else docker)."""
+def make_server(backend: str | None, dump: Path, server: str | None = None, image: str | None = None) -> SqlServer:
+    """``backend``: 'local', 'url' (``server`` = a mysql:// URL), 'docker' (``image`` = the base image,
+    e.g. mysql:8.0) or None: a URL if given, else local, else docker."""
+    from hpl_envs.intercode_sql.docker_backend import DockerServer
+
+    if backend not in (None, "local", "url", "docker"):
+        raise ValueError(f"intercode-sql: unknown backend {backend!r} (local, url, docker)")
     if server and backend in (None, "url"):
         return UrlServer(server, dump)
     if backend == "url":
-        raise ValueError("intercode-sql: backend 'url' needs server='mysql://user:pass@host:port'")
-    if backend in (None, "local"):
-        try:
-            return LocalServer(dump)
-        except ServerUnavailableError:
-            if backend == "local":
-                raise
-    if backend in (None, "docker"):
-        return DockerServer(dump)
-    raise ValueError(f"intercode-sql: unknown backend {backend!r} (local, url, docker)")
+        raise ValueError("intercode-sql: backend 'url' needs url='mysql://user:pass@host:port'")
+    if backend == "local":
+        return LocalServer(dump)
+    if backend == "docker":
+        return DockerServer(dump, image=image)
+    return FirstAvailableServer([("local", lambda: LocalServer(dump)), ("docker", lambda: DockerServer(dump, image))])
