@@ -272,6 +272,7 @@ class DockerServer(SqlServer):
         self.dump = dump
         self.base = image or OFFLINE_BASE
         self.box: SqlContainer | None = None
+        self.owner_pid = 0
         self.info: ServerInfo | None = None
 
     def acquire(self) -> ServerInfo:
@@ -295,7 +296,7 @@ class DockerServer(SqlServer):
         client = docker_client()
         prune_orphans(client)
         image = ensure_image(client, self.dump, self.base)
-        self.box = SqlContainer(client, image)
+        self.box, self.owner_pid = SqlContainer(client, image), os.getpid()
         atexit.register(self.release)
         info = self.box.wait_ready()
         with contextlib.suppress(OSError):
@@ -305,7 +306,7 @@ class DockerServer(SqlServer):
         return info
 
     def release(self) -> None:
-        if self.box is not None:
+        if self.box is not None and self.owner_pid == os.getpid():  # not in a forked child
             os.environ.pop(SHARE_ENV, None)
             self.box.remove()
             self.box = None
