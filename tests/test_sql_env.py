@@ -79,6 +79,8 @@ def docker_sql_env():
     client = docker_engine_or_skip()
     env = make_env("intercode-sql", backend="docker")
     env.shared.ensure_server()
+    mine = client.containers.list(filters={"label": [f"{LABEL_ROLE}={ROLE}", f"{LABEL_PID}={os.getpid()}"]})
+    assert [c.attrs["HostConfig"]["NetworkMode"] for c in mine] == ["none"]  # no traffic to Docker's bridge
     yield env
     env.close()
     env.shared.server.release()

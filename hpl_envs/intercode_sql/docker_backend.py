@@ -58,9 +58,11 @@ def docker_client():
     """A client of an engine that answers, or a one-line reason why there is none."""
     try:
         import docker
-    except ImportError as e:
+
+        docker.from_env  # noqa: B018 - without the SDK, the repository's docker/ folder imports as `docker`
+    except (ImportError, AttributeError):
         raise ServerUnavailableError("intercode-sql: the docker backend needs `pip install docker` "
-                                     "(or `pip install 'hpl[docker]'`)") from e
+                                     "(or `pip install 'hpl[docker]'`)") from None
     try:
         client = docker.from_env(timeout=600)
         client.ping()
