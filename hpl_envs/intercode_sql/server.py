@@ -288,6 +288,12 @@ class LocalServer(SqlServer):
             sock = os.path.join(tempfile.gettempdir(), f"hpl-mysqld-{os.getuid()}-{tag}.sock")
         return sock
 
+    def _tmpdir(self) -> Path:
+        """The server's own temp dir: a shared /tmp let another process's cleanup fail a bootstrap."""
+        path = self.base / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
     def _owned_processes(self) -> list[int]:
         """Live processes working on this cache's server: a mariadbd/install script naming its datadir,
         a client on its socket. Found by their command lines, so a kill at any moment leaves none unseen."""
@@ -309,16 +315,23 @@ class LocalServer(SqlServer):
                     break
         return found
 
-    def _stop_strays(self, keep: int | None = None) -> None:
-        for pid in self._owned_processes():
-            if pid != keep:
+    def _stop_strays(self) -> None:
+        """Stop them all; again while any remain (an orphaned install script may spawn more)."""
+        for _ in range(5):
+            strays = self._owned_processes()
+            if not strays:
+                return
+            for pid in strays:
                 log.warning("intercode-sql: stopping process %d left on %s by an interrupted run", pid, self.base)
                 self._kill(pid)
+        raise ServerUnavailableError(f"intercode-sql: processes on {self.base} keep coming back: "
+                                     f"{self._owned_processes()}; stop them and retry")
 
     def acquire(self) -> ServerInfo:
         with self._locked():
             state = self._state()
-            healthy = (state and state.get("ready") and state["pid"] in self._owned_processes()
+            # (an older hpl wrote server.json only once ready, without the key)
+            healthy = (state and state.get("ready", True) and state["pid"] in self._owned_processes()
                        and self._answers(state))
             if not healthy:
                 # anything here now was left by a run killed mid-start: stop it, never reuse it
@@ -358,7 +371,8 @@ class LocalServer(SqlServer):
         if installer is None:
             raise ServerUnavailableError("intercode-sql: mariadb-install-db not found (apt-get install mariadb-server)")
         proc = subprocess.run(
-            [installer, "--no-defaults", f"--datadir={partial}", "--auth-root-authentication-method=normal",
+            [installer, "--no-defaults", f"--datadir={partial}", f"--tmpdir={self._tmpdir()}",
+             "--auth-root-authentication-method=normal",
              "--skip-test-db", "--lower-case-table-names=1", *(["--user=root"] if os.geteuid() == 0 else [])],
             capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -370,7 +384,8 @@ class LocalServer(SqlServer):
         if not (datadir / "mysql").exists():
             self._initialise()
         port = _free_port()
-        cmd = [self.binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
+        cmd = [self.binary, "--no-defaults", f"--datadir={datadir}", f"--tmpdir={self._tmpdir()}",
+               f"--socket={sock}", f"--port={port}",
                "--bind-address=127.0.0.1", "--skip-name-resolve", "--lower-case-table-names=1",
                f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={log_file}", "--max-connections=1000",
                *(["--user=root"] if os.geteuid() == 0 else [])]
