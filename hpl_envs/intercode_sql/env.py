@@ -147,6 +147,8 @@ def check_statement(sql: str, max_bytes: int = MAX_STATEMENT_BYTES) -> str | Non
 
 DEADLINE_GRACE_S = 1.0  # the client kills a statement this long after the server should have
 WIRE_ALLOWANCE_BYTES = 16 << 20  # bytes read beyond result_byte_cap (one full protocol packet)
+FETCH_BATCH_ROWS = 256
+OBSERVATION_CHARS_PER_WIRE_BYTE = 8  # str(rows) is at most ~7 characters per byte received (NULL: "None, ")
 
 
 class _Watchdog:
@@ -176,24 +178,29 @@ class _ResultTooLarge(Exception):
     """The server sent more bytes for one statement than the env keeps (a row can be gigabytes)."""
 
 
+@dataclass
+class _WireCounter:
+    read: int = 0  # bytes the connection has read for the current statement
+
+
 @contextlib.contextmanager
 def _wire_budget(cnx, limit: int):
     """Count the bytes the connection reads while inside; past ``limit`` raise _ResultTooLarge (the
     connection is then mid-packet and is dropped). Bounds memory where row-wise checks cannot: the
     connector reads a whole row, however many 16 MB packets it spans, before returning it."""
     sock = cnx._socket  # mysql-connector's pure-Python socket wrapper; recv() returns one packet
-    read_packet, left = sock.recv, [limit]
+    read_packet, counter = sock.recv, _WireCounter()
 
     def counting_recv(*args, **kwargs):
         packet = read_packet(*args, **kwargs)
-        left[0] -= len(packet)
-        if left[0] < 0:
+        counter.read += len(packet)
+        if counter.read > limit:
             raise _ResultTooLarge
         return packet
 
     sock.recv = counting_recv
     try:
-        yield
+        yield counter
     finally:
         del sock.recv  # back to the class's method
 
@@ -370,9 +377,9 @@ class InterCodeSqlEnv(HplTextEnv):
         rows: list = []
         try:
             try:
-                with _wire_budget(cnx, self.result_byte_cap + WIRE_ALLOWANCE_BYTES):
+                with _wire_budget(cnx, self.result_byte_cap + WIRE_ALLOWANCE_BYTES) as wire:
                     cur.execute(sql)
-                    obs = self._fetch_bounded(cur, watchdog, rows) if cur.with_rows else None
+                    obs = self._fetch_bounded(cnx, watchdog, rows, wire) if cur.with_rows else None
             except _ResultTooLarge:
                 self._state.truncated_bytes = True
                 self._drop_connection()
@@ -398,34 +405,43 @@ class InterCodeSqlEnv(HplTextEnv):
             except Exception:  # noqa: BLE001
                 pass
 
-    def _fetch_bounded(self, cur, watchdog: _Watchdog, rows: list) -> list:
-        """Rows one at a time into ``rows`` until ``result_byte_cap`` bytes of observation text; then the
-        statement is killed and the rest of its result read and dropped (within the wire budget)."""
-        used = 0
-        while (row := cur.fetchone()) is not None:
-            cheap = sum(len(v) for v in row if isinstance(v, (str, bytes, bytearray)))
-            size = cheap + 2 if cheap > self.result_byte_cap else len(str(row)) + 2
-            if used + size > self.result_byte_cap:
-                self._state.truncated_bytes = True
-                del row
-                watchdog.kill_now()
-                self._drain(cur)
-                break
-            rows.append(row)
-            used += size
+    def _fetch_bounded(self, cnx, watchdog: _Watchdog, rows: list, wire: _WireCounter) -> list:
+        """Rows in batches into ``rows`` until ``result_byte_cap`` bytes of observation text; then the
+        statement is killed and the rest of its result read and dropped (within the wire budget).
+        Rows are measured only once the result could be near the cap (measuring costs a str() each)."""
+        used = None
+        while cnx.unread_result:
+            batch, _ = cnx.get_rows(count=FETCH_BATCH_ROWS)
+            if used is None:
+                if OBSERVATION_CHARS_PER_WIRE_BYTE * wire.read < self.result_byte_cap:
+                    rows.extend(batch)
+                    continue
+                used = len(str(rows))
+            for i, row in enumerate(batch):
+                cheap = sum(len(v) for v in row if isinstance(v, (str, bytes, bytearray)))
+                size = cheap + 2 if cheap > self.result_byte_cap else len(str(row)) + 2
+                if used + size > self.result_byte_cap:
+                    self._state.truncated_bytes = True
+                    del batch[i:], row
+                    watchdog.kill_now()
+                    self._drain(cnx)
+                    return rows
+                rows.append(row)
+                used += size
         return rows
 
-    def _drain(self, cur) -> None:
+    def _drain(self, cnx) -> None:
         """Read and drop what is left of a killed result; give the connection up if that takes long."""
         deadline = time.monotonic() + DEADLINE_GRACE_S + 2
         try:
-            while cur.fetchone() is not None:
+            while cnx.unread_result:
+                cnx.get_rows(count=1)
                 if time.monotonic() > deadline:
                     raise TimeoutError
         except _ResultTooLarge:
             raise
         except Exception:  # noqa: BLE001 - the kill ends the result with an error packet
-            if getattr(self._cnx, "unread_result", False) or not self._cnx.is_connected():
+            if cnx.unread_result or not cnx.is_connected():
                 self._drop_connection()
 
     def _drop_connection(self) -> None:
