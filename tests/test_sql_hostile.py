@@ -245,3 +245,19 @@ def test_truncated_dump_is_refused_every_time(tmp_path):
         with pytest.raises(ServerUnavailableError, match="truncated or damaged"):
             server.acquire()
     assert _procs_mentioning(str(tmp_path / "srv")) == []
+
+
+def test_dump_missing_task_databases_is_refused_before_any_server_work(tmp_path, monkeypatch):
+    """A dump cut between statements loads without an error; the env must notice the databases
+    its tasks need are not there rather than fail episodes later with "Access denied"."""
+    from hpl_envs.data import DataCorruptError
+    from hpl_envs.intercode_sql.env import _Shared
+
+    source = Path(os.environ["HPL_DATA_DIR"]) / "intercode_sql"
+    (tmp_path / "intercode_sql").mkdir()
+    (tmp_path / "intercode_sql" / "ic_spider_dev.json").symlink_to(source / "ic_spider_dev.json")
+    text = (source / "ic_spider_dbs.sql").read_text(encoding="utf-8")
+    (tmp_path / "intercode_sql" / "ic_spider_dbs.sql").write_text(text[: text.rindex("CREATE DATABASE")])
+    monkeypatch.setenv("HPL_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataCorruptError, match="truncated or not InterCode's dump"):
+        _Shared(None, None)
