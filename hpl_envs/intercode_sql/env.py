@@ -101,7 +101,8 @@ _USE_WORD = re.compile(r"\bUSE\b", re.IGNORECASE)
 
 def _code_view(sql: str) -> tuple[str, bool]:
     """``sql`` as the server's parser sees its code: comments become a space, single-quoted strings empty
-    quotes (double-quoted ones stay: they name things under ANSI_QUOTES). Second value: it contains an executable comment or hint. Linear time."""
+    quotes (double-quoted ones stay: they name things under ANSI_QUOTES). Second value: it contains an
+    executable comment or hint. Linear time."""
     out, executable = [], False
     for m in _LEXEME.finditer(sql):
         lexeme = m.group()
@@ -387,7 +388,7 @@ class InterCodeSqlEnv(HplTextEnv):
             if self.mysql8_compat and obs and self.shared.info.flavor == "mariadb" and compat.is_schema_listing(sql):
                 obs = compat.mysql8_schema_rows(obs)
             if _USE_WORD.search(sql):  # USE, however commented: ask the server where the session now is
-                self._state.db = cnx.database or self._state.db
+                self._state.db = self._connection().database or self._state.db
             return obs, True
         except Exception as err:  # noqa: BLE001
             msg = getattr(err, "msg", None) or str(err)
