@@ -252,7 +252,7 @@ def test_eval_run_leaves_no_server_behind(tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["success_rate"] == 1.0
     time.sleep(0.5)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "cache") not in ps
 
 
@@ -269,7 +269,7 @@ def test_concurrent_processes_share_one_server(tmp_path):
     for i in range(2):
         assert json.loads((tmp_path / f"r{i}.json").read_text())["episodes"] == 150
     time.sleep(0.5)
-    assert str(tmp_path / "shared-cache") not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+    assert str(tmp_path / "shared-cache") not in subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True,
                                                                 text=True).stdout
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from hpl_envs.core import HplTextEnv, TaskNotFoundError
 from hpl_envs.data import DataCorruptError, require
 from hpl_envs.intercode_sql import compat
 from hpl_envs.intercode_sql.reward import sql_reward
-from hpl_envs.intercode_sql.server import ServerInfo, ServerUnavailableError, connect, make_server
+from hpl_envs.intercode_sql.server import ServerInfo, ServerUnavailableError, connect, dump_databases, make_server
 
 ALLOWED_FIRST_WORDS = {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH", "USE", "VALUES", "TABLE"}
 BLOCKED_MESSAGE = ("only one read-only statement per action is allowed "
@@ -43,6 +45,7 @@ class SqlState:
     reward_parts: dict | None = None
     actions: list[str] = field(default_factory=list)
     truncated_rows: bool = False
+    truncated_bytes: bool = False  # the last result was cut at the env's byte cap (the observation says so)
 
     def copy(self) -> SqlState:
         obs = list(self.observation) if isinstance(self.observation, list) else self.observation
@@ -74,20 +77,133 @@ def database_split(tasks: list[SqlTask], test_share: float = 0.3) -> dict[str, s
     return {"test": test, "train": set(counts) - test}
 
 
-def check_statement(sql: str) -> str | None:
-    """None if ``sql`` is one allowed statement, else the reason it is refused."""
-    statements = [s for s in sqlparse.split(sql) if s.strip().rstrip(";").strip()]
-    if len(statements) != 1:
-        return "empty statement" if not statements else "multiple statements are not allowed"
-    parsed = sqlparse.parse(statements[0])[0]
-    first = next((t for t in parsed.flatten() if not t.is_whitespace and t.ttype not in sqlparse.tokens.Comment
-                  and t.value not in ("(",)), None)
-    word = first.value.upper() if first is not None else ""
-    if word not in ALLOWED_FIRST_WORDS:
-        return f"{word or 'this'} statements are not allowed"
-    if re.search(r"\bINTO\s+(OUTFILE|DUMPFILE|@)", statements[0], re.IGNORECASE):
-        return "SELECT ... INTO is not allowed"
+MAX_STATEMENT_BYTES = 32_768  # the longest recorded InterCode action is ~1 kB; the checker is linear in this
+# MariaDB's lexer, reduced to what the checks need: comments (``-- `` needs a space after it), quoted strings
+# and identifiers (backslash escapes, doubled quotes; unterminated ones run to the end), everything else.
+_LEXEME = re.compile(r"""/\*(?:[^*]|\*(?!/))*(?:\*/)?|\#[^\n]*|--(?=[\s\x00-\x1f]|\Z)[^\n]*"""
+                     r"""|'(?:[^'\\]|\\.|'')*'?|"(?:[^"\\]|\\.|"")*"?|`(?:[^`]|``)*`?|[^/#'"`-]+|.""", re.DOTALL)
+_FIRST_WORD = re.compile(r"[\s(]*(\w+)")
+# Executable comments (``/*! ... */``, ``/*M! ... */``) and optimizer hints (``/*+ ... */``, MySQL runs
+# e.g. MAX_EXECUTION_TIME from them) are code the server runs: refused rather than second-guessed.
+_EXECUTABLE_COMMENT = re.compile(r"/\*(?:M?!|\+)", re.IGNORECASE)
+_REFUSALS = [  # (pattern on _code_view(sql) and on sql, reason)
+    (re.compile(r"\bINTO\s*(?:OUTFILE|DUMPFILE|@)", re.IGNORECASE), "SELECT ... INTO is not allowed"),
+    (re.compile(r"\b(?:GET_LOCK|IS_FREE_LOCK|IS_USED_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS)\b", re.IGNORECASE),
+     "user-level locks are not allowed (they are shared between episodes)"),
+    (re.compile(r"\bPROCESSLIST\b|\bSHOW\s+(?:EXPLAIN|ANALYZE)\b|\bFOR\s+CONNECTION\b", re.IGNORECASE),
+     "process lists are not allowed (they show other episodes)"),
+    (re.compile(r":=|\b(?:LAST_INSERT_ID|FOUND_ROWS|ROW_COUNT|WARNING_COUNT|ERROR_COUNT)\b"
+                r"|\bSHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s*)?(?:WARNINGS|ERRORS)\b", re.IGNORECASE),
+     "session state (user variables, warnings, last statement counts) is not allowed: snapshots cannot keep it"),
+]
+_USE_WORD = re.compile(r"\bUSE\b", re.IGNORECASE)
+
+
+def _code_view(sql: str) -> tuple[str, bool]:
+    """``sql`` as the server's parser sees its code: comments become a space, single-quoted strings empty
+    quotes (double-quoted ones stay: they name things under ANSI_QUOTES). Second value: it contains an
+    executable comment or hint. Linear time."""
+    out, executable = [], False
+    for m in _LEXEME.finditer(sql):
+        lexeme = m.group()
+        head = lexeme[0]
+        if head == "/" and lexeme.startswith("/*") or head == "#" or lexeme.startswith("--"):
+            executable = executable or bool(_EXECUTABLE_COMMENT.match(lexeme))
+            out.append(" ")
+        elif head == "'":  # a string: its content is data (quoted identifiers stay: they name things)
+            out.append("''")
+        else:
+            out.append(lexeme)
+    return "".join(out), executable
+
+
+def check_statement(sql: str, max_bytes: int = MAX_STATEMENT_BYTES) -> str | None:
+    """None if ``sql`` is one allowed statement, else the reason it is refused. Never raises, and runs in
+    time linear in ``len(sql)`` (bounded by ``max_bytes``)."""
+    if len(sql) > max_bytes or len(sql.encode("utf-8", "surrogatepass")) > max_bytes:
+        return f"statement too long (over {max_bytes:,} bytes)"
+    try:
+        code, executable = _code_view(sql)
+        if executable or _EXECUTABLE_COMMENT.search(sql):
+            return "executable comments (/*! ... */, /*M! ... */, /*+ ... */) are not allowed"
+        statements = [s for s in sqlparse.split(sql) if s.strip().rstrip(";").strip()]
+        if len(statements) != 1 or len([c for c in code.split(";") if c.strip()]) > 1:
+            return "empty statement" if not statements else "multiple statements are not allowed"
+        # the lexer alone (no grouping: sqlparse's grouping raises on deep nesting or many tokens)
+        first = next((value for ttype, value in sqlparse.lexer.tokenize(statements[0])
+                      if ttype not in sqlparse.tokens.Whitespace and ttype not in sqlparse.tokens.Comment
+                      and value != "("), None)
+    except Exception as e:  # noqa: BLE001 - agent text must never raise out of step()
+        return f"statement could not be checked ({type(e).__name__})"
+    word = first.upper() if first is not None else ""
+    code_word = _FIRST_WORD.match(code)  # the server's first word, in case sqlparse lexed differently
+    for w in (word, code_word.group(1).upper() if code_word else word):
+        if w not in ALLOWED_FIRST_WORDS:
+            return f"{w or 'this'} statements are not allowed"
+    for pattern, reason in _REFUSALS:  # on the raw text too: a server may lex strings differently
+        if pattern.search(code) or pattern.search(sql):  # (NO_BACKSLASH_ESCAPES); refusing more is safe
+            return reason
     return None
+
+
+DEADLINE_GRACE_S = 1.0  # the client kills a statement this long after the server should have
+WIRE_ALLOWANCE_BYTES = 16 << 20  # bytes read beyond result_byte_cap (one full protocol packet)
+FETCH_BATCH_ROWS = 256
+OBSERVATION_CHARS_PER_WIRE_BYTE = 8  # str(rows) is at most ~7 characters per byte received (NULL: "None, ")
+
+
+class _Watchdog:
+    """Kills one running statement at a deadline unless cancelled first (the server-side limit is the
+    first line; this one holds even if a statement escaped it)."""
+
+    def __init__(self, env: InterCodeSqlEnv, connection_id: int, seconds: float) -> None:
+        self.env, self.connection_id = env, connection_id
+        self.lock, self.done = threading.Lock(), False
+        self.timer = threading.Timer(seconds, self.kill_now)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def kill_now(self) -> None:
+        with self.lock:
+            if not self.done:
+                self.done = True
+                self.env._kill_query(self.connection_id)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+        with self.lock:
+            self.done = True
+
+
+class _ResultTooLarge(Exception):
+    """The server sent more bytes for one statement than the env keeps (a row can be gigabytes)."""
+
+
+@dataclass
+class _WireCounter:
+    read: int = 0  # bytes the connection has read for the current statement
+
+
+@contextlib.contextmanager
+def _wire_budget(cnx, limit: int):
+    """Count the bytes the connection reads while inside; past ``limit`` raise _ResultTooLarge (the
+    connection is then mid-packet and is dropped). Bounds memory where row-wise checks cannot: the
+    connector reads a whole row, however many 16 MB packets it spans, before returning it."""
+    sock = cnx._socket  # mysql-connector's pure-Python socket wrapper; recv() returns one packet
+    read_packet, counter = sock.recv, _WireCounter()
+
+    def counting_recv(*args, **kwargs):
+        packet = read_packet(*args, **kwargs)
+        counter.read += len(packet)
+        if counter.read > limit:
+            raise _ResultTooLarge
+        return packet
+
+    sock.recv = counting_recv
+    try:
+        yield counter
+    finally:
+        del sock.recv  # back to the class's method
 
 
 class _Shared:
@@ -100,6 +216,10 @@ class _Shared:
         self.tasks = load_tasks(require("intercode_sql/ic_spider_dev.json", "intercode-sql"))
         self.dump = require("intercode_sql/ic_spider_dbs.sql", "intercode-sql")
         self.splits = database_split(self.tasks)
+        missing = {t.db.lower() for t in self.tasks} - {d.lower() for d in dump_databases(self.dump)}
+        if missing:  # a truncated dump would load "fine" and fail episodes later with "Access denied"
+            raise DataCorruptError(f"{self.dump}: no database {', '.join(sorted(missing)[:5])} that tasks use "
+                                   "(truncated or not InterCode's dump; `hpl-data download intercode-sql`)")
         self.server = make_server(backend, self.dump, server, image)
         self.info: ServerInfo | None = None
 
@@ -141,7 +261,13 @@ class InterCodeSqlEnv(HplTextEnv):
     ## Safety
     Agent SQL runs as a read-only account (SELECT/SHOW VIEW on the Spider databases), one
     statement per action, with a per-statement time limit (``time_limit_s``, default 5) and a cap on
-    returned rows (``row_cap``, default 10,000; ``info["truncated_rows"]``). Refused statements
+    returned rows (``row_cap``, default 10,000; ``info["truncated_rows"]``) and on result size
+    (``result_byte_cap``, default 4 MB of observation text, read row by row so memory stays bounded;
+    the observation then says it was truncated, ``info["truncated_bytes"]``). Statements over
+    ``max_statement_bytes`` (32 kB), executable comments (``/*! */``, ``/*M! */``, hints ``/*+ */``),
+    user-level locks, process lists and statements that leave session state (user variables,
+    warnings) are refused; a client-side deadline kills any statement the server let run past the
+    limit. Refused statements
     produce an ``Error executing query: ...`` observation. Gold queries run on the episode's connection as InterCode does (see ``gold_result``).
 
     ## Arguments
@@ -163,13 +289,16 @@ class InterCodeSqlEnv(HplTextEnv):
     def __init__(self, backend: str | None = None, server: str | None = None, url: str | None = None,
                  image: str | None = None, max_turns: int = 10,
                  time_limit_s: float = 5.0, row_cap: int = 10_000, mysql8_compat: bool = True,
-                 kendall_tau: bool = True, render_mode: str | None = None) -> None:
+                 kendall_tau: bool = True, render_mode: str | None = None, result_byte_cap: int = 4_000_000,
+                 max_statement_bytes: int = MAX_STATEMENT_BYTES) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.mysql8_compat = mysql8_compat
         self.kendall_tau = kendall_tau
         self.shared = _Shared.get(backend, server or url, image)
         self.time_limit_s = float(time_limit_s)
         self.row_cap = int(row_cap)
+        self.result_byte_cap = int(result_byte_cap)
+        self.max_statement_bytes = int(max_statement_bytes)
         self._cnx = None
         self._state: SqlState | None = None
         self._gold_cache: dict[tuple, Any] = {}
@@ -217,6 +346,20 @@ class InterCodeSqlEnv(HplTextEnv):
         cur.execute(f"SET SESSION sql_select_limit = {self.row_cap + 1}")
         cur.close()
 
+    def _fresh_session(self, db: str | None) -> None:
+        """The agent connection as a new one would be (no user variables or other session state of
+        earlier statements), limits applied, in ``db``. Snapshots hold only the database: statements
+        that would leave other session state are refused (see ``check_statement``)."""
+        cnx = self._connection()
+        try:
+            cnx.cmd_reset_connection()
+            self._session_limits()
+        except Exception:  # noqa: BLE001
+            self._cnx = None
+            self._connection()
+        if db:
+            self._use(db)
+
     def _use(self, db: str) -> None:
         cur = self._connection().cursor()
         try:
@@ -225,19 +368,30 @@ class InterCodeSqlEnv(HplTextEnv):
             cur.close()
 
     def _execute(self, sql: str) -> tuple[Any, bool]:
-        """Run one agent statement; returns (InterCode observation, executed ok)."""
-        refusal = check_statement(sql)
+        """Run one agent statement; returns (InterCode observation, executed ok). Rows are streamed
+        and kept only up to ``result_byte_cap`` (``SqlState.truncated_bytes``); a client-side deadline
+        kills the statement from a second connection should the server's own limit not stop it."""
+        self._state.truncated_bytes = False
+        refusal = check_statement(sql, self.max_statement_bytes)
         if refusal is not None:
             return f"Error executing query: {refusal}", False
         cnx = self._connection()
-        cur = cnx.cursor()
+        cur = cnx.cursor(buffered=False)
+        watchdog = _Watchdog(self, cnx.connection_id, self.time_limit_s + DEADLINE_GRACE_S)
+        rows: list = []
         try:
-            cur.execute(sql)
-            obs = cur.fetchall() if cur.with_rows else None
+            try:
+                with _wire_budget(cnx, self.result_byte_cap + WIRE_ALLOWANCE_BYTES) as wire:
+                    cur.execute(sql)
+                    obs = self._fetch_bounded(cnx, watchdog, rows, wire) if cur.with_rows else None
+            except _ResultTooLarge:
+                self._state.truncated_bytes = True
+                self._drop_connection()
+                return rows, True
             if self.mysql8_compat and obs and self.shared.info.flavor == "mariadb" and compat.is_schema_listing(sql):
                 obs = compat.mysql8_schema_rows(obs)
-            if sql.strip().split(None, 1)[0].upper() == "USE":
-                self._state.db = cnx.database or self._state.db
+            if _USE_WORD.search(sql):  # USE, however commented: ask the server where the session now is
+                self._state.db = self._connection().database or self._state.db
             return obs, True
         except Exception as err:  # noqa: BLE001
             msg = getattr(err, "msg", None) or str(err)
@@ -249,10 +403,71 @@ class InterCodeSqlEnv(HplTextEnv):
                 self._use(self._state.db)
             return f"Error executing query: {msg}", False
         finally:
+            watchdog.cancel()
             try:
                 cur.close()
             except Exception:  # noqa: BLE001
                 pass
+
+    def _fetch_bounded(self, cnx, watchdog: _Watchdog, rows: list, wire: _WireCounter) -> list:
+        """Rows in batches into ``rows`` until ``result_byte_cap`` bytes of observation text; then the
+        statement is killed and the rest of its result read and dropped (within the wire budget).
+        Rows are measured only once the result could be near the cap (measuring costs a str() each)."""
+        used = None
+        while cnx.unread_result:
+            batch, _ = cnx.get_rows(count=FETCH_BATCH_ROWS)
+            if used is None:
+                if OBSERVATION_CHARS_PER_WIRE_BYTE * wire.read < self.result_byte_cap:
+                    rows.extend(batch)
+                    continue
+                used = len(str(rows))
+            for i, row in enumerate(batch):
+                cheap = sum(len(v) for v in row if isinstance(v, (str, bytes, bytearray)))
+                size = cheap + 2 if cheap > self.result_byte_cap else len(str(row)) + 2
+                if used + size > self.result_byte_cap:
+                    self._state.truncated_bytes = True
+                    del batch[i:], row
+                    watchdog.kill_now()
+                    self._drain(cnx)
+                    return rows
+                rows.append(row)
+                used += size
+        return rows
+
+    def _drain(self, cnx) -> None:
+        """Read and drop what is left of a killed result; give the connection up if that takes long."""
+        deadline = time.monotonic() + DEADLINE_GRACE_S + 2
+        try:
+            while cnx.unread_result:
+                cnx.get_rows(count=1)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+        except _ResultTooLarge:
+            raise
+        except Exception:  # noqa: BLE001 - the kill ends the result with an error packet
+            if cnx.unread_result or not cnx.is_connected():
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Forget a connection in an unknown state; the next statement reconnects to the episode's db."""
+        cnx, self._cnx = self._cnx, None
+        try:
+            cnx.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+        self._connection()
+        self._use(self._state.db)
+
+    def _kill_query(self, connection_id: int) -> None:
+        """KILL QUERY from a second connection of the same account (allowed on its own threads)."""
+        try:
+            killer = connect(self.shared.ensure_server().agent_args(), connection_timeout=5)
+            try:
+                killer.cursor().execute(f"KILL QUERY {int(connection_id)}")
+            finally:
+                killer.close()
+        except Exception:  # noqa: BLE001 - the statement may have ended meanwhile
+            pass
 
     # --- gymnasium API -------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -261,15 +476,8 @@ class InterCodeSqlEnv(HplTextEnv):
         if task_id is None:
             task_id = str(self.np_random.integers(len(self.shared.tasks)))
         task = self.task(task_id)
-        cnx = self._connection()
-        try:
-            cnx.cmd_reset_connection()  # drop user variables etc. of the previous episode
-            self._session_limits()
-        except Exception:  # noqa: BLE001
-            self._cnx = None
-            self._connection()
         self._state = SqlState(task_id=str(task.index), db=task.db, observation=task.query)
-        self._use(task.db)
+        self._fresh_session(task.db)
         return self.observation, self._info(action_valid=True)
 
     def step(self, action: str):
@@ -328,14 +536,20 @@ class InterCodeSqlEnv(HplTextEnv):
     @property
     def observation(self) -> str:
         s = self._require_state()
-        return s.observation if isinstance(s.observation, str) else str(s.observation)
+        if isinstance(s.observation, str):
+            return s.observation
+        if s.truncated_bytes:
+            return (f"{s.observation}\n[result truncated: only the first {len(s.observation)} rows are shown, "
+                    f"the result is larger than {self.result_byte_cap:,} bytes]")
+        return str(s.observation)
 
     def _info(self, action_valid: bool) -> dict:
         s = self._require_state()
         task = self.task(s.task_id)
         info = {"task_id": s.task_id, "task_type": task.hardness, "instruction": task.query,
                 "admissible_actions": None, "won": bool(s.done and s.reward == 1.0), "action_valid": action_valid,
-                "turn": s.turn, "db": task.db, "truncated_rows": s.truncated_rows}
+                "turn": s.turn, "db": task.db, "truncated_rows": s.truncated_rows,
+                "truncated_bytes": s.truncated_bytes}
         if s.done:
             info["reward_parts"] = dict(s.reward_parts or {})
         return info
@@ -354,7 +568,7 @@ class InterCodeSqlEnv(HplTextEnv):
             raise TypeError(f"intercode-sql: set_state expects a SqlState, got {type(state).__name__}")
         self.task(state.task_id)
         self._state = state.copy()
-        self._use(state.db)
+        self._fresh_session(state.db)
 
     def close(self) -> None:
         if self._cnx is not None:

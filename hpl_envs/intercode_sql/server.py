@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -42,9 +43,11 @@ from hpl_envs.data import cache_dir, file_digest
 
 AGENT_USER = "hpl_agent"
 AGENT_PASSWORD = "hpl_agent"  # read-only on the Spider databases; not a secret
+AGENT_MAX_STATEMENT_TIME_S = 5  # MariaDB account default; the env sets its own limit per session on top
 META_DB = "hpl_meta"
 DUMP_SKIP = re.compile(r"^\s*(CREATE USER|GRANT|FLUSH PRIVILEGES)\b", re.IGNORECASE)
 DB_NAME = re.compile(r"CREATE DATABASE\s+IF NOT EXISTS\s+`([^`]+)`", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 class ServerUnavailableError(EnvUnavailableError):
@@ -89,15 +92,23 @@ def ensure_loaded(info: ServerInfo, dump: Path, digest: str) -> None:
     cnx = connect(info.admin_args())
     try:
         cur = cnx.cursor()
+        cur.execute("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s", (META_DB,))
+        meta_existed = cur.fetchone()[0] > 0
         cur.execute(f"CREATE DATABASE IF NOT EXISTS {META_DB}")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {META_DB}.loaded (digest VARCHAR(64) PRIMARY KEY)")
         cur.execute(f"SELECT digest FROM {META_DB}.loaded")
         loaded = {r[0] for r in cur.fetchall()}
         dbs = dump_databases(dump)
-        if digest not in loaded and _databases_present(cur, dbs):
-            loaded.add(digest)  # loaded by someone else (e.g. the Docker image's init scripts)
+        if digest not in loaded and not meta_existed and _databases_present(cur, dbs):
+            # loaded by someone else before hpl ever touched this server (the Docker image's init
+            # scripts); once hpl_meta exists only hpl's own completed load counts
+            loaded.add(digest)
             cur.execute(f"INSERT INTO {META_DB}.loaded VALUES (%s)", (digest,))
         if digest not in loaded:
+            if meta_existed:
+                log.warning("intercode-sql: an earlier load of %s did not finish; loading it again", dump.name)
+            for db in dbs:  # whatever an interrupted load left
+                cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
             _load_dump(cnx, info, dump)
             # Settle the optimizer statistics now: InnoDB recomputes them in the background after a
             # bulk load, and queries whose order depends on ties (GROUP BY ... LIMIT 1) would
@@ -112,6 +123,8 @@ def ensure_loaded(info: ServerInfo, dump: Path, digest: str) -> None:
             cur.execute(f"INSERT INTO {META_DB}.loaded VALUES (%s)", (digest,))
         for host in ("localhost", "127.0.0.1", "%"):
             cur.execute(f"CREATE USER IF NOT EXISTS '{AGENT_USER}'@'{host}' IDENTIFIED BY '{AGENT_PASSWORD}'")
+            if info.flavor == "mariadb":  # a server-side limit that holds whatever the session does
+                cur.execute(f"ALTER USER '{AGENT_USER}'@'{host}' WITH MAX_STATEMENT_TIME {AGENT_MAX_STATEMENT_TIME_S}")
             for db in dbs:
                 cur.execute(f"GRANT SELECT, SHOW VIEW ON `{db}`.* TO '{AGENT_USER}'@'{host}'")
     finally:
@@ -134,7 +147,9 @@ def _load_dump(cnx, info: ServerInfo, dump: Path) -> None:
         env = dict(os.environ, MYSQL_PWD=info.admin_password)
         proc = subprocess.run(args, input=text, text=True, capture_output=True, env=env, timeout=600)
         if proc.returncode != 0:
-            raise ServerUnavailableError(f"loading {dump} failed: {proc.stderr.strip()[:2000]}")
+            raise ServerUnavailableError(f"loading {dump} failed (a truncated or damaged file? "
+                                         f"`hpl-data download intercode-sql` fetches it again): "
+                                         f"{proc.stderr.strip()[:2000]}")
         return
     import sqlparse
 
@@ -261,12 +276,70 @@ class LocalServer(SqlServer):
                 p.unlink(missing_ok=True)
         return live
 
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def _partial_datadir(self) -> Path:
+        return self.base / "data.partial"  # mariadb-install-db works here; renamed to data/ when it is done
+
+    def _socket_path(self) -> str:
+        sock = str(self.base / "mysqld.sock")
+        if len(sock) > 100:  # unix socket paths are limited to 107 bytes
+            tag = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+            sock = os.path.join(tempfile.gettempdir(), f"hpl-mysqld-{os.getuid()}-{tag}.sock")
+        return sock
+
+    def _tmpdir(self) -> Path:
+        """The server's own temp dir: a shared /tmp let another process's cleanup fail a bootstrap."""
+        path = self.base / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _owned_processes(self) -> list[int]:
+        """Live processes working on this cache's server: a mariadbd/install script naming its datadir,
+        a client on its socket. Found by their command lines, so a kill at any moment leaves none unseen."""
+        dirs = {os.path.realpath(self.datadir), os.path.realpath(self._partial_datadir)}
+        sock = self._socket_path()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            for arg in args:
+                if (arg.startswith("--datadir=") and os.path.realpath(arg.split("=", 1)[1]) in dirs
+                        or arg == f"--socket={sock}"):
+                    if _pid_alive(int(entry.name)):
+                        found.append(int(entry.name))
+                    break
+        return found
+
+    def _stop_strays(self) -> None:
+        """Stop them all; again while any remain (an orphaned install script may spawn more)."""
+        for _ in range(5):
+            strays = self._owned_processes()
+            if not strays:
+                return
+            for pid in strays:
+                log.warning("intercode-sql: stopping process %d left on %s by an interrupted run", pid, self.base)
+                self._kill(pid)
+        raise ServerUnavailableError(f"intercode-sql: processes on {self.base} keep coming back: "
+                                     f"{self._owned_processes()}; stop them and retry")
+
     def acquire(self) -> ServerInfo:
         with self._locked():
             state = self._state()
-            if not (state and _pid_alive(state["pid"]) and self._answers(state)):
-                if state:
-                    self._kill(state.get("pid"))
+            # (an older hpl wrote server.json only once ready, without the key)
+            healthy = (state and state.get("ready", True) and state["pid"] in self._owned_processes()
+                       and self._answers(state))
+            if not healthy:
+                # anything here now was left by a run killed mid-start: stop it, never reuse it
+                self._stop_strays()
+                (self.base / "server.json").unlink(missing_ok=True)
                 state = self._start()
             (self.base / "clients").mkdir(exist_ok=True)
             (self.base / "clients" / str(os.getpid())).touch()
@@ -282,64 +355,93 @@ class LocalServer(SqlServer):
         except Exception:  # noqa: BLE001
             return False
 
-    def _start(self) -> dict:
-        datadir = self.base / "data"
-        sock = str(self.base / "mysqld.sock")
-        if len(sock) > 100:  # unix socket paths are limited to 107 bytes
-            tag = hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
-            sock = os.path.join(tempfile.gettempdir(), f"hpl-mysqld-{os.getuid()}-{tag}.sock")
-        log = self.base / "server.log"
-        fresh = not (datadir / "mysql").exists()
-        if fresh:
-            shutil.rmtree(datadir, ignore_errors=True)
-            installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
-            if installer is None:
-                raise ServerUnavailableError("intercode-sql: mariadb-install-db not found (apt-get install mariadb-server)")
-            proc = subprocess.run(
-                [installer, "--no-defaults", f"--datadir={datadir}", "--auth-root-authentication-method=normal",
-                 "--skip-test-db", "--lower-case-table-names=1", *(["--user=root"] if os.geteuid() == 0 else [])],
-                capture_output=True, text=True, timeout=300)
-            if proc.returncode != 0:
-                raise ServerUnavailableError(f"intercode-sql: initialising {datadir} failed:\n{proc.stderr[-2000:]}")
-        port = _free_port()
-        cmd = [self.binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", f"--port={port}",
-               "--bind-address=127.0.0.1", "--skip-name-resolve", "--lower-case-table-names=1",
-               f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={log}", "--max-connections=1000",
-               *(["--user=root"] if os.geteuid() == 0 else [])]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        password_file = self.base / "admin.json"
-        password = json.loads(password_file.read_text())["password"] if password_file.exists() and not fresh else ""
-        info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password=password, socket=sock,
-                          backend="local", flavor="mariadb" if "mariadb" in self.binary else "mysql")
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise ServerUnavailableError(f"intercode-sql: {self.binary} exited with {proc.returncode}:\n{tail}")
-            try:
-                connect(info.admin_args(), connection_timeout=2).close()
-                break
-            except Exception:  # noqa: BLE001
-                if time.monotonic() > deadline:
-                    self._kill(proc.pid)
-                    raise ServerUnavailableError(f"intercode-sql: {self.binary} did not answer within 60 s") from None
-                time.sleep(0.05)
-        if not password:  # first start: give root a random password, kept beside the datadir (0600)
-            password = secrets.token_hex(16)
-            cnx = connect(info.admin_args())
-            cnx.cursor().execute(f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{password}'")
-            cnx.close()
-            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"password": password}, f)
-            info.admin_password = password
-        ensure_loaded(info, self.dump, self.digest)
-        state = {"pid": proc.pid, "info": asdict(info)}
+    def _write_state(self, state: dict) -> None:
         tmp = self.base / "server.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(self.base / "server.json")
+
+    def _initialise(self) -> None:
+        """mariadb-install-db into data.partial/, renamed to data/ only once it has finished: a kill
+        midway leaves data.partial/, which the next run removes (a half-made datadir fails later with
+        errors like 'wrong space ID')."""
+        partial = self._partial_datadir
+        if partial.exists():
+            log.warning("intercode-sql: removing %s, an initialisation that did not finish; rebuilding", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        (self.base / "admin.json").unlink(missing_ok=True)
+        installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+        if installer is None:
+            raise ServerUnavailableError("intercode-sql: mariadb-install-db not found (apt-get install mariadb-server)")
+        proc = subprocess.run(
+            [installer, "--no-defaults", f"--datadir={partial}", f"--tmpdir={self._tmpdir()}",
+             "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--lower-case-table-names=1", *(["--user=root"] if os.geteuid() == 0 else [])],
+            capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise ServerUnavailableError(f"intercode-sql: initialising {partial} failed:\n{proc.stderr[-2000:]}")
+        partial.rename(self.datadir)
+
+    def _start(self) -> dict:
+        datadir, sock, log_file = self.datadir, self._socket_path(), self.base / "server.log"
+        if not (datadir / "mysql").exists():
+            self._initialise()
+        port = _free_port()
+        cmd = [self.binary, "--no-defaults", f"--datadir={datadir}", f"--tmpdir={self._tmpdir()}",
+               f"--socket={sock}", f"--port={port}",
+               "--bind-address=127.0.0.1", "--skip-name-resolve", "--lower-case-table-names=1",
+               f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={log_file}", "--max-connections=1000",
+               *(["--user=root"] if os.geteuid() == 0 else [])]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password="", socket=sock,
+                          backend="local", flavor="mariadb" if "mariadb" in self.binary else "mysql")
+        self._write_state({"pid": proc.pid, "info": asdict(info), "ready": False, "owner": os.getpid()})
+        try:
+            self._wait_and_prepare(proc, info, log_file)
+        except BaseException:
+            self._kill(proc.pid)  # a failed start or load never leaves a server behind
+            (self.base / "server.json").unlink(missing_ok=True)
+            raise
+        state = {"pid": proc.pid, "info": asdict(info), "ready": True, "owner": os.getpid()}
+        self._write_state(state)
         return state
+
+    def _wait_and_prepare(self, proc: subprocess.Popen, info: ServerInfo, log_file: Path) -> None:
+        """Wait until the server answers, give root a password (first start), load the dump."""
+        password_file = self.base / "admin.json"
+        stored = json.loads(password_file.read_text())["password"] if password_file.exists() else None
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+                raise ServerUnavailableError(
+                    f"intercode-sql: {self.binary} exited with {proc.returncode}:\n{tail}\n"
+                    f"  If its datadir is damaged, delete {self.base} and it is rebuilt on the next run.")
+            # the stored password, or none: a run killed between initialising and setting it
+            for password in dict.fromkeys([p for p in (stored, "") if p is not None]):
+                info.admin_password = password
+                try:
+                    connect(info.admin_args(), connection_timeout=2).close()
+                    break
+                except Exception:  # noqa: BLE001
+                    continue
+            else:
+                if time.monotonic() > deadline:
+                    raise ServerUnavailableError(f"intercode-sql: {self.binary} did not answer within 60 s") from None
+                time.sleep(0.05)
+                continue
+            break
+        if not info.admin_password:  # first start: a random root password, kept beside the datadir (0600)
+            password = secrets.token_hex(16)
+            fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:  # written before it is set, so a kill in between loses nothing
+                json.dump({"password": password}, f)
+            cnx = connect(info.admin_args())
+            cnx.cursor().execute(f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{password}'")
+            cnx.close()
+            info.admin_password = password
+        ensure_loaded(info, self.dump, self.digest)
 
     def release(self) -> None:
         """Unregister; the last client shuts the server down."""
@@ -350,10 +452,14 @@ class LocalServer(SqlServer):
             (self.base / "clients" / str(os.getpid())).unlink(missing_ok=True)
             if self._clients():
                 return
-            state = self._state()
-            if state:
-                self._kill(state.get("pid"))
-                (self.base / "server.json").unlink(missing_ok=True)
+            self._stop_recorded()
+
+    def _stop_recorded(self) -> None:
+        """Stop the recorded server (only if it is still ours: pids are reused) and forget it."""
+        state = self._state()
+        if state and state.get("pid") in self._owned_processes():
+            self._kill(state["pid"])
+        (self.base / "server.json").unlink(missing_ok=True)
 
     @staticmethod
     def _kill(pid: int | None, timeout: float = 30) -> None:
@@ -375,10 +481,7 @@ class LocalServer(SqlServer):
     def stop_now(self) -> None:
         """Stop the server whatever clients remain (tests, `hpl-data`)."""
         with self._locked():
-            state = self._state()
-            if state:
-                self._kill(state.get("pid"))
-                (self.base / "server.json").unlink(missing_ok=True)
+            self._stop_recorded()
             shutil.rmtree(self.base / "clients", ignore_errors=True)
 
 
