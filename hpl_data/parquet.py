@@ -42,6 +42,8 @@ MC_PAIRS = pa.schema([
     ("chosen_std", pa.float64()), ("rejected_std", pa.float64()), ("delta_r", pa.float64()),
     ("length_bucket", pa.int8()), ("delta_bucket", pa.int8()), ("bucket", pa.string()), ("segmenter", pa.string()),
     ("policy_id", pa.string()), ("expert_id", pa.string()), ("seed", pa.int64()),
+    # the individual MC rollout outcomes behind each side's mean (empty: an exact, finished-episode outcome)
+    ("chosen_outcomes", pa.list_(pa.float64())), ("rejected_outcomes", pa.list_(pa.float64())),
 ])
 
 
