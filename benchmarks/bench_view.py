@@ -4,9 +4,11 @@
 
 Builds a synthetic hpl-gen folder (group pairs with WebShop-sized conversations: a shared ~2 kB
 first message per task, ~400-character observations drawn from a per-task pool, like real pairs
-that share a task's prompt and pages), writes the report, opens it from disk in headless
+that share a task's prompt and pages; consecutive pairs belong to different tasks, the worst case
+for the per-block string sharing), writes the report, opens it from disk in headless
 Chromium and reads ``performance.now()`` at the end of the first render (navigation start to
-overview + first page of the pair browser drawn), then opens one pair (its text block is
+overview + first page of the pair browser drawn; also the browser's first-contentful-paint and the
+load event, when every text block is parsed), then opens one pair (its text block is
 decompressed on demand). The same is done for a ``--baseline``-pair folder in the same run; the
 ratio shows how the cost grows with size. Target: the 100 k-pair report renders in under 2 s.
 """
@@ -33,10 +35,20 @@ def synthetic_folder(out: Path, n_pairs: int, seed: int = 0) -> Path:
     from hpl_data.parquet import MC_PAIRS, write_table
 
     rng = random.Random(seed)
-    words = lambda k: " ".join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    def words(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    def turns(task: dict, k: int) -> list[dict]:
+        """k assistant turns with the observations between them."""
+        out = []
+        for _ in range(k):
+            out += [{"role": "assistant", "content": rng.choice(task["acts"])},
+                    {"role": "user", "content": "Observation: " + rng.choice(task["obs"])}]
+        return out[:-1]
+
     n_tasks = max(1, n_pairs // 8)
     tasks = []
-    for t in range(n_tasks):
+    for _ in range(n_tasks):
         tasks.append({"prompt": "You are web shopping.\n" + words(300), "obs": [words(70) for _ in range(8)],
                       "acts": [f"Thought: {words(12)}\nAction: click[{words(2)}]" for _ in range(8)],
                       "type": rng.choice(["fashion", "beauty", "garden", "grocery", "electronics"])})
@@ -46,17 +58,14 @@ def synthetic_folder(out: Path, n_pairs: int, seed: int = 0) -> Path:
         task = tasks[t]
         start = rng.randrange(0, 4)
         length = rng.randrange(1, 4)
-        turns = lambda k: [m for j in range(k) for m in (  # noqa: E731
-            {"role": "assistant", "content": rng.choice(task["acts"])},
-            {"role": "user", "content": "Observation: " + rng.choice(task["obs"])})][:-1]
-        prompt = [{"role": "user", "content": task["prompt"]}] + turns(start) + \
+        prompt = [{"role": "user", "content": task["prompt"]}] + turns(task, start) + \
             ([{"role": "user", "content": "Observation: " + task["obs"][0]}] if start else [])
         co = [round(rng.random(), 2) for _ in range(3)]
         ro = [round(rng.random() * 0.5, 2) for _ in range(3)]
         cr, rr = sum(co) / 3, sum(ro) / 3
         delta = max(0.01, cr - rr)
         lb, db = min(3, length), 1 if delta >= 0.7 else 2 if delta >= 0.4 else 3
-        rows.append({"prompt": prompt, "chosen": turns(length), "rejected": turns(length), "env": "webshop",
+        rows.append({"prompt": prompt, "chosen": turns(task, length), "rejected": turns(task, length), "env": "webshop",
                      "split": "train", "task_id": str(t), "task_type": task["type"], "level": "group",
                      "group_start": start, "group_length": length, "chosen_reward": cr, "rejected_reward": rr,
                      "n_rollouts": 3, "chosen_std": 0.1, "rejected_std": 0.1, "delta_r": delta, "length_bucket": lb,
@@ -90,6 +99,7 @@ def measure(folder: Path, chromium: str) -> dict:
             first_render_ms = page.evaluate("window.hplReport.firstRenderMs")
             page.wait_for_load_state("load")
             load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
+            paint_ms = page.evaluate("(performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || -1000")
             count = page.text_content("#pair-count")
             page.click("#tabs button[data-tab=pairs]")
             t0 = time.perf_counter()
@@ -101,7 +111,8 @@ def measure(folder: Path, chromium: str) -> dict:
     if errors:
         raise RuntimeError(f"page errors: {errors}")
     return {"pairs_shown": count, "report_mb": report.stat().st_size / 1e6, "write_s": write_s,
-            "first_render_s": first_render_ms / 1000, "wall_to_render_s": wall_s, "load_event_s": load_ms / 1000,
+            "first_render_s": first_render_ms / 1000, "wall_to_render_s": wall_s,
+            "first_contentful_paint_s": paint_ms / 1000, "load_event_s": load_ms / 1000,
             "open_pair_s": detail_s}
 
 

@@ -132,3 +132,22 @@ def test_view_bad_input(tmp_path):
     p = run("hpl_data.cli_data", "view", str(tmp_path / "broken.json"), "--out", str(tmp_path / "r.html"))
     assert p.returncode == 2 and "not a readable hpl-eval JSON" in p.stdout
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("env_name,split,keys", [
+    ("alfworld", "valid_seen", {"alfworld_version", "textworld_version"}),
+    ("intercode-sql", "test", {"sql_server", "reward_options"}),
+])
+def test_env_protocol_parts(env_name, split, keys):
+    from hpl_data.protocol import compute
+    from hpl_envs import make_env
+
+    ids = make_env(env_name).task_ids(split)[:2]
+    proto = compute(env_name, {}, split, ids)
+    assert keys <= set(proto["parts"]) and proto["parts"]["task_count"] == 2 and proto["parts"]["data_files"]
+    if env_name == "intercode-sql":
+        assert proto["parts"]["sql_server"]["version"][:1].isdigit()
+        other = compute(env_name, {"kendall_tau": False}, split, ids)
+        assert [d[0] for d in differences(proto, other)] == ["reward_options.kendall_tau"]
+    else:
+        assert compute(env_name, {}, split, ids)["hash"] == proto["hash"]  # deterministic

@@ -12,6 +12,8 @@ import base64
 import gzip
 import json
 import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,9 @@ class Codes:
 class ChunkWriter:
     """Rows' texts, CHUNK rows per gzip+base64 block, strings interned within a block."""
 
-    def __init__(self) -> None:
-        self.blocks: list[str] = []
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool  # zlib releases the GIL: blocks compress in parallel
+        self._futures: list[Future] = []
         self._rows: list[Any] = []
         self._strings: list[str] = []
         self._index: dict[str, int] = {}
@@ -74,9 +77,18 @@ class ChunkWriter:
     def flush(self) -> None:
         if not self._rows:
             return
-        raw = json.dumps({"s": self._strings, "r": self._rows}, separators=(",", ":"), allow_nan=False)
-        self.blocks.append(base64.b64encode(gzip.compress(raw.encode(), compresslevel=6, mtime=0)).decode())
+        raw = json.dumps({"s": self._strings, "r": self._rows}, separators=(",", ":"), allow_nan=False).encode()
+        self._futures.append(self._pool.submit(_pack, raw))
         self._rows, self._strings, self._index = [], [], {}
+
+    @property
+    def blocks(self) -> list[str]:
+        self.flush()
+        return [f.result() for f in self._futures]
+
+
+def _pack(raw: bytes) -> str:
+    return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode()
 
 
 def _round(values: list, digits: int = 4) -> list:
@@ -96,11 +108,12 @@ class Collector:
         self.pairs: dict[str, list] = {k: [] for k in ("src", "level", "bucket", "task_type", "task_id", "delta_r",
                                                         "cr", "rr", "cstd", "rstd", "nroll", "gstart", "glen",
                                                         "segmenter")}
-        self.pair_chunks = ChunkWriter()
+        self.pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
+        self.pair_chunks = ChunkWriter(self.pool)
         self.episodes: dict[str, list] = {k: [] for k in ("src", "role", "agent", "task_type", "task_id", "reward",
                                                            "won", "steps", "stop_reason", "failed", "split",
                                                            "truncated")}
-        self.episode_chunks = ChunkWriter()
+        self.episode_chunks = ChunkWriter(self.pool)
 
     # --- inputs ---------------------------------------------------------------------------
     def add_path(self, path: Path) -> None:
@@ -246,8 +259,6 @@ class Collector:
         from hpl_data import compare
         from hpl_data.protocol import describe, mismatches
 
-        self.pair_chunks.flush()
-        self.episode_chunks.flush()
         eval_table = None
         if self.evals:
             entries: dict[str, dict] = {}
@@ -282,7 +293,10 @@ class Collector:
 def collect(paths: list[Path]) -> tuple[dict, list[str], list[str]]:
     """(payload, pair text blocks, episode text blocks) for the given inputs."""
     c = Collector()
-    for p in paths:
-        c.add_path(Path(p))
-    payload = c.payload()
-    return payload, c.pair_chunks.blocks, c.episode_chunks.blocks
+    try:
+        for p in paths:
+            c.add_path(Path(p))
+        payload = c.payload()
+        return payload, c.pair_chunks.blocks, c.episode_chunks.blocks
+    finally:
+        c.pool.shutdown(cancel_futures=True)

@@ -279,7 +279,7 @@
       el("h2", {}, `Pair #${i}: ${level}, task ${C.task_id[P.task_id[i]]} (${C.task_type[P.task_type[i]] || "?"}), ΔR ${fmt(P.delta_r[i])}`,
         C.bucket[P.bucket[i]] ? `, bucket ${C.bucket[P.bucket[i]]}` : ""),
       el("p", { class: "muted" }, `source ${D.sources[P.src[i]].label}`, C.segmenter[P.segmenter[i]] ? `, segmenter ${C.segmenter[P.segmenter[i]]}` : ""),
-      el("details", { class: "prefix" }, el("summary", {}, `shared prefix: ${prefix.length} messages (click to expand)`), prefix.map(messageBox)),
+      el("details", { class: "prefix" }, el("summary", {}, `shared prefix: ${prefix.length} message${prefix.length === 1 ? "" : "s"} (click to expand)`), prefix.map(messageBox)),
       el("div", { class: "branch" }, `◆ branch point: ${where}`),
       el("div", { class: "sides" },
         el("div", { class: "side chosen" }, el("h3", { class: "good" }, "chosen"), outcomesBox("value", P.cr[i], P.cstd[i], co),
