@@ -13,6 +13,7 @@ import gzip
 import json
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,17 @@ class ChunkWriter:
 
 def _pack(raw: bytes) -> str:
     return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode()
+
+
+def _columns(table: pa.Table) -> Callable[..., list]:
+    """``col(name, default)``: a column as a list, or ``default`` per row where the table lacks it
+    (older files, other tables)."""
+    names = set(table.column_names)
+
+    def col(name: str, default: Any = None) -> list:
+        return table.column(name).to_pylist() if name in names else [default] * table.num_rows
+
+    return col
 
 
 def _round(values: list, digits: int = 4) -> list:
@@ -197,12 +209,7 @@ class Collector:
 
     # --- tables ---------------------------------------------------------------------------
     def _add_pairs(self, table: pa.Table, src: int) -> None:
-        n = table.num_rows
-        cols = set(table.column_names)
-
-        def col(name: str, default: Any = None) -> list:
-            return table.column(name).to_pylist() if name in cols else [default] * n
-
+        n, col = table.num_rows, _columns(table)
         p, c = self.pairs, self.codes
         p["src"] += [src] * n
         p["level"] += [c["level"](v) for v in col("level", "traj")]
@@ -225,12 +232,7 @@ class Collector:
                    _round(co) if co is not None else None, _round(ro) if ro is not None else None])
 
     def _add_episodes(self, table: pa.Table, src: int) -> None:
-        n = table.num_rows
-        cols = set(table.column_names)
-
-        def col(name: str, default: Any = None) -> list:
-            return table.column(name).to_pylist() if name in cols else [default] * n
-
+        n, col = table.num_rows, _columns(table)
         e, c = self.episodes, self.codes
         e["src"] += [src] * n
         e["role"] += [c["role"](v) for v in col("role", "")]

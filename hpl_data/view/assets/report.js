@@ -262,13 +262,20 @@
     const spread = outcomes && outcomes.length ? ` spread ${fmt(Math.min(...outcomes), 2)}…${fmt(Math.max(...outcomes), 2)}` : "";
     return el("p", {}, el("b", {}, `${label}: `), `mean ${fmt(mean)}`, std ? ` (std ${fmt(std)})` : "", spread, el("br"), "rollouts: ", list);
   }
+  // Marks row i of a browser as selected and fetches its texts; null if another row was opened meanwhile.
+  async function openRow(state, kind, blockPrefix, i) {
+    state.selected = i;
+    for (const tr of $(`${kind}-table`).querySelectorAll("tr.sel")) tr.classList.remove("sel");
+    const tr = $(`${kind}-table`).querySelector(`tr[data-index="${i}"]`); if (tr) tr.classList.add("sel");
+    $(`${kind}-detail`).replaceChildren(el("p", { class: "muted" }, "loading…"));
+    const texts = await rowTexts(blockPrefix, i);
+    return state.selected === i ? texts : null;
+  }
   async function showPair(i) {
-    pairState.selected = i;
-    for (const tr of $("pair-table").querySelectorAll("tr.sel")) tr.classList.remove("sel");
-    const tr = $("pair-table").querySelector(`tr[data-index="${i}"]`); if (tr) tr.classList.add("sel");
+    const texts = await openRow(pairState, "pair", "pc", i);
+    if (!texts) return;
+    const { s, row } = texts;
     const P = D.pairs, box = $("pair-detail");
-    box.replaceChildren(el("p", { class: "muted" }, "loading…"));
-    const { s, row } = await rowTexts("pc", i);
     const [prompt, chosen, rejected, co, ro] = row;
     let shared = 0;
     while (shared < Math.min(chosen.length, rejected.length) && chosen[shared] === rejected[shared]) shared++;
@@ -334,12 +341,10 @@
     pager($("episode-pager"), epState, rows.length, drawEpisodes);
   }
   async function showEpisode(i) {
-    epState.selected = i;
-    for (const tr of $("episode-table").querySelectorAll("tr.sel")) tr.classList.remove("sel");
-    const tr = $("episode-table").querySelector(`tr[data-index="${i}"]`); if (tr) tr.classList.add("sel");
+    const texts = await openRow(epState, "episode", "ec", i);
+    if (!texts) return;
+    const { s, row } = texts;
     const E = D.episodes, box = $("episode-detail");
-    box.replaceChildren(el("p", { class: "muted" }, "loading…"));
-    const { s, row } = await rowTexts("ec", i);
     const [instr, actions, observations, valid, logprobs, entropies, error] = row;
     const stop = C.stop_reason[E.stop_reason[i]] || (E.truncated[i] ? "max_turns" : "");
     let reason = null;
@@ -354,7 +359,7 @@
     if (observations.length > actions.length) rows.push(el("tr", {}, num("end"), el("td", { class: "obs" }, s[observations[observations.length - 1]]), td(""), hasLp ? td("") : null, hasH ? td("") : null, num(fmt(E.reward[i]))));
     box.replaceChildren(
       el("h2", {}, `Episode #${i}: ${C.role[E.role[i]]} ${C.agent[E.agent[i]]} on ${C.task_id[E.task_id[i]]}, reward ${fmt(E.reward[i])}${E.won[i] ? " (won)" : ""}`),
-      el("p", {}, el("b", {}, "instruction: "), s[instr]), reason,
+      el("p", {}, el("b", {}, "instruction: "), s[instr]), reason || "",
       el("table", { class: "turns" }, el("thead", {}, el("tr", {}, el("th", {}, "turn"), el("th", {}, "observation"), el("th", {}, "action"),
         hasLp ? el("th", { class: "num" }, "log-prob") : null, hasH ? el("th", { class: "num" }, "entropy") : null, el("th", { class: "num" }, "reward"))),
       el("tbody", {}, rows)));
