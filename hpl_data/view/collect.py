@@ -191,21 +191,28 @@ class Collector:
                 self.add_table(path.parent / trajectories, src)
 
     def add_table(self, path: Path, src: int) -> None:
+        """Summary stats from two columns, then the rows in record batches (memory stays bounded
+        by a batch, not the file)."""
         try:
-            table = pq.read_table(path)
+            file = pq.ParquetFile(path)
+            cols = set(file.schema_arrow.names)
+            rows = file.metadata.num_rows
+            stat_col = "delta_r" if "delta_r" in cols else "reward" if "reward" in cols else None
+            summary = pq.read_table(path, columns=[c for c in ("task_id", stat_col) if c in cols])
+            if {"chosen", "rejected", "delta_r"} <= cols:
+                add = self._add_pairs
+            elif {"actions", "observations", "reward"} <= cols:
+                add = self._add_episodes
+            else:
+                add = None
+            for batch in file.iter_batches(batch_size=4096) if add else ():
+                add(pa.Table.from_batches([batch]), src)
         except (OSError, pa.ArrowException) as e:
             raise ViewInputError(f"{path}: unreadable Parquet ({e})") from e
-        cols = set(table.column_names)
-        rows = table.num_rows
-        tasks = len(set(table.column("task_id").to_pylist())) if "task_id" in cols else 0
-        stat_col = "delta_r" if "delta_r" in cols else "reward" if "reward" in cols else None
-        mean = sum(v or 0 for v in table.column(stat_col).to_pylist()) / rows if stat_col and rows else None
+        tasks = len(set(summary.column("task_id").to_pylist())) if "task_id" in cols else 0
+        mean = sum(v or 0 for v in summary.column(stat_col).to_pylist()) / rows if stat_col and rows else None
         self.tables.append({"source": src, "name": path.stem, "rows": rows, "tasks": tasks,
                             "stat": "ΔR" if stat_col == "delta_r" else "reward", "mean": mean})
-        if {"chosen", "rejected", "delta_r"} <= cols:
-            self._add_pairs(table, src)
-        elif {"actions", "observations", "reward"} <= cols:
-            self._add_episodes(table, src)
 
     # --- tables ---------------------------------------------------------------------------
     def _add_pairs(self, table: pa.Table, src: int) -> None:

@@ -21,27 +21,43 @@ def _script_safe(text: str) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def render_html(paths: list[Path], title: str | None = None) -> str:
+def _pieces(paths: list[Path], title: str | None):
+    """The page as a sequence of strings (the text blocks one by one, so a large report is
+    written without holding it in memory twice)."""
     payload, pair_blocks, episode_blocks = collect(paths)
     payload["title"] = title or "hpl: " + ", ".join(Path(p).name or str(p) for p in paths)
     payload["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     data = _script_safe(json.dumps(payload, separators=(",", ":"), default=str))
-    blocks = [f'<script type="text/plain" id="pc{i}">{b}</script>' for i, b in enumerate(pair_blocks)]
-    blocks += [f'<script type="text/plain" id="ec{i}">{b}</script>' for i, b in enumerate(episode_blocks)]
     page = (_asset("report.html").replace("{{TITLE}}", html.escape(payload["title"]))
             .replace("/*{{CSS}}*/", _asset("report.css")).replace("/*{{JS}}*/", _asset("report.js")))
     head, rest = page.split("{{DATA}}", 1)  # data last, so nothing inside it is ever substituted
     middle, tail = rest.split("{{BLOCKS}}", 1)
-    return "".join([head, data, middle, "\n".join(blocks), tail])
+    yield from (head, data, middle)
+    for prefix, blocks in (("pc", pair_blocks), ("ec", episode_blocks)):
+        for i, block in enumerate(blocks):
+            yield f'<script type="text/plain" id="{prefix}{i}">{block}</script>\n'
+    yield tail
+
+
+def render_html(paths: list[Path], title: str | None = None) -> str:
+    return "".join(_pieces(paths, title))
 
 
 def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path:
-    """Write the report atomically (temp file + rename)."""
+    """Write the report atomically (temp file + rename); nothing is left behind on bad input."""
     out = Path(out)
+    pieces = _pieces(paths, title)
+    first = next(pieces)  # reads every input: fails here, before a file exists, on bad input
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_html(paths, title), encoding="utf-8")
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(first)
+            for piece in pieces:
+                f.write(piece)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
