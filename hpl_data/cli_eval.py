@@ -100,11 +100,15 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
         for env_name, split, ids in runs:
             config = EngineConfig(concurrency=args.concurrency, workers=args.workers, seed=args.seed,
                                   episode_timeout_s=args.episode_timeout, prompts=args.prompts, sampling=sampling)
+            from hpl_data.protocol import compute as compute_protocol
+
+            protocol = compute_protocol(env_name, args.env_kwargs, split, ids)  # before workers share the env's server
             engine = RolloutEngine(env_name, policy or args.agent, env_kwargs=args.env_kwargs, config=config)
             async with engine:
                 episodes = await _with_progress(engine, ids, f"{env_name}/{split}", console, args.quiet)
             summary = summarize(env_name, split, str(spec), episodes, engine.counters.wall_s)
             summary["counters"] = engine.counters.as_dict()
+            summary["protocol"] = protocol
             summary["config"] = {"seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
                                  "max_tokens": args.max_tokens, "max_turns": args.max_turns, "prompts": args.prompts,
                                  "concurrency": args.concurrency, "workers": args.workers, "limit": args.limit}
@@ -157,7 +161,7 @@ def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Co
     def one(summary: dict, episodes: list[dict], json_path: Path) -> None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"summary": {k: v for k, v in summary.items() if k != "per_episode"}, "versions": versions(),
-                "git_revision": git_revision()}
+                "git_revision": git_revision(), "protocol": summary.get("protocol")}
         rows = trajectory_rows(summary["env"], summary["split"], "eval", episodes, summary["config"]["prompts"])
         pq_path = write_table(rows, TRAJECTORIES, json_path.with_suffix(".trajectories.parquet"), meta)
         summary["trajectories"] = pq_path.name

@@ -33,6 +33,7 @@ from hpl_data import parquet
 from hpl_data.conversation import episode_messages, trajectory_rows
 from hpl_data.experts import keep_expert
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
+from hpl_data.protocol import compute as compute_protocol
 from hpl_data.rollout import run_episodes
 from hpl_data.segmenters import parse_spec, percentile
 from hpl_data.shards import ShardStore
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    meta = {"config": config, "versions": parquet.versions(), "git_revision": parquet.git_revision()}
+    meta = {"config": config, "versions": parquet.versions(), "git_revision": parquet.git_revision(),
+            "protocol": compute_protocol(env_name, env_kwargs(args), args.split, task_ids)}
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() and not args.overwrite else {}
     runtime_only = ("workers", "overwrite")  # may differ between a run and its resumption

@@ -98,6 +98,24 @@ def print_table(console: Console, entries: list[dict]) -> None:
         console.print(t2)
 
 
+def protocol_mismatches(entries: list[dict]) -> list[dict]:
+    """Runs of the same env and split whose protocol fingerprints differ (see ``hpl_data.protocol``)."""
+    from hpl_data.protocol import mismatches
+
+    return mismatches([(e.get("name", e["agent"]), r) for e in entries for r in e["runs"]])
+
+
+def print_protocol_mismatches(console: Console, entries: list[dict]) -> int:
+    """Say which runs were not produced under the same protocol, and which parts differ."""
+    from hpl_data.protocol import describe
+
+    found = protocol_mismatches(entries)
+    for m in found:
+        console.print(f"[yellow]protocol differs[/yellow] for {m['env']}/{m['split']}: {m['run']} vs {m['reference']}: "
+                      f"{describe(m['parts'])}", soft_wrap=True)
+    return len(found)
+
+
 def save_png(entries: list[dict], path: Path) -> Path:
     try:
         import matplotlib
@@ -139,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True).print(f"[red]hpl-eval compare: {e}[/red]")
         return 2
     print_table(console, entries)
+    print_protocol_mismatches(console, entries)
     if args.png:
         console.print(f"wrote {save_png(entries, args.png)}")
     return 0

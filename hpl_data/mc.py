@@ -297,7 +297,8 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                               "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
                               "n_rollouts": max(v_exp.n, v_alt.n) if adaptive else rollouts,
                               "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
-                              "segmenter": ""})
+                              "segmenter": "", "chosen_outcomes": list(v_exp.outcomes),
+                              "rejected_outcomes": list(v_alt.outcomes)})
     if "group" in levels:
         for s, e in groups:
             st, obs, info = ex["states"][s], ex["steps"][s]["observation"], ex["infos"][s]
@@ -326,7 +327,8 @@ def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert:
                                "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
                                "n_rollouts": max(v_exp.n, v_pol.n) if adaptive else rollouts,
                                "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
-                               "bucket": f"B{lb}{db}", "segmenter": segmenter})
+                               "bucket": f"B{lb}{db}", "segmenter": segmenter,
+                               "chosen_outcomes": list(v_exp.outcomes), "rejected_outcomes": list(v_pol.outcomes)})
     if adaptive:  # rollouts a fixed-M run would have drawn for the same values
         counters["rollouts_saved"] += sum(rollouts - v.n for v in estimated)
     return step_rows, group_rows

@@ -42,6 +42,8 @@ MC_PAIRS = pa.schema([
     ("chosen_std", pa.float64()), ("rejected_std", pa.float64()), ("delta_r", pa.float64()),
     ("length_bucket", pa.int8()), ("delta_bucket", pa.int8()), ("bucket", pa.string()), ("segmenter", pa.string()),
     ("policy_id", pa.string()), ("expert_id", pa.string()), ("seed", pa.int64()),
+    # the individual MC rollout outcomes behind each side's mean (empty: an exact, finished-episode outcome)
+    ("chosen_outcomes", pa.list_(pa.float64())), ("rejected_outcomes", pa.list_(pa.float64())),
 ])
 
 
@@ -71,6 +73,9 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema)
     meta = {b"hpl": json.dumps(metadata, default=str).encode()}
+    protocol = metadata.get("protocol") or metadata.get("summary", {}).get("protocol")
+    if protocol:  # also on its own key, so a reader gets it without parsing the rest
+        meta[b"hpl.protocol"] = json.dumps(protocol, default=str).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
@@ -84,3 +89,9 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[
 def read_metadata(path: Path) -> dict:
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"hpl", b"{}"))
+
+
+def read_protocol(path: Path) -> dict | None:
+    """The protocol fingerprint (``{"hash", "parts"}``) a file was written under, if recorded."""
+    raw = (pq.read_schema(path).metadata or {}).get(b"hpl.protocol")
+    return json.loads(raw) if raw else None

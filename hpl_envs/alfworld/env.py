@@ -391,3 +391,18 @@ class AlfWorldEnv(HplTextEnv):
 
     def close(self) -> None:
         self._loaded.clear()
+
+    # --- protocol fingerprint ----------------------------------------------------------
+    def protocol_parts(self, task_ids: list[str]) -> dict[str, Any]:
+        """What an ALFWorld result depends on beyond the code: the game files behind the task ids and
+        the alfworld / textworld versions that interpret them."""
+        from importlib.metadata import version
+
+        from hpl_envs.data import file_digest
+
+        return {
+            "data_files": {"games_sha256": file_digest([self.game(t).path for t in task_ids]) if task_ids else ""},
+            "split_definition": "alfworld json_2.1.1/<split> tw-pddl games (dev = valid_seen, test = valid_unseen)",
+            "alfworld_version": version("alfworld"),
+            "textworld_version": version("textworld"),
+        }

@@ -577,3 +577,29 @@ class InterCodeSqlEnv(HplTextEnv):
             except Exception:  # noqa: BLE001
                 pass
             self._cnx = None
+
+    # --- protocol fingerprint ----------------------------------------------------------
+    def protocol_parts(self, task_ids: list[str]) -> dict[str, Any]:
+        """What an InterCode-SQL result depends on beyond the code: the task and database files, the
+        database split, the reward options and the SQL server that executes the queries."""
+        from hpl_envs.data import file_digest
+
+        info = self.shared.ensure_server()
+        cnx = connect(info.admin_args(), connection_timeout=10)
+        try:
+            cur = cnx.cursor()
+            cur.execute("SELECT VERSION(), @@version_comment")
+            server_version, comment = cur.fetchone()
+            cur.close()
+        finally:
+            cnx.close()
+        return {
+            "data_files": {"ic_spider_dev.json": file_digest([require("intercode_sql/ic_spider_dev.json", "intercode-sql")]),
+                           "ic_spider_dbs.sql": file_digest([self.shared.dump])},
+            "split_definition": "dev: all Spider dev tasks; train/test: databases by sha256(name), test until 30% of tasks",
+            "reward_options": {"kendall_tau": self.kendall_tau, "mysql8_compat": self.mysql8_compat},
+            "time_limit_s": self.time_limit_s,
+            "row_cap": self.row_cap,
+            "sql_server": {"product": info.flavor, "version": str(server_version), "comment": str(comment),
+                           "backend": info.backend},
+        }

@@ -388,3 +388,27 @@ class WebShopEnv(HplTextEnv):
         s.done, s.reward, s.reward_info, s.page = True, reward, parts, "done"
         s.url = f"{BASE_URL}/done/{s.task_id}/{s.asin}/{s.options}"
         return True
+
+    # --- protocol fingerprint ----------------------------------------------------------
+    def protocol_parts(self, task_ids: list[str]) -> dict[str, Any]:
+        """What a WebShop result depends on beyond the code: catalog files, the goals (instruction,
+        product, price bound, options) behind the task ids, the split rule and the reward options."""
+        import hashlib
+
+        import spacy
+
+        goals = [self.goal(t) for t in task_ids]
+        goal_text = json.dumps([[g.asin, g.instruction_text, g.price_upper, g.goal_options, g.attributes]
+                                for g in goals], sort_keys=True, default=str)
+        return {
+            "data_files": {"catalog_sources_sha256": self.shared.catalog.key},
+            "catalog_products": len(self.shared.catalog),
+            "goals_total": len(self.goals),
+            "goals_sha256": hashlib.sha256(goal_text.encode()).hexdigest()[:16],
+            "split_definition": "webshop: test goals[0:500], dev [500:1500], train rest" if self.split_mode == "webshop"
+            else "product: no product in two splits (ASIN-hash order)",
+            "reward_options": {"fix_option_normalisation": self.shared.reward.fix_option_normalisation},
+            "spacy_pipeline": self.shared.reward.spacy_model,
+            "spacy_version": spacy.__version__,
+            "show_attrs": self.show_attrs,
+        }
