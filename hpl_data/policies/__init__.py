@@ -30,6 +30,11 @@ class ContextLengthError(PolicyError):
     """The conversation no longer fits the model's context window; the episode ends there."""
 
 
+class MalformedResponseError(PolicyError):
+    """The server answered, but not with a usable completion (invalid JSON, wrong shape, text that
+    is not valid Unicode). Retried like a 5xx; after the last retry the episode fails with it."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 1.0
