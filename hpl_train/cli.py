@@ -35,6 +35,8 @@ def _main(argv: list[str]) -> int:
                       resume_from=args.resume)
     check_output(Path(cfg.output_dir), "dir", "output_dir")
     try:
+        from hpl_train.data import check_tables
+        check_tables(cfg.data)  # before a model is loaded: bad data fails in a second, not minutes
         from hpl_train.recipe import train
     except ImportError as e:
         raise CliError(f"needs the training extras: pip install 'hpl[train]' ({e})") from e

@@ -58,7 +58,23 @@ def _read(path: Path, conversations: tuple[str, ...] = ()) -> list[dict]:
         table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
-    schema = table.schema
+    _check_schema(path, table.schema, conversations)
+    return table.to_pylist()
+
+
+def check_tables(paths: list[str]) -> None:
+    """Every table :func:`load_train_data` would read exists and has the right columns (schemas
+    only: cheap, so the CLI runs it before loading a model)."""
+    for kind, files in find_tables(paths).items():
+        for f in files:
+            try:
+                schema = pq.read_schema(f)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
+                raise DataError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+            _check_schema(f, schema, ("messages",) if kind in ("expert", "policy") else PAIR_COLUMNS)
+
+
+def _check_schema(path: Path, schema: pa.Schema, conversations: tuple[str, ...]) -> None:
     for col in conversations:
         if col not in schema.names:
             raise DataError(f"{path}: no {col!r} column; expected columns {', '.join(conversations)}, "
@@ -70,7 +86,6 @@ def _read(path: Path, conversations: tuple[str, ...] = ()) -> list[dict]:
             t = schema.field(col).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
                 raise DataError(f"{path}: column {col!r} holds {t}, expected numbers")
-    return table.to_pylist()
 
 
 def _is_conversation(t: pa.DataType) -> bool:
