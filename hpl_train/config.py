@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is type(None):
         return value is None, value
+    if hint is str and isinstance(value, os.PathLike):  # paths from Python callers
+        return True, os.fspath(value)
     return isinstance(value, hint), value
 
 
