@@ -96,6 +96,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """``--episode-timeout`` and other durations: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def max_workers() -> int:
     """Env worker processes worth starting here: each holds its own env (hundreds of MB for some)."""
     return max(8, 2 * (os.cpu_count() or 1))

@@ -19,7 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hpl_data.cli_common import CliError, CliParser, check_output, concurrency, positive_int, run_cli, worker_count
+from hpl_data.cli_common import (
+    CliError,
+    CliParser,
+    check_output,
+    concurrency,
+    positive_float,
+    positive_int,
+    run_cli,
+    worker_count,
+)
 from hpl_data.engine import EngineConfig, RolloutEngine
 from hpl_data.policies import PolicyError, SamplingParams, make_chat_policy, parse_spec
 from hpl_data.rollout import summarize
@@ -46,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=positive_int, default=256, help="per model turn")
     p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"],
                    help="instruction + worked example shown to LLM policies")
-    p.add_argument("--episode-timeout", type=float, default=None, help="seconds; a slower episode is recorded as failed")
+    p.add_argument("--episode-timeout", type=positive_float, default=None, help="seconds; a slower episode is recorded as failed")
     p.add_argument("--out", type=Path, default=None,
                    help="one run: summary JSON path (trajectories go beside it as .parquet); several: a directory")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",

@@ -39,6 +39,8 @@ def cases(p):
         (cli_eval, [*EVAL, "--concurrency", "0"], "--concurrency: must be >= 1"),
         (cli_eval, [*EVAL, "--concurrency", "1000000"], "at most 4096 episodes"),
         (cli_eval, [*EVAL, "--max-turns", "0"], "--max-turns: must be >= 1"),
+        (cli_eval, [*EVAL, "--episode-timeout", "-5"], "must be a number of seconds > 0"),
+        (cli_eval, [*EVAL, "--episode-timeout", "nan"], "must be a number of seconds > 0"),
         (cli_eval, [*EVAL, "--limit", "0", "--quiet"], "--limit: must be >= 1"),
         (cli_eval, [*EVAL, "--out", str(f / "r.json")], "is a file, so nothing can be created under it"),
         (cli_eval, [*EVAL, "--out", str(d)], "is a directory; name a file"),
