@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hpl_data.cli_common import CliParser, run_cli
 from hpl_envs.data import DataCorruptError, DataMissingError, data_root
 
 
@@ -168,7 +169,11 @@ def inspect_dir(console: Console, folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hpl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_cli("hpl-data", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = CliParser(prog="hpl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="what is present")
     ins = sub.add_parser("inspect", help="summarise an hpl-gen output folder")

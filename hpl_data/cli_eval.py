@@ -19,34 +19,43 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hpl_data.cli_common import (
+    CliError,
+    CliParser,
+    check_output,
+    concurrency,
+    positive_float,
+    positive_int,
+    run_cli,
+    worker_count,
+)
 from hpl_data.engine import EngineConfig, RolloutEngine
 from hpl_data.policies import PolicyError, SamplingParams, make_chat_policy, parse_spec
 from hpl_data.rollout import summarize
 from hpl_envs import canonical, make_env
-from hpl_envs.core import EnvUnavailableError
-from hpl_envs.data import DataCorruptError, DataMissingError
+from hpl_envs.core import EnvUnavailableError, TaskNotFoundError
 
 # The paper's evaluation splits per env (ALFWorld: seen and unseen eval games).
 DEFAULT_SPLITS = {"webshop": ["test"], "intercode-sql": ["test"], "alfworld": ["valid_seen", "valid_unseen"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="hpl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True, help="webshop | alfworld | intercode-sql, or several comma-separated")
     p.add_argument("--agent", "--policy", dest="agent", required=True,
                    help="oracle | heuristic | random | vllm:MODEL | openai:URL[#model] | hf:MODEL | package.module:factory")
     p.add_argument("--split", default=None, help="split(s), comma-separated; default: the paper's eval split per env")
-    p.add_argument("--limit", type=int, default=None, help="first N tasks of each split")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N tasks of each split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="env worker processes")
-    p.add_argument("--concurrency", type=int, default=64, help="episodes in flight")
-    p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--workers", type=worker_count, default=2, help="env worker processes")
+    p.add_argument("--concurrency", type=concurrency, default=64, help="episodes in flight")
+    p.add_argument("--max-turns", type=positive_int, default=None)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=256, help="per model turn")
+    p.add_argument("--max-tokens", type=positive_int, default=256, help="per model turn")
     p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"],
                    help="instruction + worked example shown to LLM policies")
-    p.add_argument("--episode-timeout", type=float, default=None, help="seconds; a slower episode is recorded as failed")
+    p.add_argument("--episode-timeout", type=positive_float, default=None, help="seconds; a slower episode is recorded as failed")
     p.add_argument("--out", type=Path, default=None,
                    help="one run: summary JSON path (trajectories go beside it as .parquet); several: a directory")
     p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -93,7 +102,10 @@ def check_agent(env_name: str, spec) -> None:
 
 async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]:
     spec = parse_spec(args.agent)
-    policy = None if spec.is_agent else make_chat_policy(spec, **args.policy_kwargs)  # one model for every run
+    try:
+        policy = None if spec.is_agent else make_chat_policy(spec, **args.policy_kwargs)  # one model for every run
+    except TypeError as e:  # a --policy-arg the backend does not take
+        raise CliError(f"{e}; check --policy-arg") from e
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     out = []
     try:
@@ -183,30 +195,33 @@ def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Co
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return run_cli("hpl-eval", _main, argv, expected=(PolicyError, EnvUnavailableError, TaskNotFoundError))
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "compare":
         from hpl_data.compare import main as compare_main
 
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     console = Console(stderr=True, quiet=args.quiet, soft_wrap=True)
+    args.env_kwargs = parse_kv(args.env_arg)
+    args.policy_kwargs = parse_kv(args.policy_arg, "--policy-arg")
+    if args.max_turns:
+        args.env_kwargs["max_turns"] = args.max_turns
+    spec = parse_spec(args.agent)
     try:
-        args.env_kwargs = parse_kv(args.env_arg)
-        args.policy_kwargs = parse_kv(args.policy_arg, "--policy-arg")
-        if args.max_turns:
-            args.env_kwargs["max_turns"] = args.max_turns
-        spec = parse_spec(args.agent)
         runs = plan_runs(args)
-        for env_name in {r[0] for r in runs}:
-            check_agent(env_name, spec)
-    except (DataMissingError, DataCorruptError, EnvUnavailableError, ValueError, TypeError) as e:
-        console.print(f"[red]hpl-eval: {e}[/red]")
-        return 2
+    except TypeError as e:  # an --env-arg the env does not take
+        raise CliError(f"{e}; check --env-arg") from e
+    for env_name in {r[0] for r in runs}:
+        check_agent(env_name, spec)
+    if args.out is not None:  # before the run, so that its results cannot be lost
+        check_output(args.out, "file" if len(runs) == 1 and args.out.suffix == ".json" else "dir")
     try:
         results = asyncio.run(run_all(args, runs, console))
-    except (PolicyError, EnvUnavailableError, RuntimeError) as e:
-        console.print(f"[red]hpl-eval: {e}[/red]")
-        return 2
+    except RuntimeError as e:  # the engine could not start (env workers died at start, ...)
+        raise CliError(str(e)) from e
     for summary, _ in results:
         print_summary(Console(), summary)
     if len(results) > 1:

@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hpl_data import parquet
+from hpl_data.cli_common import CliParser, check_output, positive_int, run_cli, worker_count
 from hpl_data.conversation import episode_messages, trajectory_rows
 from hpl_data.experts import keep_expert
 from hpl_data.mc import empirical_entropy, expert_pass, label_task, segment
@@ -43,7 +44,7 @@ from hpl_envs.data import DataCorruptError, DataMissingError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpl-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="hpl-gen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True)
     p.add_argument("--policy", default="heuristic",
                    help="reference policy: heuristic | random | package.module:factory | openai:URL[#model] | hf:MODEL "
@@ -65,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy-samples", type=int, default=8,
                    help="policy samples per state to estimate action entropy (uncertainty segmenter)")
     p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=worker_count, default=1)
     p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -259,7 +260,12 @@ def mc_stage(env_name: str, split: str, task_ids: list[str], args, levels: set[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli("hpl-gen", _main, argv, expected=(EnvUnavailableError,))
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    check_output(args.out, "dir")
     console = Console(stderr=True, soft_wrap=True)
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     unsupported = [lv for lv in levels if lv not in ("traj", "step", "group")]

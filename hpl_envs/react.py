@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ACTION_RE = re.compile(r"^\s*\**\s*action\s*\**\s*[:：]\s*\**\s*(.*)$", re.IGNORECASE)
-_THOUGHT_RE = re.compile(r"^\s*\**\s*thought\s*\**\s*[:：]\s*\**\s*", re.IGNORECASE)
-_FENCE_RE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
+# Possessive quantifiers (``*+``) keep matching linear in the line length: with plain ``\s*\**\s*``
+# a long run of spaces is split between the two ``\s*`` in every possible way before the match
+# fails (32 k spaces took 4 s). Each run is followed by a character none of them can match
+# ('a', 't', ':', '`' or the end), so giving nothing back never loses a match: the results are
+# those of the greedy patterns (tests/test_react_prompts.py checks this against them).
+_ACTION_RE = re.compile(r"^\s*+\**+\s*+action\s*+\**+\s*+[:：]\s*+\**+\s*+(.*)$", re.IGNORECASE)
+_THOUGHT_RE = re.compile(r"^\s*+\**+\s*+thought\s*+\**+\s*+[:：]\s*+\**+\s*+", re.IGNORECASE)
+_FENCE_RE = re.compile(r"^```[\w-]*+\s*+\n?(.*?)\n?```$", re.DOTALL)
 
 
 @dataclass

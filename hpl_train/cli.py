@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from hpl_data.cli_common import CliError, CliParser, check_output, run_cli
 from hpl_train.config import CONFIG_DIR, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hpl-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_cli("hpl-train", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    p = CliParser(prog="hpl-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help=f"YAML file or one of: {', '.join(sorted(f.stem for f in CONFIG_DIR.glob('*.yaml')))}")
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None, help="comma-separated hpl-gen dirs or Parquet files")
@@ -24,23 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", default=None, help="a checkpoint dir or 'latest'")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides, model=args.model,
+                      data=args.data.split(",") if args.data else None, output_dir=args.output_dir,
+                      resume_from=args.resume)
+    check_output(Path(cfg.output_dir), "dir", "output_dir")
     try:
-        cfg = load_config(args.config, args.overrides, model=args.model,
-                          data=args.data.split(",") if args.data else None, output_dir=args.output_dir,
-                          resume_from=args.resume)
-        from hpl_train.data import DataError
+        from hpl_train.data import check_tables
+        check_tables(cfg.data)  # before a model is loaded: bad data fails in a second, not minutes
         from hpl_train.recipe import train
-    except ValueError as e:
-        print(f"hpl-train: {e}", file=sys.stderr)
-        return 2
     except ImportError as e:
-        print(f"hpl-train: needs the training extras: pip install 'hpl[train]' ({e})", file=sys.stderr)
-        return 2
-    try:
-        history = train(cfg)
-    except (DataError, ValueError, OSError) as e:
-        print(f"hpl-train: {e}", file=sys.stderr)
-        return 2
+        raise CliError(f"needs the training extras: pip install 'hpl[train]' ({e})") from e
+    history = train(cfg)
     if history:
         print(f"done: {len(history)} steps, final loss {history[-1]['loss']:.4f}; outputs in {cfg.output_dir}")
     return 0

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,29 +102,89 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
     return value
 
 
-def _file_values(path: str | Path) -> dict[str, Any]:
+def _file_values(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Options of a YAML config, after those of the config it names as ``base``."""
     import yaml
 
     p = Path(path)
-    if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+    if chain and not p.is_absolute() and (chain[-1].parent / p).exists():
+        p = chain[-1].parent / p  # a base beside the config that names it
+    elif not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
         p = CONFIG_DIR / f"{path}.yaml"
+    if p.resolve() in chain:
+        cycle = " -> ".join(str(c) for c in (*chain, p.resolve()))
+        raise ValueError(f"config {path}: 'base:' chain comes back to itself ({cycle}); remove the cycle")
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"config {path}: cannot read ({e})") from e
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"config {path}: cannot read ({one_line(e)})") from e
     if not isinstance(loaded, dict):
-        raise ValueError(f"config {path}: expected a mapping of options")
+        raise ValueError(f"config {path}: expected a mapping of options, got {type(loaded).__name__}")
     base = loaded.pop("base", None)
-    values = _file_values(base) if base else {}
-    values.update(loaded)
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"config {path}: 'base' must name a config file or shipped config, got {base!r}")
+    values = _file_values(base, (*chain, p.resolve())) if base else {}
+    values.update({k: (v, f"config {p}") for k, v in loaded.items()})  # (value, where it was set)
     return values
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+               type(None): "null"}
+
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(value fits the annotation, the value converted: int -> float, integral float -> int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _conforms(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_conforms(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is type(None):
+        return value is None, value
+    if hint is str and isinstance(value, os.PathLike):  # paths from Python callers
+        return True, os.fspath(value)
+    return isinstance(value, hint), value
+
+
+def _describe_type(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
+    if origin is list:
+        return f"a list of ({_describe_type(args[0])})"
+    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _typed(name: str, value: Any, source: str) -> Any:
+    hint = typing.get_type_hints(TrainConfig)[name]
+    ok, converted = _conforms(value, hint)
+    if not ok:
+        raise ValueError(f"{source}: {name} must be {_describe_type(hint)}, got {value!r}")
+    return converted
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs: Any) -> TrainConfig:
     """A config from a YAML file (a bare name like ``hpl`` means ``hpl_train/configs/hpl.yaml``),
     then ``key=value`` overrides, then keyword arguments."""
-    values: dict[str, Any] = _file_values(path) if path else {}
+    sourced: dict[str, tuple[Any, str]] = _file_values(path) if path else {}
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     default = TrainConfig()
     for item in overrides or []:
@@ -130,13 +194,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         k = k.strip().replace("-", "_")
         if k not in names:
             raise ValueError(f"unknown option {k!r}; options: {', '.join(sorted(names))}")
-        values[k] = _coerce(k, v, getattr(default, k))
-    values.update({k: v for k, v in kwargs.items() if v is not None})
-    unknown = set(values) - set(names)
+        sourced[k] = (_coerce(k, v, getattr(default, k)), f"override {item!r}")
+    sourced.update({k: (v, f"--{k.replace('_', '-')}") for k, v in kwargs.items() if v is not None})
+    unknown = set(sourced) - set(names)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(names))}")
-    if isinstance(values.get("data"), str):
-        values["data"] = [values["data"]]
+    values = {}
+    for k, (v, source) in sourced.items():
+        if k == "data" and isinstance(v, str):
+            v = [v]
+        values[k] = _typed(k, v, source)
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hpl_train.curriculum import DELTA_THRESHOLDS, LENGTH_THRESHOLDS, bucket
@@ -44,11 +45,54 @@ class TrainData:
         return "\n".join(lines)
 
 
-def _read(path: Path) -> list[dict]:
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+NUMERIC_COLUMNS = ("delta_r", "group_length", "reward")
+_CONVERSATION = "a list of {role, content} messages (TRL's conversational format)"
+
+
+def _read(path: Path, conversations: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a Parquet table whose ``conversations`` columns must exist and hold chat messages:
+    a table of the wrong shape is one clear error naming the file, not a traceback mid-way or a
+    silently different training run (pairs without ``rejected`` used to train BC only)."""
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
         raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+    _check_schema(path, table.schema, conversations)
+    return table.to_pylist()
+
+
+def check_tables(paths: list[str]) -> None:
+    """Every table :func:`load_train_data` would read exists and has the right columns (schemas
+    only: cheap, so the CLI runs it before loading a model)."""
+    for kind, files in find_tables(paths).items():
+        for f in files:
+            try:
+                schema = pq.read_schema(f)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
+                raise DataError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+            _check_schema(f, schema, ("messages",) if kind in ("expert", "policy") else PAIR_COLUMNS)
+
+
+def _check_schema(path: Path, schema: pa.Schema, conversations: tuple[str, ...]) -> None:
+    for col in conversations:
+        if col not in schema.names:
+            raise DataError(f"{path}: no {col!r} column; expected columns {', '.join(conversations)}, "
+                            f"each {_CONVERSATION}")
+        if not _is_conversation(schema.field(col).type):
+            raise DataError(f"{path}: column {col!r} holds {schema.field(col).type}, expected {_CONVERSATION}")
+    for col in NUMERIC_COLUMNS:
+        if col in schema.names:
+            t = schema.field(col).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+                raise DataError(f"{path}: column {col!r} holds {t}, expected numbers")
+
+
+def _is_conversation(t: pa.DataType) -> bool:
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return False
+    item = t.value_type
+    return pa.types.is_struct(item) and {"role", "content"} <= {item.field(i).name for i in range(item.num_fields)}
 
 
 def find_tables(paths: list[str]) -> dict[str, list[Path]]:
@@ -86,9 +130,9 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
     rows_by_kind: dict[str, list[dict]] = {k: [] for k in PAIR_KINDS}
     for kind in ("traj", "step", "group"):
         for f in tables.get(kind, []):
-            rows_by_kind[kind] += _read(f)
+            rows_by_kind[kind] += _read(f, PAIR_COLUMNS)
     for f in tables.get("pairs", []):
-        for row in _read(f):
+        for row in _read(f, PAIR_COLUMNS):
             level = row.get("level") or "traj"
             if level not in PAIR_KINDS:
                 data.skipped[("pairs", f"unknown level {level!r}")] += 1
@@ -124,9 +168,9 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
     if kinds is None or "bc" in kinds:
         bc_rows = []
         if bc_source in ("expert", "both"):
-            bc_rows += [r for f in tables.get("expert", []) for r in _read(f) if not r.get("error")]
+            bc_rows += [r for f in tables.get("expert", []) for r in _read(f, ("messages",)) if not r.get("error")]
         if bc_source in ("policy-success", "both"):
-            bc_rows += [r for f in tables.get("policy", []) for r in _read(f)
+            bc_rows += [r for f in tables.get("policy", []) for r in _read(f, ("messages",))
                         if not r.get("error") and (r.get("won") or r.get("reward") == 1.0)]
         if not bc_rows and bc_source == "expert":  # plain preference files: clone the chosen trajectories
             bc_rows = [{"messages": r["prompt"] + r["chosen"]} for r in rows_by_kind["traj"] if r.get("prompt")]

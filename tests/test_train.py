@@ -206,6 +206,25 @@ def test_bad_inputs_exit_cleanly(tiny, tmp_path):
     assert p.returncode == 2 and "not a readable Parquet file" in p.stderr
 
 
+@pytest.mark.parametrize("row,expected", [
+    ({"prompt": "Buy a shirt", "chosen": COMPLETION, "rejected": COMPLETION}, "column 'prompt' holds string"),
+    ({"prompt": PROMPT, "chosen": ["Action: a", "b"], "rejected": COMPLETION}, "column 'chosen' holds list<"),
+    ({"prompt": PROMPT, "chosen": COMPLETION}, "no 'rejected' column"),  # used to train BC only, silently
+    ({"prompt": PROMPT, "chosen": COMPLETION, "rejected": COMPLETION, "delta_r": "abc"}, "'delta_r' holds string"),
+])
+def test_malformed_pair_tables_are_one_line_errors(tiny, tmp_path, row, expected):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist([row]), path)
+    p = subprocess.run([sys.executable, "-m", "hpl_train", "--model", str(tiny), "--data", str(path), "--output-dir",
+                        str(tmp_path / "o"), "max_steps=1", "report_to=none"], capture_output=True, text=True,
+                       timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"hpl-train: {path}: ") and expected in lines[0]
+
+
 def test_trl_dpo_trainer_accepts_hpl_gen_pairs(tiny, gen_data, tmp_path):
     """hpl-gen's pair tables load with `datasets` and train one step in TRL's DPOTrainer as they are."""
     trl = pytest.importorskip("trl")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 BUILTIN_AGENTS = ("oracle", "heuristic", "random")
@@ -28,6 +29,11 @@ class PolicyError(RuntimeError):
 
 class ContextLengthError(PolicyError):
     """The conversation no longer fits the model's context window; the episode ends there."""
+
+
+class MalformedResponseError(PolicyError):
+    """The server answered, but not with a usable completion (invalid JSON, wrong shape, text that
+    is not valid Unicode). Retried like a 5xx; after the last retry the episode fails with it."""
 
 
 @dataclass(frozen=True)
@@ -120,11 +126,24 @@ def parse_spec(spec: str) -> PolicySpec:
         if kind == "openai":
             url, _, model = rest.partition("#")
             return PolicySpec("openai", url, model or None)
+        _check_model_path(kind, rest)
         return PolicySpec(kind, rest)
     if sep and rest.isidentifier() and all(p.isidentifier() for p in kind.split(".")):
         return PolicySpec("agent", spec)
     raise ValueError(f"unknown policy spec {spec!r}; use one of {', '.join(BUILTIN_AGENTS)}, vllm:MODEL, "
                      "openai:URL[#model], hf:MODEL or package.module:factory")
+
+
+def _check_model_path(kind: str, target: str) -> None:
+    """``vllm:``/``hf:`` take a local model folder or a hub id (``org/name``); something that can
+    only be a path (absolute, ``./``, ``~``, or more than one '/') must exist, so that a typo fails
+    in one line before any work instead of deep inside the model loader."""
+    if Path(target).expanduser().exists():
+        return
+    looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1 or "\\" in target
+    if looks_like_path:
+        raise ValueError(f"{kind}:{target}: no such model folder; give a local model folder or a hub id like "
+                         "Qwen/Qwen2.5-7B-Instruct")
 
 
 def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -> Any:

@@ -104,8 +104,26 @@ def _normalise(product: dict, contents: str | None) -> dict:
     return p
 
 
+def _read_json(path: Path, expect: type, what: str) -> Any:
+    """A whole JSON file of the expected top-level type; any problem is one error naming the file."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataCorruptError(f"{path}: not UTF-8 text (a binary file?): {e.reason} at byte {e.start}") from e
+    except json.JSONDecodeError as e:
+        raise DataCorruptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except OSError as e:
+        raise DataCorruptError(f"{path}: cannot read {what} ({e.strerror or e})") from e
+    if not isinstance(value, expect):
+        raise DataCorruptError(f"{path}: expected {what} as a JSON {'object' if expect is dict else 'array'}, "
+                               f"got a JSON {type(value).__name__}")
+    return value
+
+
 def _read_products(path: Path) -> list[tuple[dict, str | None]]:
     out: list[tuple[dict, str | None]] = []
+    if not path.name.endswith(".jsonl"):
+        return [(p, None) for p in _read_json(path, list, "a list of products")]
     try:
         if path.name.endswith(".jsonl"):
             with open(path, encoding="utf-8") as f:
@@ -117,13 +135,12 @@ def _read_products(path: Path) -> list[tuple[dict, str | None]]:
                     except json.JSONDecodeError as e:
                         raise DataCorruptError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
                     out.append((doc["product"], doc.get("contents")))
-        else:
-            with open(path, encoding="utf-8") as f:
-                out = [(p, None) for p in json.load(f)]
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise DataCorruptError(f"{path}: unexpected record layout ({e!r})") from e
-    except json.JSONDecodeError as e:
-        raise DataCorruptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except UnicodeDecodeError as e:
+        raise DataCorruptError(f"{path}: not UTF-8 text (a binary file?): {e.reason} at byte {e.start}") from e
+    except OSError as e:
+        raise DataCorruptError(f"{path}: cannot read the products ({e.strerror or e})") from e
     return out
 
 
@@ -152,27 +169,37 @@ def find_sources(root: Path | None = None, size: str = "1k") -> dict[str, Path |
             f"webshop: missing {attrs[0]} (goal instructions). Run `hpl-data download webshop`."
         )
     human = base / "items_human_ins.json"
-    return {"products": found, "attributes": attr, "human": human if human.exists() else None}
+    sources = {"products": found, "attributes": attr, "human": human if human.exists() else None}
+    for path in sources.values():
+        if path is not None and not path.is_file():
+            raise DataCorruptError(f"{path}: is a directory, not a JSON file; remove it and run "
+                                   "`hpl-data download webshop`")
+    return sources
 
 
 def build_table(sources: dict[str, Path | None]) -> pa.Table:
     """Parse the source files into one Arrow table (catalog order, duplicates dropped)."""
-    try:
-        attributes = json.loads(Path(sources["attributes"]).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataCorruptError(f"{sources['attributes']}: not valid JSON ({e.msg})") from e
+    attributes = _read_json(sources["attributes"], dict, "goals (an object mapping ASIN -> instruction)")
     human = None
     if sources.get("human"):
-        human = json.loads(Path(sources["human"]).read_text(encoding="utf-8"))
+        human = _read_json(sources["human"], dict, "human goals (an object mapping ASIN -> instructions)")
     cols: dict[str, list] = {f.name: [] for f in SCHEMA}
     seen: set[str] = set()
-    for raw, contents in _read_products(Path(sources["products"])):
-        asin = raw.get("asin", "nan")
+    for i, (raw, contents) in enumerate(_read_products(Path(sources["products"]))):
+        asin = raw.get("asin", "nan") if isinstance(raw, dict) else None
+        if not isinstance(asin, str):
+            raise DataCorruptError(f"{sources['products']}: product #{i}: "
+                                   + (f"asin {asin!r} is not a string" if isinstance(raw, dict) else "not a JSON object"))
         if asin == "nan" or len(asin) > 10 or asin in seen:
             continue  # WebShop skips these too
         seen.add(asin)
-        p = _normalise(raw, contents)
         attr = attributes.get(asin, {})
+        if not isinstance(attr, dict):
+            raise DataCorruptError(f"{sources['attributes']}: the entry of {asin} is not a JSON object")
+        try:
+            p = _normalise(raw, contents)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataCorruptError(f"{sources['products']}: product {asin}: unexpected layout ({e!r})") from e
         human_ins = (human or {}).get(asin, p.get("instructions"))
         cols["asin"].append(asin)
         cols["name"].append(p["name"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,25 @@ from hpl_envs.webshop.reward import RewardModel
 from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
 
 BASE_URL = "http://127.0.0.1:3000"
-_ACTION = re.compile(r"(.+)\[(.+)\]")  # WebShop's parse: greedy name, '.' stops at newlines
 PAGE_NAMES = ("search_results", "item_page", "item_sub_page", "done")
+MAX_ACTION_CHARS = 10_000  # far above any real action; longer ones are invalid (the page stays)
 
 
 def parse_action(action: str) -> tuple[str, str | None]:
-    """WebShop's ``parse_action``: ``name[arg]`` matched from the start, else (action, None)."""
-    m = _ACTION.match(action)
-    if m is None:
+    """WebShop's ``parse_action``: ``re.match(r"(.+)\\[(.+)\\]", action)`` -> (name, arg), else
+    (action, None), computed in linear time (the regex backtracks quadratically on ``[[[[...``).
+
+    '.' stops at the first newline, so only the first line counts. The greedy name ends at the
+    last '[' that leaves room for a non-empty argument before the line's last ']', and the
+    argument runs up to that last ']'.
+    """
+    newline = action.find("\n")
+    line = action if newline < 0 else action[:newline]
+    close = line.rfind("]")
+    open_ = line.rfind("[", 1, close - 1) if close >= 3 else -1
+    if open_ < 1:
         return action, None
-    return m.group(1), m.group(2)
+    return line[:open_], line[open_ + 1:close]
 
 
 def page_name(url: str | None) -> str | None:
@@ -122,7 +130,7 @@ class WebShopEnv(HplTextEnv):
     Observations and actions are strings. Actions: ``search[keywords]`` (any page, as in the
     original) or ``click[value]`` where value is a clickable of the current page (lower-cased
     button text, product ASIN, or option value). Anything else is an invalid action: the page
-    is unchanged and ``info["action_valid"]`` is False.
+    is unchanged and ``info["action_valid"]`` is False. So is an action over ``MAX_ACTION_CHARS``.
 
     ## Rewards
     0 until ``click[buy now]``; then WebShop's ``get_reward`` (see ``reward.py``), with its parts
@@ -201,7 +209,7 @@ class WebShopEnv(HplTextEnv):
             raise RuntimeError("webshop: episode is over; call reset()")
         action = action if isinstance(action, str) else str(action)
         _, clickables = self._page()
-        name, arg = parse_action(action)
+        name, arg = parse_action(action) if len(action) <= MAX_ACTION_CHARS else (action, None)
         if arg is not None:
             arg = arg.lower()
         valid = False
