@@ -20,11 +20,7 @@ HANG_S = 10.0
 @pytest.mark.parametrize("env_name,n", [
     ("webshop", 3000),
     pytest.param("alfworld", 1000, marks=pytest.mark.slow),
-    # Not run until statements are size-capped (branch i13sql): today sqlparse raises SQLParseError
-    # on 1 MB statements and spends minutes on some, so this case would take most of CI's budget.
-    pytest.param("intercode-sql", 2000, marks=[pytest.mark.slow, pytest.mark.xfail(
-        run=False, reason="InterCode-SQL statements are not size-capped yet (branch i13sql); remove this mark "
-                          "when it is merged")]),
+    pytest.param("intercode-sql", 2000, marks=pytest.mark.slow),
 ])
 def test_fuzzed_actions_never_crash_or_hang(env_name, n):
     if env_name == "alfworld":
