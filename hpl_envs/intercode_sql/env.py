@@ -147,7 +147,9 @@ class InterCodeSqlEnv(HplTextEnv):
     ## Arguments
     ``backend`` ("local", "url", "docker" or None = first that works), ``server`` (a mysql:// URL),
     ``max_turns``, ``time_limit_s``, ``row_cap``, ``mysql8_compat`` (default True: MariaDB error
-    messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``kendall_tau``
+    messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``describe_types``
+    (``"bytes"``, the default, as InterCode's GPT-4 recordings show DESCRIBE's type column, or
+    ``"str"`` as its GPT-3.5 recordings do: it depended on the client library), ``kendall_tau``
     (default True: InterCode's code; False reproduces the reward as its published GPT-4/3.5
     recordings were scored, i.e. IoU without the tau factor).
 
@@ -160,9 +162,12 @@ class InterCodeSqlEnv(HplTextEnv):
 
     def __init__(self, backend: str | None = None, server: str | None = None, max_turns: int = 10,
                  time_limit_s: float = 5.0, row_cap: int = 10_000, mysql8_compat: bool = True,
-                 kendall_tau: bool = True, render_mode: str | None = None) -> None:
+                 kendall_tau: bool = True, describe_types: str = "bytes", render_mode: str | None = None) -> None:
+        if describe_types not in compat.DESCRIBE_TYPES:
+            raise ValueError(f"intercode-sql: describe_types must be one of {compat.DESCRIBE_TYPES}, got {describe_types!r}")
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.mysql8_compat = mysql8_compat
+        self.describe_types = describe_types
         self.kendall_tau = kendall_tau
         self.shared = _Shared.get(backend, server)
         self.time_limit_s = float(time_limit_s)
@@ -232,7 +237,7 @@ class InterCodeSqlEnv(HplTextEnv):
             cur.execute(sql)
             obs = cur.fetchall() if cur.with_rows else None
             if self.mysql8_compat and obs and self.shared.info.flavor == "mariadb" and compat.is_schema_listing(sql):
-                obs = compat.mysql8_schema_rows(obs)
+                obs = compat.mysql8_schema_rows(obs, self.describe_types)
             if sql.strip().split(None, 1)[0].upper() == "USE":
                 self._state.db = cnx.database or self._state.db
             return obs, True
