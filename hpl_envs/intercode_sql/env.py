@@ -214,6 +214,11 @@ class InterCodeSqlEnv(HplTextEnv):
         cur = self._cnx.cursor()
         if self.shared.info.flavor == "mariadb":
             cur.execute(f"SET SESSION max_statement_time = {self.time_limit_s:.3f}")
+            # One statement, one result on every connection: in-memory (HEAP) temporary tables hand
+            # filesort row references that are memory addresses, so rows tied on the sort key
+            # (GROUP BY ... ORDER BY count(*) LIMIT 1) came back in a per-connection order. On-disk
+            # (Aria) temporary tables reference rows by file offset, the same everywhere.
+            cur.execute("SET SESSION tmp_memory_table_size = 0")
         else:
             cur.execute(f"SET SESSION max_execution_time = {int(self.time_limit_s * 1000)}")
         cur.execute(f"SET SESSION sql_select_limit = {self.row_cap + 1}")
