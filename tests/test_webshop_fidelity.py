@@ -75,3 +75,29 @@ def test_done_page_format(webshop_env):
     assert info["reward_parts"] == {"r_type": 1.0, "r_att": 1.0, "w_att": 0.6, "query_match": True,
                                     "category_match": True, "title_score": 0.95, "r_option": 1.0,
                                     "w_option": 0.2, "r_price": True, "w_price": 0.2}
+
+
+@pytest.mark.parametrize("key", ["synthetic:0", "synthetic:42", "synthetic:2024", "human:42"])
+def test_original_prices_replay_a_seeded_original_run(key):
+    """prices='original': the original's own code, seeded with s, drew exactly these prices and goals
+    (tests/fixtures/webshop_original_prices.json, from benchmarks/webshop_record_original_prices.py)."""
+    import hashlib
+
+    ref = json.loads((Path(__file__).parent / "fixtures" / "webshop_original_prices.json").read_text())[key]
+    source, seed = key.split(":")
+    shared = make_env("webshop", goals=source, prices="original", price_seed=int(seed)).shared
+    goals = [[g.asin, g.instruction_text, g.price_upper] for g in shared.goals]
+    prices = [shared.prices.price(i) for i in range(len(shared.catalog))]
+
+    def digest(x):
+        return hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()
+
+    assert goals[:5] == ref["first_goals"] and prices[:5] == ref["first_prices"]
+    assert (len(goals), digest(goals), digest(prices)) == (ref["n_goals"], ref["goals_sha256"], ref["prices_sha256"])
+
+
+def test_original_prices_need_a_seed():
+    with pytest.raises(ValueError, match="price_seed"):
+        make_env("webshop", prices="original")
+    with pytest.raises(ValueError, match="prices must be"):
+        make_env("webshop", prices="global")

@@ -12,7 +12,7 @@ from typing import Any
 from hpl_envs.core import HplTextEnv, TaskNotFoundError
 from hpl_envs.webshop import pages
 from hpl_envs.webshop.catalog import Catalog, load_catalog
-from hpl_envs.webshop.goals import Goal, build_goals, product_disjoint_splits, split_range
+from hpl_envs.webshop.goals import Goal, ProductPrices, build_goals, product_disjoint_splits, split_range
 from hpl_envs.webshop.reward import RewardModel
 from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
 
@@ -77,9 +77,10 @@ class _Shared:
     _cache: dict[tuple, _Shared] = {}
 
     def __init__(self, catalog: Catalog, goals: list[Goal], spacy_model: str | None,
-                 fix_option_normalisation: bool) -> None:
+                 fix_option_normalisation: bool, prices: ProductPrices | None = None) -> None:
         self.catalog = catalog
         self.goals = goals
+        self.prices = prices or ProductPrices(catalog)
         self._search: SearchEngine | None = None
         self._reward_args = (spacy_model, fix_option_normalisation)
         self._reward: RewardModel | None = None
@@ -100,12 +101,13 @@ class _Shared:
 
     @classmethod
     def get(cls, data_root: Path | None, catalog_size: str, goals: str, spacy_model: str | None,
-            fix_option_normalisation: bool) -> _Shared:
-        key = (str(data_root), catalog_size, goals, spacy_model, fix_option_normalisation)
+            fix_option_normalisation: bool, prices: str = "per-product", price_seed: int | None = None) -> _Shared:
+        key = (str(data_root), catalog_size, goals, spacy_model, fix_option_normalisation, prices, price_seed)
         if key not in cls._cache:
             catalog = load_catalog(data_root, catalog_size)
-            cls._cache[key] = cls(catalog, build_goals(catalog, goals), spacy_model,
-                                  fix_option_normalisation)
+            product_prices = ProductPrices(catalog, prices, price_seed)
+            cls._cache[key] = cls(catalog, build_goals(catalog, goals, product_prices), spacy_model,
+                                  fix_option_normalisation, product_prices)
         return cls._cache[key]
 
 
@@ -135,7 +137,10 @@ class WebShopEnv(HplTextEnv):
     ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``split_mode`` ("webshop":
     the original's split by goal position, default; "product": no product in two splits), ``max_turns``,
     ``spacy_model`` (name of the POS pipeline), ``fix_option_normalisation`` (opt-in fix of the
-    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``.
+    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``, ``prices``
+    ("per-product": range prices and goal price caps seeded per ASIN, the same in every process,
+    default; "original" with ``price_seed``: the original's global-random draws replayed from
+    ``random.seed(price_seed)``, see ``goals.py``).
 
     ## Version History
     * v0: initial release, faithful to WebShop @ 64fa2a5 (text mode, synthetic or human goals).
@@ -147,10 +152,11 @@ class WebShopEnv(HplTextEnv):
     def __init__(self, catalog: str = "1k", goals: str = "synthetic", max_turns: int = 10,
                  spacy_model: str | None = None, fix_option_normalisation: bool = False,
                  show_attrs: bool = False, data_root: str | Path | None = None,
-                 split_mode: str = "webshop", render_mode: str | None = None) -> None:
+                 split_mode: str = "webshop", prices: str = "per-product", price_seed: int | None = None,
+                 render_mode: str | None = None) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.shared = _Shared.get(Path(data_root) if data_root else None, catalog, goals,
-                                  spacy_model, fix_option_normalisation)
+                                  spacy_model, fix_option_normalisation, prices, price_seed)
         self.show_attrs = show_attrs
         if split_mode not in ("webshop", "product"):
             raise ValueError(f"webshop: split_mode must be 'webshop' or 'product', got {split_mode!r}")
@@ -383,7 +389,7 @@ class WebShopEnv(HplTextEnv):
         cat = self.shared.catalog
         idx = cat.index(s.asin)
         reward, parts = self.shared.reward.reward(cat.product(idx), self.goal(s.task_id),
-                                                  cat.price(idx), s.options)
+                                                  self.shared.prices.price(idx), s.options)
         self._count("purchase")
         s.done, s.reward, s.reward_info, s.page = True, reward, parts, "done"
         s.url = f"{BASE_URL}/done/{s.task_id}/{s.asin}/{s.options}"
