@@ -93,6 +93,7 @@ class _Shared:
         if self._search is None:
             contents = self.catalog.table.column("contents")
             self._search = SearchEngine.load_or_build(lambda: contents.to_pylist(), self.catalog.key)
+            self._search.tie_rank = self.catalog.asin_rank()  # ties as pyserini breaks them
         return self._search
 
     @property
