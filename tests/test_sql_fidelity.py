@@ -79,6 +79,7 @@ for _ in range(int(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
 @needs_server
 def test_tied_rows_identical_in_fresh_envs_across_processes():
     import json
