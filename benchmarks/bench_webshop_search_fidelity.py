@@ -9,7 +9,8 @@ pyserini is not an hpl dependency. The Lucene side runs in that interpreter as a
 
 Queries: the instruction text of every goal (what agents type) and the 1,506 human-written search
 queries of WebShop's goal_query_map.json. Reports top-10 set overlap, exact top-10 order, top-1
-agreement and top-50 overlap.
+agreement, top-50 overlap and identical top-50 lists, with exact score ties broken in Lucene's
+docid (ASIN) order as pyserini sorts them (hpl's rule) and, for comparison, in catalog order.
 """
 
 from __future__ import annotations
@@ -61,18 +62,25 @@ def main(argv=None) -> int:
                 run_env["JAVA_HOME"] = args.java_home
             subprocess.run([args.lucene_python, "-c", LUCENE_SCRIPT, str(index), qf, of], check=True, env=run_env)
             lucene = json.load(open(of))
-        top10 = exact10 = top1 = top50 = 0.0
-        for q, ref in zip(queries, lucene):
-            mine = [cat.asin(i) for i in env.shared.search.search(q, 50)]
-            if ref[:10]:
-                top10 += len(set(mine[:10]) & set(ref[:10])) / len(ref[:10])
-            exact10 += mine[:10] == ref[:10]
-            top1 += bool(mine) and bool(ref) and mine[0] == ref[0]
-            if ref:
-                top50 += len(set(mine) & set(ref)) / len(ref)
-        n = len(queries)
-        print(f"{name} ({n} queries): top-10 overlap {top10 / n:.4f} | identical top-10 lists {exact10 / n:.4f} | "
-              f"same top-1 {top1 / n:.4f} | top-50 overlap {top50 / n:.4f}")
+        engine = env.shared.search
+        lucene_rank = engine.tie_rank
+        for ties, rank in (("docid (ASIN) order, as pyserini", lucene_rank), ("catalog order", None)):
+            engine.tie_rank = rank
+            top10 = exact10 = top1 = top50 = exact50 = 0.0
+            for q, ref in zip(queries, lucene):
+                mine = [cat.asin(i) for i in engine.search(q, 50)]
+                if ref[:10]:
+                    top10 += len(set(mine[:10]) & set(ref[:10])) / len(ref[:10])
+                exact10 += mine[:10] == ref[:10]
+                exact50 += mine == ref
+                top1 += bool(mine) and bool(ref) and mine[0] == ref[0]
+                if ref:
+                    top50 += len(set(mine) & set(ref)) / len(ref)
+            n = len(queries)
+            print(f"{name} ({n} queries), ties in {ties}: top-10 overlap {top10 / n:.4f} | identical top-10 lists "
+                  f"{exact10 / n:.4f} | same top-1 {top1 / n:.4f} | top-50 overlap {top50 / n:.4f} | "
+                  f"identical top-50 lists {exact50 / n:.4f}")
+        engine.tie_rank = lucene_rank
     return 0
 
 

@@ -50,34 +50,52 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=["local", "url", "docker"], default=None, help="SQL server backend")
     ap.add_argument("--url", default=None, help="backend url: mysql://user:pass@host:port")
     ap.add_argument("--image", default=None, help="backend docker: base image, e.g. mysql:8.0")
+    ap.add_argument("--describe-types", choices=("bytes", "str"), default=None,
+                    help="DESCRIBE type column as bytes or str (default: as the recording shows it, "
+                         "str for the GPT-3.5 runs, bytes for the GPT-4 runs)")
     args = ap.parse_args(argv)
+    describe_types = args.describe_types or ("str" if args.file.startswith("gpt-3.5") else "bytes")
     path = require(f"expert/intercode_sql_results/{args.file}", "intercode-sql")
     runs = json.loads(path.read_text())
     env = make_env("intercode-sql", max_turns=100, kendall_tau=not args.no_tau, mysql8_compat=not args.raw_mariadb,
-                   backend=args.backend, url=args.url, image=args.image)
+                   backend=args.backend, url=args.url, image=args.image, describe_types=describe_types)
     obs_total = obs_match = rew_total = rew_match = 0
     ep_total = ep_match = 0
     causes: Counter = Counter()
     reward_causes: Counter = Counter()
     examples: dict[str, list] = {}
+    # ReAct runs (GPT-3.5) wrap SQL as execute[...] and log a reward only at submit
+    react = any(a.startswith("execute[") for run in runs.values() for a in run["turn_history"]["actions"])
     for key in sorted(runs, key=int)[: args.limit]:
         run = runs[key]
         th = run["turn_history"]
         env.reset(options={"task_id": key})
         episode_ok = True
         for action, rec_obs, rec_rew in zip(th["actions"], th["observations"], th["rewards"]):
+            if react and action.startswith("submit"):
+                reward, _ = env.evaluate()
+                rew_total += 1
+                rew_match += reward == rec_rew
+                episode_ok = episode_ok and reward == rec_rew
+                continue
             if action in RETRY or rec_obs.startswith(RETRY) or action.lower() in ("skip", "submit"):
                 continue
+            if react:
+                if not (action.startswith("execute[") and action.endswith("]")):
+                    continue
+                action = action[len("execute["):-1]
             obs, *_ = env.step(action)
-            reward, _ = env.evaluate()
             obs_total += 1
-            rew_total += 1
             if obs == rec_obs:
                 obs_match += 1
             else:
                 cause = classify(action, rec_obs, obs)
                 causes[cause] += 1
                 examples.setdefault(cause, []).append((key, action[:120], rec_obs[:160], obs[:160]))
+            if react:
+                continue
+            reward, _ = env.evaluate()
+            rew_total += 1
             if reward == rec_rew:
                 rew_match += 1
             else:
@@ -88,7 +106,8 @@ def main(argv=None) -> int:
         ep_match += episode_ok and max(th["rewards"] or [0]) == run["summary"]["max_reward"]
     print(f"{path.name}: {ep_total} episodes, {obs_total} executed turns")
     print(f"  observations identical: {obs_match}/{obs_total} = {obs_match / max(obs_total, 1):.4f}")
-    print(f"  per-turn rewards identical: {rew_match}/{rew_total} = {rew_match / max(rew_total, 1):.4f}")
+    scored = "submit" if react else "per-turn"
+    print(f"  {scored} rewards identical: {rew_match}/{rew_total} = {rew_match / max(rew_total, 1):.4f}")
     print(f"  episodes with every reward identical: {ep_match}/{ep_total} = {ep_match / max(ep_total, 1):.4f}")
     print("  observation mismatches by cause:")
     for cause, n in causes.most_common():

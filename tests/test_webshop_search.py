@@ -33,3 +33,19 @@ def test_ranking_rules():
     assert engine.search("zzz", 10) == [] and engine.search("", 10) == []
     # a repeated query term counts twice, as Anserini's bag-of-words query boosts it
     assert engine.scores("red red")[0] == pytest.approx(2 * engine.scores("red")[0])
+
+
+def test_ties_follow_the_docid_order_pyserini_sorts_by():
+    engine = SearchEngine.build(["red shoe"] * 4 + ["red red shoe"])
+    assert engine.search("red shoe", 3)[0] == 4 and engine.search("red shoe", 3)[1:] == [0, 1]
+    engine.tie_rank = np.array([3, 0, 2, 1, 4])  # docids' sort order: doc 1, 3, 2, 0
+    assert engine.search("red shoe", 10) == [4, 1, 3, 2, 0]
+    assert engine.search("red shoe", 3) == [4, 1, 3]  # the cut-off follows the same order
+
+
+@pytest.mark.parametrize(("query", "position", "asin"), [
+    ("0.17 oz ca perfume", 22, "B00HWHS3ZS"), ("02navy colour shorts", 29, "B07WMMYB6G")])
+def test_tied_results_in_the_original_indexs_order(webshop_env, query, position, asin):
+    """Hits tied in score, recorded from WebShop's own Lucene index through pyserini 0.22.1."""
+    hits = webshop_env.shared.search.search(query, 50)
+    assert webshop_env.shared.catalog.asin(hits[position]) == asin

@@ -275,7 +275,9 @@ class InterCodeSqlEnv(HplTextEnv):
     failed), ``url`` (a mysql:// URL; ``server`` is the older name), ``image`` (docker: the base
     image, default the offline MariaDB one, e.g. ``mysql:8.0`` where a registry answers),
     ``max_turns``, ``time_limit_s``, ``row_cap``, ``mysql8_compat`` (default True: MariaDB error
-    messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``kendall_tau``
+    messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``describe_types``
+    (``"bytes"``, the default, as InterCode's GPT-4 recordings show DESCRIBE's type column, or
+    ``"str"`` as its GPT-3.5 recordings do: it depended on the client library), ``kendall_tau``
     (default True: InterCode's code; False reproduces the reward as its published GPT-4/3.5
     recordings were scored, i.e. IoU without the tau factor).
 
@@ -289,10 +291,13 @@ class InterCodeSqlEnv(HplTextEnv):
     def __init__(self, backend: str | None = None, server: str | None = None, url: str | None = None,
                  image: str | None = None, max_turns: int = 10,
                  time_limit_s: float = 5.0, row_cap: int = 10_000, mysql8_compat: bool = True,
-                 kendall_tau: bool = True, render_mode: str | None = None, result_byte_cap: int = 4_000_000,
-                 max_statement_bytes: int = MAX_STATEMENT_BYTES) -> None:
+                 kendall_tau: bool = True, describe_types: str = "bytes", render_mode: str | None = None,
+                 result_byte_cap: int = 4_000_000, max_statement_bytes: int = MAX_STATEMENT_BYTES) -> None:
+        if describe_types not in compat.DESCRIBE_TYPES:
+            raise ValueError(f"intercode-sql: describe_types must be one of {compat.DESCRIBE_TYPES}, got {describe_types!r}")
         super().__init__(max_turns=max_turns, render_mode=render_mode)
         self.mysql8_compat = mysql8_compat
+        self.describe_types = describe_types
         self.kendall_tau = kendall_tau
         self.shared = _Shared.get(backend, server or url, image)
         self.time_limit_s = float(time_limit_s)
@@ -341,6 +346,11 @@ class InterCodeSqlEnv(HplTextEnv):
         cur = self._cnx.cursor()
         if self.shared.info.flavor == "mariadb":
             cur.execute(f"SET SESSION max_statement_time = {self.time_limit_s:.3f}")
+            # One statement, one result on every connection: in-memory (HEAP) temporary tables hand
+            # filesort row references that are memory addresses, so rows tied on the sort key
+            # (GROUP BY ... ORDER BY count(*) LIMIT 1) came back in a per-connection order. On-disk
+            # (Aria) temporary tables reference rows by file offset, the same everywhere.
+            cur.execute("SET SESSION tmp_memory_table_size = 0")
         else:
             cur.execute(f"SET SESSION max_execution_time = {int(self.time_limit_s * 1000)}")
         cur.execute(f"SET SESSION sql_select_limit = {self.row_cap + 1}")
@@ -389,7 +399,7 @@ class InterCodeSqlEnv(HplTextEnv):
                 self._drop_connection()
                 return rows, True
             if self.mysql8_compat and obs and self.shared.info.flavor == "mariadb" and compat.is_schema_listing(sql):
-                obs = compat.mysql8_schema_rows(obs)
+                obs = compat.mysql8_schema_rows(obs, self.describe_types)
             if _USE_WORD.search(sql):  # USE, however commented: ask the server where the session now is
                 self._state.db = self._connection().database or self._state.db
             return obs, True

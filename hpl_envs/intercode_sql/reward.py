@@ -5,7 +5,10 @@
 * If they share rows, the IoU is multiplied by Kendall's tau (scipy, tau-b) between the shared
   rows in the agent's order and in the gold order, and rounded to 2 decimals; a NaN tau (e.g. one
   shared row) leaves the IoU unscaled and unrounded. Tau can be negative, and so can the reward.
-* Anything that is not a list of rows (an error message, no result set) scores 0.
+* An agent observation that is not a list of rows (an error message, no result set) scores 0.
+* A gold query that fails (or returns no result set) counts as an empty result, as in InterCode's
+  ``get_reward``, which overwrites the gold error with ``[]`` before scoring: an agent result of
+  ``[]`` then scores 1 and any rows score 0.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ def sql_reward(agent_obs: Any, gold_obs: Any, kendall_tau: bool = True) -> tuple
 
     ``kendall_tau=False`` returns the plain IoU: InterCode's published runs were scored that way
     (no negative or tau-rounded rewards occur in them), although its released code applies tau."""
-    if not (isinstance(agent_obs, list) and isinstance(gold_obs, list)):
+    if not isinstance(gold_obs, list):
+        gold_obs = []  # InterCode: a failing gold query is scored as an empty result
+    if not isinstance(agent_obs, list):
         return 0.0, {"iou": 0.0, "kendall_tau": None}
     agent = [str(x) for x in agent_obs]
     gold = [str(x) for x in gold_obs]

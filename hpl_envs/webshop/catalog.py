@@ -314,6 +314,12 @@ class Catalog:
             Reviews=json.loads(c["reviews_json"][i].as_py()),
         )
 
+    def asin_rank(self) -> np.ndarray:
+        """Each row's position in ascending ASIN order (the docid order search ties follow)."""
+        rank = np.empty(self._n, dtype=np.int64)
+        rank[np.asarray(self._order)] = np.arange(self._n, dtype=np.int64)
+        return rank
+
     def by_asin(self, asin: str) -> Product:
         return self.product(self.index(asin))
 

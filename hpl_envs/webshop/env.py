@@ -11,8 +11,8 @@ from typing import Any
 from hpl_envs.core import HplTextEnv, TaskNotFoundError
 from hpl_envs.webshop import pages
 from hpl_envs.webshop.catalog import Catalog, load_catalog
-from hpl_envs.webshop.goals import Goal, build_goals, product_disjoint_splits, split_range
-from hpl_envs.webshop.reward import RewardModel
+from hpl_envs.webshop.goals import Goal, ProductPrices, build_goals, product_disjoint_splits, split_range
+from hpl_envs.webshop.reward import TAGGERS, RewardModel, resolve_tagger
 from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
 
 BASE_URL = "http://127.0.0.1:3000"
@@ -85,9 +85,12 @@ class _Shared:
     _cache: dict[tuple, _Shared] = {}
 
     def __init__(self, catalog: Catalog, goals: list[Goal], spacy_model: str | None,
-                 fix_option_normalisation: bool) -> None:
+                 fix_option_normalisation: bool, prices: ProductPrices | None = None,
+                 catalog_size: str = "1k", tagger: str | None = None) -> None:
         self.catalog = catalog
+        self.catalog_size, self.tagger = catalog_size, tagger
         self.goals = goals
+        self.prices = prices or ProductPrices(catalog)
         self._search: SearchEngine | None = None
         self._reward_args = (spacy_model, fix_option_normalisation)
         self._reward: RewardModel | None = None
@@ -98,22 +101,26 @@ class _Shared:
         if self._search is None:
             contents = self.catalog.table.column("contents")
             self._search = SearchEngine.load_or_build(lambda: contents.to_pylist(), self.catalog.key)
+            self._search.tie_rank = self.catalog.asin_rank()  # ties as pyserini breaks them
         return self._search
 
     @property
     def reward(self) -> RewardModel:
         if self._reward is None:
-            self._reward = RewardModel(*self._reward_args)
+            tagger, table = resolve_tagger(self.catalog, self.catalog_size, self.tagger, self._reward_args[0])
+            self._reward = RewardModel(*self._reward_args, tagger=tagger, tagger_table=table)
         return self._reward
 
     @classmethod
     def get(cls, data_root: Path | None, catalog_size: str, goals: str, spacy_model: str | None,
-            fix_option_normalisation: bool) -> _Shared:
-        key = (str(data_root), catalog_size, goals, spacy_model, fix_option_normalisation)
+            fix_option_normalisation: bool, prices: str = "per-product", price_seed: int | None = None,
+            tagger: str | None = None) -> _Shared:
+        key = (str(data_root), catalog_size, goals, spacy_model, fix_option_normalisation, prices, price_seed, tagger)
         if key not in cls._cache:
             catalog = load_catalog(data_root, catalog_size)
-            cls._cache[key] = cls(catalog, build_goals(catalog, goals), spacy_model,
-                                  fix_option_normalisation)
+            product_prices = ProductPrices(catalog, prices, price_seed)
+            cls._cache[key] = cls(catalog, build_goals(catalog, goals, product_prices), spacy_model,
+                                  fix_option_normalisation, product_prices, catalog_size, tagger)
         return cls._cache[key]
 
 
@@ -143,7 +150,13 @@ class WebShopEnv(HplTextEnv):
     ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``split_mode`` ("webshop":
     the original's split by goal position, default; "product": no product in two splits), ``max_turns``,
     ``spacy_model`` (name of the POS pipeline), ``fix_option_normalisation`` (opt-in fix of the
-    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``.
+    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``, ``prices``
+    ("per-product": range prices and goal price caps seeded per ASIN, the same in every process,
+    default; "original" with ``price_seed``: the original's global-random draws replayed from
+    ``random.seed(price_seed)``, see ``goals.py``), ``tagger`` (POS tokens of product names for the
+    type reward: "original", the shipped output of WebShop's pinned spaCy 3.0.8 + en_core_web_sm
+    3.0.0; "live", the installed spaCy pipeline; None, the default: "original" when its table covers
+    the catalog and no ``spacy_model`` is given, else "live" with a note).
 
     ## Version History
     * v0: initial release, faithful to WebShop @ 64fa2a5 (text mode, synthetic or human goals).
@@ -155,10 +168,13 @@ class WebShopEnv(HplTextEnv):
     def __init__(self, catalog: str = "1k", goals: str = "synthetic", max_turns: int = 10,
                  spacy_model: str | None = None, fix_option_normalisation: bool = False,
                  show_attrs: bool = False, data_root: str | Path | None = None,
-                 split_mode: str = "webshop", render_mode: str | None = None) -> None:
+                 split_mode: str = "webshop", prices: str = "per-product", price_seed: int | None = None,
+                 tagger: str | None = None, render_mode: str | None = None) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
+        if tagger not in (None, *TAGGERS):
+            raise ValueError(f"webshop: tagger must be one of {TAGGERS} or None, got {tagger!r}")
         self.shared = _Shared.get(Path(data_root) if data_root else None, catalog, goals,
-                                  spacy_model, fix_option_normalisation)
+                                  spacy_model, fix_option_normalisation, prices, price_seed, tagger)
         self.show_attrs = show_attrs
         if split_mode not in ("webshop", "product"):
             raise ValueError(f"webshop: split_mode must be 'webshop' or 'product', got {split_mode!r}")
@@ -391,7 +407,7 @@ class WebShopEnv(HplTextEnv):
         cat = self.shared.catalog
         idx = cat.index(s.asin)
         reward, parts = self.shared.reward.reward(cat.product(idx), self.goal(s.task_id),
-                                                  cat.price(idx), s.options)
+                                                  self.shared.prices.price(idx), s.options)
         self._count("purchase")
         s.done, s.reward, s.reward_info, s.page = True, reward, parts, "done"
         s.url = f"{BASE_URL}/done/{s.task_id}/{s.asin}/{s.options}"

@@ -5,9 +5,14 @@ sorted option names, then shuffled with ``random.seed(233)``; that shuffle depen
 list length, so task ``i`` here is goal ``i`` of the original. Splits follow WebShop's
 baseline convention: test = goals[0:500], dev = goals[500:1500], train = the rest.
 
-What differs on purpose: the original draws each product's ``price_upper`` (and range prices)
-from the unseeded global generator, so the price clause of an instruction changes between
-processes. hpl draws it from a generator seeded by the ASIN.
+Prices (:class:`ProductPrices`): the original draws every range-priced product's price
+(``random.uniform``, catalog order, in ``load_products``) and then each goal group's
+``price_upper`` (``random.sample``, in goal-building order) from the global generator, before its
+``random.seed(233)``; unseeded, the price clauses change from process to process. hpl's default,
+``prices="per-product"``, draws both from generators seeded by the ASIN, so a task is the same in
+every process and on every catalog that holds its product. ``prices="original"`` with
+``price_seed=s`` replays the original's sequence from ``random.seed(s)``: a run of the original whose
+process called ``random.seed(s)`` before building its env has identical prices and goals.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hpl_envs.webshop.catalog import Catalog
+import numpy as np
+
+from hpl_envs.webshop.catalog import Catalog, product_price
 
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]
 SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (1500, None)}
 SHUFFLE_SEED = 233
+PRICE_MODES = ("per-product", "original")
 
 
 @dataclass
@@ -40,16 +48,53 @@ class Goal:
     extra: dict = field(default_factory=dict)
 
 
-def price_upper_for(asin: str, price: float) -> tuple[float, str]:
-    """The goal's price cap and instruction suffix (WebShop's rule, per-ASIN seed)."""
+def price_upper_for(asin: str, price: float, rng: random.Random | None = None) -> tuple[float, str]:
+    """The goal's price cap and instruction suffix (WebShop's rule; per-ASIN seed unless ``rng``)."""
     price_range = [p for p in PRICE_RANGE if p > price][:4]
     if len(price_range) >= 2:
-        _, upper = sorted(random.Random(f"webshop-goal:{asin}").sample(price_range, 2))
+        _, upper = sorted((rng or random.Random(f"webshop-goal:{asin}")).sample(price_range, 2))
         return upper, f", and price lower than {upper:.2f} dollars"
     return 1000000, ""
 
 
-def synthetic_goals(catalog: Catalog) -> list[Goal]:
+class ProductPrices:
+    """Each product's price and the goals' price caps, per-product seeded or as the original drew them.
+
+    ``original`` draws every range price up front, in catalog order, from ``random.Random(seed)``;
+    the same generator then serves :meth:`cap` while the goals are built (once, in the original's
+    order), exactly the sequence the original takes from its global generator."""
+
+    def __init__(self, catalog: Catalog, mode: str = "per-product", seed: int | None = None) -> None:
+        if mode not in PRICE_MODES:
+            raise ValueError(f"webshop: prices must be one of {PRICE_MODES}, got {mode!r}")
+        if mode == "original" and not isinstance(seed, int):
+            raise ValueError("webshop: prices='original' needs price_seed=<int>, the value the original run "
+                             "passed to random.seed() before building its env")
+        self.catalog, self.mode, self.seed = catalog, mode, seed
+        self._drawn: dict[int, float] = {}
+        self._rng: random.Random | None = None
+        if mode == "original":
+            self._rng = random.Random(seed)
+            pricing = catalog.table.column("pricing").combine_chunks()
+            offsets, values = pricing.offsets.to_numpy(), pricing.values.to_numpy()
+            for i in np.flatnonzero(np.diff(offsets) >= 2).tolist():
+                lo = offsets[i]
+                self._drawn[i] = self._rng.uniform(float(values[lo]), float(values[lo + 1]))
+
+    def price(self, i: int) -> float:
+        if i in self._drawn:
+            return self._drawn[i]
+        if self.mode == "original":
+            return product_price("", self.catalog.table.column("pricing")[i].as_py())  # fixed price
+        return self.catalog.price(i)
+
+    def cap(self, asin: str, price: float) -> tuple[float, str]:
+        """Next goal group's price cap: call once per group, in the original's goal order."""
+        return price_upper_for(asin, price, self._rng)
+
+
+def synthetic_goals(catalog: Catalog, prices: ProductPrices | None = None) -> list[Goal]:
+    prices = prices or ProductPrices(catalog)
     goals: list[Goal] = []
     count_attrs: dict[str, int] = defaultdict(int)
     instr_col = catalog.table.column("instruction_text").to_pylist()
@@ -59,7 +104,7 @@ def synthetic_goals(catalog: Catalog) -> list[Goal]:
             continue
         p = catalog.product(i)
         attributes = iattr_col[i]
-        upper, price_text = price_upper_for(p.asin, catalog.price(i))
+        upper, price_text = prices.cap(p.asin, prices.price(i))
         names = sorted(p.options)
         for combo in itertools.product(*(p.options[n] for n in names)):
             goal_options = dict(zip(names, combo))
@@ -85,17 +130,20 @@ def synthetic_goals(catalog: Catalog) -> list[Goal]:
     return goals
 
 
-def human_goals(catalog: Catalog) -> list[Goal]:
+def human_goals(catalog: Catalog, prices: ProductPrices | None = None) -> list[Goal]:
+    prices = prices or ProductPrices(catalog)
     goals: list[Goal] = []
     col = catalog.table.column("human_instructions_json").to_pylist()
     for i, raw in enumerate(col):
         if raw is None:
             continue
         p = catalog.product(i)
-        upper, price_text = price_upper_for(p.asin, catalog.price(i))
+        upper, price_text = prices.cap(p.asin, prices.price(i)) if prices.mode == "per-product" else (0, "")
         for ins in json.loads(raw):
             if not ins.get("instruction_attributes"):
                 continue
+            if prices.mode == "original":  # the original draws a cap per human instruction
+                upper, price_text = prices.cap(p.asin, prices.price(i))
             goals.append(
                 Goal(
                     asin=p.asin,
@@ -112,11 +160,12 @@ def human_goals(catalog: Catalog) -> list[Goal]:
     return goals
 
 
-def build_goals(catalog: Catalog, source: str = "synthetic") -> list[Goal]:
+def build_goals(catalog: Catalog, source: str = "synthetic", prices: ProductPrices | None = None) -> list[Goal]:
+    """Goals in the original's order. ``prices`` in ``original`` mode is consumed: use it once."""
     if source == "synthetic":
-        goals = synthetic_goals(catalog)
+        goals = synthetic_goals(catalog, prices)
     elif source == "human":
-        goals = human_goals(catalog)
+        goals = human_goals(catalog, prices)
     else:
         raise ValueError(f"webshop goals must be 'synthetic' or 'human', got {source!r}")
     random.Random(SHUFFLE_SEED).shuffle(goals)

