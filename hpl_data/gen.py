@@ -271,7 +271,10 @@ class Generation:
         if parse_spec(self.config.policy).is_agent:
             return None
         if self._policy is None:
-            self._policy = make_chat_policy(self.config.policy, **self.config.policy_args)
+            options = dict(self.config.policy_args)
+            if parse_spec(self.config.policy).kind == "openai":  # one request per rollout in flight
+                options.setdefault("concurrency", self.config.concurrency)
+            self._policy = make_chat_policy(self.config.policy, **options)
         return self._policy
 
     # ------------------------------------------------------------------ stages

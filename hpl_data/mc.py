@@ -434,6 +434,7 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
             counters["step_no_alternative"] += 1
             continue
         await lab.settle(v_exp, v_alt)
+        counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
         delta = v_exp.mean - v_alt.mean
         if delta <= 0:
             continue
@@ -450,6 +451,7 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
             counters["group_no_policy_play"] += 1
             continue
         await lab.settle(v_exp, v_pol)
+        counters["pairs_labelled"] += 1
         delta = v_exp.mean - v_pol.mean
         if delta <= 0:
             continue
