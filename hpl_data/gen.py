@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hpl_data import parquet
 from hpl_data.conversation import trajectory_rows
+from hpl_data.experts import keep_expert
 from hpl_data.shards import ShardStore
 from hpl_envs.registry import canonical, make_env, profile
 
@@ -243,7 +245,7 @@ class Generation:
             expert_rows = await self.collect("expert", task_ids)
             policy_rows = await self.collect("policy", task_ids)
             written = self.traj_stage(expert_rows, policy_rows)
-            kept = [r for r in expert_rows if not r["error"] and self.profile.expert_min_reward <= r["reward"]]
+            kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
             levels = c.mc_levels
             if levels and not all((c.out / f"{lv}_pairs.parquet").exists() for lv in levels):
                 mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
@@ -332,7 +334,7 @@ class Generation:
 
     def traj_stage(self, expert_rows: list[dict], policy_rows: list[dict]) -> dict[str, str]:
         c = self.config
-        kept = [r for r in expert_rows if not r["error"] and self.profile.expert_min_reward <= r["reward"]]
+        kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
         self.counters["expert_kept"], self.counters["expert_filtered"] = len(kept), len(expert_rows) - len(kept)
         pairs = traj_pairs(kept, policy_rows, c.expert, c.policy)
         self.counters["traj_pairs"] = len(pairs)
@@ -498,7 +500,7 @@ class Generation:
         tasks_in_flight = 2 * c.workers if spec.is_agent else max(2 * c.workers, c.concurrency // c.mc_rollouts)
         if self._engine is None:
             # fork shares the env data this process already loaded; never fork next to a model
-            start = "spawn" if spec.kind in ("vllm", "hf") else "fork"
+            start = "spawn" if spec.kind in ("vllm", "hf") or "torch" in sys.modules else "fork"
             cfg = EngineConfig(concurrency=tasks_in_flight, workers=c.workers, seed=c.seed, prompts=c.prompts,
                                start_method=start)
             self._engine = RolloutEngine(self.env_name, self.chat_policy() or c.policy, env_kwargs=c.env_kwargs,

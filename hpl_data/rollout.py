@@ -163,6 +163,6 @@ def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_
 
 
 def _success(env_name: str, episode: dict) -> bool:
-    if env_name == "alfworld":
-        return bool(episode["won"])
-    return episode["reward"] == 1.0
+    from hpl_envs.registry import profile
+
+    return profile(env_name).succeeded(episode)
