@@ -111,17 +111,23 @@ def llm_throughput(args) -> int:
             ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens, args.workers))
             ev_rate = ev["llm_calls"] / ev["wall_s"]
             print(f"hpl-eval  webshop: {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in {ev['wall_s']:.1f}s = "
-                  f"{ev_rate:.1f} calls/s, peak {ev['peak_inflight']} in flight (--concurrency {args.concurrency})")
+                  f"{ev_rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean {ev['mean_inflight']:.1f} "
+                  f"(--concurrency {args.concurrency})")
             kw = dict(env="webshop", policy=f"openai:{srv.url}", limit=args.limit, mc_rollouts=args.rollouts,
                       policy_max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers,
                       seed=0)
-            runs = compare_labelling(tmp / "gen", **kw)
+            if args.no_ipr:  # throughput only
+                runs = {"tree": label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)}
+            else:
+                runs = compare_labelling(tmp / "gen", **kw)
             tree = runs["tree"]
             gen_rate = tree["mc_llm_calls_per_s"] or 0.0
             print(f"hpl-gen   webshop MC labelling: {args.limit} tasks, M={args.rollouts}, {tree['mc_llm_calls']} LLM "
-                  f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, outside LLM "
+                  f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, mean "
+                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM "
                   f"{tree['mc_outside_llm_fraction']:.1%} of its wall time")
-            report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
+            if not args.no_ipr:
+                report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
             print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
                   f"(peak in flight {tree['mc_llm_peak_in_flight']})")
     finally:
@@ -138,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--llm-throughput", action="store_true")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--eval-episodes", type=int, default=96)
+    ap.add_argument("--no-ipr", action="store_true", help="--llm-throughput: skip the calls-per-pair comparison")
     ap.add_argument("--max-tokens", type=int, default=24, help="tiny model tokens per turn")
     args = ap.parse_args(argv)
     if args.llm_throughput:

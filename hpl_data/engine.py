@@ -333,16 +333,25 @@ class Counters:
     wall_s: float = 0.0
     llm_busy_s: float = 0.0  # wall time with at least one LLM request in flight
     peak_inflight: int = 0  # most LLM requests in flight at once
+    inflight_request_s: float = 0.0  # integral of requests in flight over time (/ wall_s = mean in flight)
     _inflight: int = field(default=0, repr=False)
     _busy_since: float = field(default=0.0, repr=False)
+    _changed_at: float = field(default=0.0, repr=False)
+
+    def _account(self) -> None:
+        now = time.perf_counter()
+        self.inflight_request_s += self._inflight * (now - self._changed_at) if self._inflight else 0.0
+        self._changed_at = now
 
     def llm_started(self) -> None:
+        self._account()
         if self._inflight == 0:
             self._busy_since = time.perf_counter()
         self._inflight += 1
         self.peak_inflight = max(self.peak_inflight, self._inflight)
 
     def llm_finished(self) -> None:
+        self._account()
         self._inflight -= 1
         if self._inflight == 0:
             self.llm_busy_s += time.perf_counter() - self._busy_since
@@ -350,6 +359,7 @@ class Counters:
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["outside_llm_fraction"] = (1 - self.llm_busy_s / self.wall_s) if self.wall_s > 0 and self.llm_calls else None
+        d["mean_inflight"] = self.inflight_request_s / self.wall_s if self.wall_s > 0 else None
         return d
 
 

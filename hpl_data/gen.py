@@ -515,6 +515,7 @@ class Generation:
         self.counters[prefix + "llm_peak_in_flight"] = max(self.counters.get(prefix + "llm_peak_in_flight", 0),
                                                            d["peak_inflight"])
         self.counters[prefix + "outside_llm_fraction"] = d["outside_llm_fraction"]
+        self.counters[prefix + "llm_mean_in_flight"] = d["mean_inflight"]
         self.counters[prefix + "llm_calls_per_s"] = d["llm_calls"] / d["wall_s"] if d["wall_s"] else None
 
 
