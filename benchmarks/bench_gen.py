@@ -1,113 +1,161 @@
-"""Monte-Carlo labelling cost: replaying prefixes from reset (ETO/IPR) vs restoring snapshots (hpl)
-vs snapshots + rollout reuse + adaptive MC.
+"""Monte-Carlo labelling cost and throughput of ``hpl-gen``.
 
   python benchmarks/bench_gen.py [--env webshop] [--limit 20] [--rollouts 5]
+  python benchmarks/bench_gen.py --llm-throughput [--limit 8] [--concurrency 64]
 
-Builds the same step- and group-level pairs on the same tasks and seeds: (a) with an env whose
-``set_state`` resets and replays the action prefix, as the anchors do for every rollout; (b) with
-hpl's snapshot restore (expert values reused across levels in both); (c) as (b) with adaptive MC
-(a pair stops sampling once a Hoeffding bound settles the sign of ΔR). Prints wall time, env steps
-(including replayed ones), policy actions (the LLM calls an LLM policy would make), rollouts, and
-label agreement: (a) vs (b) must be identical; (c) vs (b): pairs kept by both, and same ΔR bucket.
+Default (built-in heuristic policy, no model): the same tasks and seeds labelled (a) IPR-style, each
+level on its own with fixed M (step-only run + group-only run), (b) hpl's one rollout tree for both
+levels (expert values shared) with fixed M, (c) as (b) with adaptive MC. Prints policy actions (= the
+LLM calls an LLM policy would make) per valued step+group comparison, and wall time.
+
+``--llm-throughput``: a tiny model built locally (:mod:`hpl_data.tiny_model`), served by vLLM's
+OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes and (2) ``hpl-gen``'s MC labelling
+with that model as reference policy, both at ``--concurrency``, and prints LLM calls/s and peak
+requests in flight of each; then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
+IPR-style per-level fixed M. The last line is
+``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections import Counter
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-class ReplayEnv:
-    """Wraps an hpl env: snapshots are action prefixes, restored by reset + replay."""
+def label(out: Path, reuse: Path | None, **kw) -> dict:
+    """One hpl-gen run (trajectories copied from ``reuse`` so only the MC stage differs)."""
+    import pyarrow.parquet as pq
 
-    def __init__(self, env) -> None:
-        self.env = env
-        self.replayed_steps = 0
-        self._task = None
-        self._actions: list[str] = []
+    from hpl_data.gen import GenConfig, Generation
 
-    def __getattr__(self, name):
-        return getattr(self.env, name)
-
-    def reset(self, *, seed=None, options=None):
-        self._task = options["task_id"]
-        self._actions = []
-        return self.env.reset(seed=seed, options=options)
-
-    def step(self, action):
-        self._actions.append(action)
-        return self.env.step(action)
-
-    def get_state(self):
-        return (self._task, list(self._actions))
-
-    def set_state(self, state):
-        task, actions = state
-        self.env.reset(options={"task_id": task})
-        for a in actions:
-            self.env.step(a)
-        self.replayed_steps += len(actions)
-        self._task, self._actions = task, list(actions)
-
-
-def build(env, env_name, tasks, rollouts, seed, adaptive=False):
-    from hpl_data.mc import expert_pass, label_task, segment
-
-    counters: Counter = Counter()
-    rows = []
+    if reuse is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("trajectories_expert.parquet", "trajectories_policy.parquet"):
+            shutil.copy(reuse / name, out / name)
     t0 = time.perf_counter()
-    for tid in tasks:
-        ex = expert_pass(env, env_name, "oracle", tid, seed)
-        groups = segment("fixed-k", 3, len(ex["steps"]), None, None)
-        steps, grps = label_task(env, env_name, "train", ex, policy="heuristic", expert="oracle", rollouts=rollouts,
-                                 seed=seed, levels={"step", "group"}, groups=groups, segmenter="fixed-k:3",
-                                 prompts="default", counters=counters, adaptive=adaptive)
-        rows += steps + grps
-    return rows, counters, time.perf_counter() - t0
+    res = Generation(GenConfig(out=out, progress=False, **kw)).run()
+    c = dict(res.counters)
+    c["wall"] = time.perf_counter() - t0
+    c["pairs"] = sum(pq.read_metadata(out / f"{lv}_pairs.parquet").num_rows
+                     for lv in ("step", "group") if (out / f"{lv}_pairs.parquet").exists())
+    return c
+
+
+def compare_labelling(tmp: Path, **kw) -> dict[str, dict]:
+    """IPR-style per level, hpl tree fixed M, hpl tree adaptive: counters of each."""
+    first = label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)
+    return {
+        "ipr_step": label(tmp / "ipr_step", tmp / "tree", levels=("step",), **kw),
+        "ipr_group": label(tmp / "ipr_group", tmp / "tree", levels=("group",), **kw),
+        "tree": first,
+        "tree_adaptive": label(tmp / "tree_adaptive", tmp / "tree", levels=("step", "group"), mc_adaptive=True, **kw),
+    }
+
+
+def per_pair(c: dict, key: str) -> float:
+    return c.get(key, 0) / max(c.get("pairs_labelled", 0), 1)
+
+
+def report_calls_per_pair(runs: dict[str, dict], key: str, what: str) -> float:
+    ipr = (runs["ipr_step"].get(key, 0) + runs["ipr_group"].get(key, 0)) / max(
+        runs["ipr_step"].get("pairs_labelled", 0) + runs["ipr_group"].get("pairs_labelled", 0), 1)
+    for name, c in runs.items():
+        print(f"  {name:14s} {c.get(key, 0):7d} {what}, {c.get('pairs_labelled', 0):4d} valued comparisons "
+              f"({c['pairs']} kept), {per_pair(c, key):.1f} per comparison, {c.get('rollouts', 0)} rollouts "
+              f"({c.get('rollouts_saved', 0)} saved), {c['wall']:.1f}s")
+    hpl = per_pair(runs["tree_adaptive"], key)
+    ratio = ipr / hpl if hpl else float("nan")
+    print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
+          f"hpl tree + adaptive {hpl:.1f} -> {ratio:.2f}x fewer")
+    return ratio
+
+
+async def eval_throughput(url: str, tasks: list[str], concurrency: int, max_tokens: int, workers: int) -> dict:
+    """What ``hpl-eval --policy openai:URL --concurrency N`` runs: the engine on whole episodes."""
+    from hpl_data.engine import EngineConfig, RolloutEngine
+    from hpl_data.policies import SamplingParams, make_chat_policy
+
+    policy = make_chat_policy(f"openai:{url}", concurrency=concurrency)
+    cfg = EngineConfig(concurrency=concurrency, workers=workers,
+                       sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens))
+    try:
+        async with RolloutEngine("webshop", policy, config=cfg) as eng:
+            await eng.run(tasks)
+            return eng.counters.as_dict()
+    finally:
+        await policy.close()
+
+
+def llm_throughput(args) -> int:
+    from hpl_data.policies.vllm_server import VLLMServer
+    from hpl_data.tiny_model import build_tiny_model
+    from hpl_envs import make_env
+
+    tmp = Path(tempfile.mkdtemp(prefix="hpl-bench-gen-"))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp / "vllm-cache"))
+    model = build_tiny_model(tmp / "tiny")
+    try:
+        # vllm-cpu crashes on seeded requests whose prefill is chunked ("CPU Generator does not use
+        # offset"), which a batch of 64 requests triggers: whole-prompt prefill, as VLLMPolicy does on CPU
+        with VLLMServer(model, log_path=tmp / "vllm.log", extra_args=["--no-enable-chunked-prefill"]) as srv:
+            eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
+            ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens, args.workers))
+            ev_rate = ev["llm_calls"] / ev["wall_s"]
+            print(f"hpl-eval  webshop: {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in {ev['wall_s']:.1f}s = "
+                  f"{ev_rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean {ev['mean_inflight']:.1f} "
+                  f"(--concurrency {args.concurrency})")
+            kw = dict(env="webshop", policy=f"openai:{srv.url}", limit=args.limit, mc_rollouts=args.rollouts,
+                      policy_max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers,
+                      seed=0)
+            if args.no_ipr:  # throughput only
+                runs = {"tree": label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)}
+            else:
+                runs = compare_labelling(tmp / "gen", **kw)
+            tree = runs["tree"]
+            gen_rate = tree["mc_llm_calls_per_s"] or 0.0
+            print(f"hpl-gen   webshop MC labelling: {args.limit} tasks, M={args.rollouts}, {tree['mc_llm_calls']} LLM "
+                  f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, mean "
+                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM "
+                  f"{tree['mc_outside_llm_fraction']:.1%} of its wall time")
+            if not args.no_ipr:
+                report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
+            print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
+                  f"(peak in flight {tree['mc_llm_peak_in_flight']})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", default="webshop")
-    ap.add_argument("--limit", type=int, default=20)
-    ap.add_argument("--rollouts", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=None, help="tasks (default 20; --llm-throughput: 8)")
+    ap.add_argument("--rollouts", type=int, default=None, help="M (default 5; --llm-throughput: 3)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--llm-throughput", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--eval-episodes", type=int, default=96)
+    ap.add_argument("--no-ipr", action="store_true", help="--llm-throughput: skip the calls-per-pair comparison")
+    ap.add_argument("--max-tokens", type=int, default=24, help="tiny model tokens per turn")
     args = ap.parse_args(argv)
-    from hpl_envs import make_env
-
-    env = make_env(args.env)
-    tasks = env.task_ids("train")[: args.limit]
-    env.warm_caches()
-    replay = ReplayEnv(env)
-    rows_a, c_a, wall_a = build(replay, args.env, tasks, args.rollouts, 0)
-    rows_b, c_b, wall_b = build(env, args.env, tasks, args.rollouts, 0)
-    rows_c, c_c, wall_c = build(env, args.env, tasks, args.rollouts, 0, adaptive=True)
-    steps_a = c_a["env_steps"] + replay.replayed_steps
-    key = lambda r: (r["task_id"], r["level"], r["group_start"])  # noqa: E731
-    a = {key(r): (r["chosen_reward"], r["rejected_reward"]) for r in rows_a}
-    b = {key(r): (r["chosen_reward"], r["rejected_reward"]) for r in rows_b}
-    agree = sum(a.get(k) == v for k, v in b.items())
-    print(f"{args.env}: {len(tasks)} tasks, M={args.rollouts}, {len(rows_b)} step+group pairs, "
-          f"{c_b['rollouts']} rollouts, {c_b['values_reused']} expert values reused across levels")
-    print(f"  (a) replay from reset: {wall_a:.2f}s, {steps_a} env steps ({replay.replayed_steps} replayed)")
-    print(f"  (b) snapshot restore:  {wall_b:.2f}s, {c_b['env_steps']} env steps ({c_b['restores']} restores)")
-    print(f"  -> {wall_a / wall_b:.2f}x faster, {steps_a / max(c_b['env_steps'], 1):.2f}x fewer env steps; "
-          f"labels identical for {agree}/{len(b)} pairs (pairs in a: {len(a)})")
-    c = {key(r): r for r in rows_c}
-    bb = {key(r): r for r in rows_b}
-    both = set(c) & set(bb)
-    same_bucket = sum(c[k]["bucket"] == bb[k]["bucket"] for k in both)
-    print(f"  (c) + adaptive MC:     {wall_c:.2f}s, {c_c['env_steps']} env steps, {c_c['rollouts']} rollouts "
-          f"({c_c['rollouts_saved']} saved, {c_c['pairs_settled_early']} pairs settled early)")
-    print(f"  -> vs (b): {wall_b / wall_c:.2f}x faster, {c_b['env_steps'] / max(c_c['env_steps'], 1):.2f}x fewer "
-          f"env steps (= policy calls), {c_b['rollouts'] / max(c_c['rollouts'], 1):.2f}x fewer rollouts; "
-          f"vs (a): {wall_a / wall_c:.2f}x faster")
-    print(f"  labels (c) vs (b): {len(both)} pairs in both, {len(bb) - len(both)} only in (b), "
-          f"{len(c) - len(both)} only in (c); same ΔR bucket for {same_bucket}/{len(both)}")
+    if args.llm_throughput:
+        args.limit, args.rollouts = args.limit or 8, args.rollouts or 3
+        return llm_throughput(args)
+    args.limit, args.rollouts = args.limit or 20, args.rollouts or 5
+    with tempfile.TemporaryDirectory() as d:
+        print(f"{args.env}: {args.limit} tasks, M={args.rollouts}, heuristic reference policy")
+        runs = compare_labelling(Path(d), env=args.env, limit=args.limit, mc_rollouts=args.rollouts,
+                                 workers=args.workers)
+        report_calls_per_pair(runs, "env_steps", "policy actions")
     return 0
 
 

@@ -22,18 +22,19 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing as mp
 import os
 import signal
 import time
 import traceback
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hpl_data.policies import ChatPolicy, ContextLengthError, PolicyError, PolicySpec, SamplingParams, parse_spec
-from hpl_data.rollout import Episode, Step, episode_seed
+from hpl_data.rollout import Episode, Step, derive_seed, episode_seed
+from hpl_envs.registry import profile
 
 
 class WorkerDied(RuntimeError):
@@ -63,6 +64,7 @@ def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     states: dict[int, Any] = {}
+    saved: dict[str, Any] = {}  # named snapshots (an MC task's expert states), never shipped to the parent
     agents: dict[int, Any] = {}
     last: dict[int, tuple[str, dict]] = {}
     current: list[int | None] = [None]
@@ -105,6 +107,23 @@ def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
             states[ep] = env.get_state()
             current[0] = ep
             return getattr(env, "last_restore", "snapshot")
+        if op == "fork":  # a new episode starting from a named snapshot of this worker
+            env.set_state(saved[args[0]])
+            states[ep] = env.get_state()
+            current[0] = ep
+            return None
+        if op == "save":  # name the episode's current snapshot
+            activate(ep)
+            saved[args[0]] = states[ep]
+            return None
+        if op == "drop":  # forget the named snapshots with this prefix
+            for key in [k for k in saved if k.startswith(args[0])]:
+                del saved[key]
+            return None
+        if op == "run":  # a library function next to the env: fn(env, env_name, saved, *args)
+            module, _, name = args[0].partition(":")
+            current[0] = None  # it moves the env; the next episode op restores its own state
+            return getattr(importlib.import_module(module), name)(env, env_name, saved, *args[1:])
         if op == "close":
             for d in (states, agents, last):
                 d.pop(ep, None)
@@ -158,11 +177,14 @@ class EnvPool:
     """``workers`` env processes; ``await call(worker, op, ep, *args)`` from the event loop."""
 
     def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, env_timeout_s: float = 120.0,
-                 start_timeout_s: float = 300.0, max_batch: int = 64, counters: Counters | None = None) -> None:
+                 start_timeout_s: float = 300.0, max_batch: int = 64, counters: Counters | None = None,
+                 start_method: str = "spawn") -> None:
         self.env_name, self.env_kwargs = env_name, dict(env_kwargs)
         self.workers = [_Worker(i) for i in range(max(1, workers))]
         self.env_timeout_s, self.start_timeout_s, self.max_batch = env_timeout_s, start_timeout_s, max_batch
-        self.ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA / vLLM threads
+        # never fork a process that may hold CUDA / vLLM threads; "fork" (the env data already
+        # loaded in this process, shared copy-on-write) is for callers that know it holds none
+        self.ctx = mp.get_context(start_method)
         self.counters = counters or Counters()
         self._lanes: list[asyncio.Task] = []
         self._closed = False
@@ -310,15 +332,26 @@ class Counters:
     episode_restarts: int = 0
     wall_s: float = 0.0
     llm_busy_s: float = 0.0  # wall time with at least one LLM request in flight
+    peak_inflight: int = 0  # most LLM requests in flight at once
+    inflight_request_s: float = 0.0  # integral of requests in flight over time (/ wall_s = mean in flight)
     _inflight: int = field(default=0, repr=False)
     _busy_since: float = field(default=0.0, repr=False)
+    _changed_at: float = field(default=0.0, repr=False)
+
+    def _account(self) -> None:
+        now = time.perf_counter()
+        self.inflight_request_s += self._inflight * (now - self._changed_at) if self._inflight else 0.0
+        self._changed_at = now
 
     def llm_started(self) -> None:
+        self._account()
         if self._inflight == 0:
             self._busy_since = time.perf_counter()
         self._inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self._inflight)
 
     def llm_finished(self) -> None:
+        self._account()
         self._inflight -= 1
         if self._inflight == 0:
             self.llm_busy_s += time.perf_counter() - self._busy_since
@@ -326,6 +359,7 @@ class Counters:
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["outside_llm_fraction"] = (1 - self.llm_busy_s / self.wall_s) if self.wall_s > 0 and self.llm_calls else None
+        d["mean_inflight"] = self.inflight_request_s / self.wall_s if self.wall_s > 0 else None
         return d
 
 
@@ -339,6 +373,7 @@ class EngineConfig:
     env_timeout_s: float = 120.0  # one batch of env calls; past it the worker is killed and restarted
     max_restarts: int = 3  # per episode, after worker deaths
     prompts: str = "default"  # default | ipr | eto: the first user message's instruction and example
+    start_method: str = "spawn"  # env workers; "fork" only from a process without model/CUDA threads
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=256))
 
 
@@ -356,8 +391,9 @@ class RolloutEngine:
         self.config = config or EngineConfig()
         self.env_kwargs = dict(env_kwargs or {})
         per_worker = -(-self.config.concurrency // max(1, self.config.workers))
-        if env_name == "alfworld":  # keep every in-flight game loaded: switching must not evict
-            self.env_kwargs.setdefault("cache_games", max(8, per_worker + 1))
+        cache_kwarg = profile(env_name).episode_cache_kwarg
+        if cache_kwarg:  # keep every in-flight game loaded: switching must not evict
+            self.env_kwargs.setdefault(cache_kwarg, max(8, per_worker + 1))
         self.counters = Counters()
         self._owns_policy = isinstance(policy, str)
         if isinstance(policy, str):
@@ -368,7 +404,7 @@ class RolloutEngine:
         else:
             self.spec, self.policy, self.policy_name = None, policy, policy.name
         self.pool = EnvPool(env_name, self.env_kwargs, self.config.workers, env_timeout_s=self.config.env_timeout_s,
-                            counters=self.counters)
+                            counters=self.counters, start_method=self.config.start_method)
         self._ep_ids = iter(range(1, 1 << 62))
 
     async def __aenter__(self) -> RolloutEngine:
@@ -500,26 +536,16 @@ class RolloutEngine:
         base = self.config.sampling
         done = False
         while not done:
-            params = base.replace(seed=_turn_seed(ep.seed, len(ep.steps)))
+            params = base.replace(seed=derive_seed(ep.seed, len(ep.steps)))
             try:
-                self.counters.llm_started()
-                try:
-                    comp = (await self.policy.chat(messages, params))[0]
-                finally:
-                    self.counters.llm_finished()
+                comp = await self.chat(messages, params)
             except ContextLengthError:
                 ep.truncated, ep.stop_reason = True, "context_length"
                 break
-            except PolicyError:
-                self.counters.llm_errors += 1
-                raise
-            self.counters.llm_calls += 1
-            self.counters.prompt_tokens += comp.prompt_tokens
-            self.counters.completion_tokens += comp.completion_tokens
             ep.llm_calls += 1
             ep.prompt_tokens += comp.prompt_tokens
             ep.completion_tokens += comp.completion_tokens
-            parsed = parse_react(comp.text, multiline=self.env_name == "intercode-sql")
+            parsed = parse_react(comp.text, multiline=profile(self.env_name).multiline_actions)
             while True:
                 try:
                     new_obs, reward, term, trunc, info, new_state = await self._call(handle, "step", parsed.action, True)
@@ -539,6 +565,46 @@ class RolloutEngine:
             messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
         self._finish(ep, obs, info)
 
+    async def chat(self, messages: list[dict], params: SamplingParams):
+        """One completion from the chat policy, counted (calls, tokens, requests in flight)."""
+        self.counters.llm_started()
+        try:
+            comp = (await self.policy.chat(messages, params))[0]
+        except ContextLengthError:
+            raise
+        except PolicyError:
+            self.counters.llm_errors += 1
+            raise
+        finally:
+            self.counters.llm_finished()
+        self.counters.llm_calls += 1
+        self.counters.prompt_tokens += comp.prompt_tokens
+        self.counters.completion_tokens += comp.completion_tokens
+        return comp
+
+    def session(self) -> _Handle:
+        """A handle pinned to the least-loaded worker on first use: an MC task keeps its named
+        snapshots there, and its rollouts are episodes of the same worker."""
+        return _Handle(next(self._ep_ids))
+
+    def sibling(self, handle: _Handle) -> _Handle:
+        """A new episode on the worker of ``handle`` (shares its named snapshots)."""
+        h = _Handle(next(self._ep_ids), handle.worker)
+        if h.worker is not None:
+            h.worker.load += 1
+        return h
+
+    async def call(self, handle: _Handle, op: str, *args: Any):
+        """An env-worker operation for the episode behind ``handle`` (see ``_worker_main``)."""
+        return await self._call(handle, op, *args)
+
+    def release(self, handle: _Handle) -> None:
+        """The episode is over: free its slot and its state in the worker."""
+        if handle.worker is not None:
+            handle.worker.load -= 1
+            self.pool.call(handle.worker, "close", handle.id).add_done_callback(_ignore)
+            handle.worker = None
+
     @staticmethod
     def _finish(ep: Episode, obs: str, info: dict) -> None:
         ep.won = bool(info.get("won", False))
@@ -552,10 +618,6 @@ class RolloutEngine:
 class _Handle:
     id: int
     worker: _Worker | None = None
-
-
-def _turn_seed(episode_seed_: int, turn: int) -> int:
-    return zlib.crc32(f"{episode_seed_}:{turn}".encode()) & 0x7FFFFFFF
 
 
 def _ignore(fut: asyncio.Future) -> None:

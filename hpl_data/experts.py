@@ -22,14 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from hpl_envs.react import parse_react
+from hpl_envs.registry import profile
 
 INTERCODE_NOT_EXECUTED = ("Format your SQL command", "No sql code", "blocked")
-# The paper's filter on expert (teacher) trajectories
-KEEP_EXPERT = {"webshop": 0.8, "alfworld": 1.0, "intercode-sql": 1.0}
 
 
 def keep_expert(env_name: str, reward: float) -> bool:
-    return reward >= KEEP_EXPERT.get(env_name, 1.0)
+    """The paper's filter on expert (teacher) trajectories (the bar is in the env's profile)."""
+    return reward >= profile(env_name).expert_min_reward
 
 
 def _unwrap_execute(action: str) -> str:
@@ -113,7 +113,7 @@ class FileExpert:
 
     def __init__(self, path: str, env_name: str, seed: int = 0) -> None:
         self.name = f"file:{path}"
-        self.trajectories = load_expert_file(str(path), env_name == "intercode-sql")
+        self.trajectories = load_expert_file(str(path), profile(env_name).multiline_actions)
         self.path, self.env_name = path, env_name
 
     def reset(self, env, observation: str, info: dict) -> None:
@@ -127,7 +127,7 @@ class FileExpert:
     def act(self, observation: str, info: dict) -> str:
         if self.turn >= len(self.steps):
             self.last_thought = ""
-            if self.env_name == "intercode-sql":  # InterCode scores the last result when a run stops
+            if profile(self.env_name).multiline_actions:  # InterCode scores the last result when a run stops
                 return "submit"
             raise ValueError(f"{self.path}: the recording of task {info.get('task_id')!r} ended before the episode")
         self.last_thought, action = self.steps[self.turn]

@@ -1,53 +1,39 @@
-"""Step- and group-level preference pairs labelled by Monte-Carlo rollouts from env snapshots.
+"""Monte-Carlo labelling of one task as a coroutine on the rollout engine's event loop.
 
-For each task: the expert plays once while its env state is saved before every action
-(``get_state``). Values are means of M reference-policy rollouts to the end of the episode:
+A task's expert pass runs in an env worker, which keeps the snapshot before every expert action
+under a name; every rollout is then an episode of that worker that starts from a named snapshot
+(``fork``) instead of from reset. For a built-in/user agent policy a whole rollout runs next to
+the env (one worker call); for a chat policy the loop asks the model for each turn and the worker
+steps the env, so all rollouts of all tasks in flight share one ``concurrency`` budget and the M
+rollouts from one state go to the server together (its prefix cache sees M copies of one prompt).
 
-* V_expert(t): the state after the expert's first t actions (t = T is the expert's outcome).
-* step pairs (IPR): at each expert step t the policy proposes another action a'; its value is the
-  mean outcome of M rollouts after a'. Pair kept when V_expert(t+1) > V(a').
-* group pairs (HPL, Eq. 2): the expert trajectory is segmented; for group [s, e) the policy plays
-  e-s actions from the same state; r(G) = mean outcome of M rollouts from the state after G.
-  Pair kept when ΔR = r(expert group) - r(policy group) > 0.
-
-Rollouts are reused across levels: V_expert(e) computed for a step label is the value of the
-expert group that ends at e. Rollouts restore snapshots, never replay prefixes from reset.
-
-Adaptive mode (``adaptive=True``): each side of a pair starts with ``min_rollouts`` and gets one
-more rollout at a time (up to M, the side with fewer first) until a Hoeffding bound on ΔR settles
-its sign: |ΔR^| > R sqrt(ln(2/δ)/2 (1/n_c + 1/n_r)), R the outcome range, a side whose outcome is
-exact (a finished episode) counting as 1/n = 0. Rollout m always uses the same seed, so an
-adaptive label is the non-adaptive label computed from fewer of the same rollouts.
+Values are mean outcomes of M rollouts; rollout m of a state has its own seed
+(``derive_seed(seed, task, where, t, m)``), so results do not depend on order, worker or
+concurrency. In adaptive mode the pairs are settled one after another in a fixed order, as the
+sequential labeller did, so a shared value grows the same way in every run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpl_data.conversation import episode_messages
+from hpl_data.rollout import derive_seed
 from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
 from hpl_envs.react import format_observation, format_turn
+from hpl_envs.registry import delta_bucket, length_bucket, profile
 
-# (length thresholds, ΔR thresholds) of the paper's 3x3 curriculum buckets
-LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode-sql": (0, 2, 4)}
-DELTA_THRESHOLDS = (1.0, 0.7, 0.4)
+RETRIES_FOR_A_DIFFERENT_ACTION = 4
 
 
 def buckets(env_name: str, length: int, delta: float) -> tuple[int, int]:
     """Length bucket 1..3 (by the env's thresholds) and ΔR bucket 1..3 (1 = largest gap)."""
-    lt = LENGTH_THRESHOLDS.get(env_name, (0, 2, 4))
-    lb = 1 if length <= lt[1] else 2 if length <= lt[2] else 3
-    db = 1 if delta >= DELTA_THRESHOLDS[1] else 2 if delta >= DELTA_THRESHOLDS[2] else 3
-    return lb, db
-
-
-def _seed(*parts: Any) -> int:
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+    return length_bucket(env_name, length), delta_bucket(delta)
 
 
 @dataclass
@@ -56,7 +42,7 @@ class Value:
     std: float
     n: int  # rollouts behind the mean; 0 = exact (a finished episode's outcome)
     outcomes: list[float] = field(default_factory=list)
-    source: tuple | None = None  # (state, obs, info, key): where more rollouts come from
+    source: tuple | None = None  # (snapshot name, obs, info, seed key, history): where more rollouts come from
 
     @property
     def exact(self) -> bool:
@@ -72,166 +58,298 @@ class PolicyPlay:
     obs: str
     info: dict
     history: list[dict] | None  # the LLM policy's conversation up to ``obs``
+    state: str | None = None  # name of the snapshot where the play stopped (unfinished plays)
 
 
-@dataclass
-class TaskLabeler:
-    env: Any
-    env_name: str
-    policy: str
-    rollouts: int
-    seed: int
-    counters: Counter = field(default_factory=Counter)
-    adaptive: bool = False
-    min_rollouts: int = 2
-    confidence: float = 0.8  # 1 - δ of the Hoeffding bound
-    outcome_range: float = 1.0  # max - min outcome (InterCode with Kendall tau: 2)
-    policy_options: dict = field(default_factory=dict)  # LLM policies: temperature, max_tokens, prompts
-
-    def _agent(self, *key, history: list[dict] | None = None):
-        from hpl_data.llm_agent import make_rollout_agent
-
-        agent = make_rollout_agent(self.env_name, self.policy, seed=_seed(self.seed, *key), **self.policy_options)
-        if history is not None and hasattr(agent, "set_history"):
-            agent.set_history(history)  # an LLM policy sees the conversation that led to this state
-        return agent
-
-    def _finish(self, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> float:
-        """Policy plays from the env's current state to the end; returns the outcome."""
-        from hpl_data.policies import ContextLengthError
-
-        agent = self._agent(*key, history=history)
-        agent.reset(self.env, obs, info)
-        while True:
-            try:
-                action = agent.act(obs, info)
-            except ContextLengthError:  # the conversation outgrew the model: the episode ends unfinished
-                self.counters["rollouts_context_length"] += 1
-                return 0.0
-            obs, reward, term, trunc, info = self.env.step(action)
-            self.counters["env_steps"] += 1
-            if term or trunc:
-                return float(reward)
-
-    def value(self, state, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> Value:
-        """Mean outcome of policy rollouts from ``state``: M of them, or ``min_rollouts`` to start
-        with in adaptive mode (:meth:`extend` adds more)."""
-        v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
-        self.extend(v, self.min_rollouts if self.adaptive else self.rollouts)
-        return v
-
-    def extend(self, v: Value, n: int) -> None:
-        """Grow ``v`` to ``n`` rollouts (rollout m always has the same seed)."""
-        if v.exact:
-            return
-        state, obs, info, key, history = v.source
-        while v.n < min(n, self.rollouts):
-            self.env.set_state(state)
-            self.counters["restores"] += 1
-            v.outcomes.append(self._finish(obs, info, (*key, v.n), history))
-            v.n += 1
-            self.counters["rollouts"] += 1
-        v.mean = sum(v.outcomes) / v.n
-        v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
-
-    def settle(self, chosen: Value, rejected: Value) -> None:
-        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M."""
-        if not self.adaptive:
-            return
-        log_term = math.log(2 / (1 - self.confidence)) / 2
-        while True:
-            inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
-            half = self.outcome_range * math.sqrt(log_term * inv)
-            if abs(chosen.mean - rejected.mean) > half:
-                self.counters["pairs_settled_early"] += any(not v.exact and v.n < self.rollouts
-                                                            for v in (chosen, rejected))
-                return
-            open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.rollouts]
-            if not open_sides:
-                return
-            side = min(open_sides, key=lambda v: v.n)
-            self.extend(side, side.n + 1)
-
-    def policy_steps(self, state, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
-                     history: list[dict] | None = None):
-        """The policy plays up to n actions from ``state``: (actions, observations after each,
-        terminal outcome or None, obs, info, history after). With ``avoid``, the first action must
-        differ from it."""
-        from hpl_data.policies import ContextLengthError
-
-        self.env.set_state(state)
-        self.counters["restores"] += 1
-        try:
-            agent = self._agent(*key, history=history)
-            agent.reset(self.env, obs, info)
-            first = agent.act(obs, info)
-            tries = 0
-            while avoid is not None and first.strip() == avoid.strip() and tries < 4:
-                tries += 1
-                agent = self._agent(*key, "retry", tries, history=history)
-                agent.reset(self.env, obs, info)
-                first = agent.act(obs, info)
-        except ContextLengthError:
-            self.counters["rollouts_context_length"] += 1
-            return None
-        if avoid is not None and first.strip() == avoid.strip():
-            return None
-        from hpl_data.llm_agent import history_after
-
-        actions, observations, turns = [], [], []
-        action = first
-        for i in range(n):
-            if i:
-                try:
-                    action = agent.act(obs, info)
-                except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
-                    self.counters["rollouts_context_length"] += 1
-                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
-            # what the policy said: an LLM's own text, else the action in the ReAct layout
-            turns.append(getattr(agent, "last_output", None) or format_turn(action, None, self.env_name))
-            obs, reward, term, trunc, info = self.env.step(action)
-            self.counters["env_steps"] += 1
-            actions.append(action)
-            observations.append(obs)
-            if term or trunc:
-                return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
-        return PolicyPlay(actions, observations, turns, None, obs, info, history_after(agent, obs, self.env_name))
-
-
-def expert_pass(env, env_name: str, expert: str, task_id: str, seed: int) -> dict:
-    """Expert episode with a snapshot before every action."""
+# ----------------------------------------------------------------------------- next to the env (worker)
+def _agent(env_name: str, spec: str, seed: int):
     from hpl_data.policies import make_agent_from_spec
 
-    agent = make_agent_from_spec(env_name, expert, seed=_seed(seed, task_id, "expert"))
+    return make_agent_from_spec(env_name, spec, seed=seed)
+
+
+def worker_expert_pass(env, env_name: str, saved: dict, expert: str, task_id: str, seed: int, prefix: str) -> dict:
+    """Expert episode; the snapshot before action t is kept in the worker as ``{prefix}{t}``."""
+    agent = _agent(env_name, expert, derive_seed(seed, task_id, "expert"))
     obs, info = env.reset(options={"task_id": task_id})
     agent.reset(env, obs, info)
-    steps, states, infos = [], [], []
+    steps, infos = [], []
     reward, done = 0.0, False
     while not done:
-        states.append(env.get_state())
+        saved[f"{prefix}{len(steps)}"] = env.get_state()
         infos.append(info)
         action = agent.act(obs, info)
         steps.append({"observation": obs, "action": action, "thought": getattr(agent, "last_thought", "") or ""})
         obs, reward, term, trunc, info = env.step(action)
         done = term or trunc
-    return {"task_id": task_id, "task_type": infos[0].get("task_type", ""), "steps": steps, "states": states,
-            "infos": infos, "reward": float(reward), "final_observation": obs}
+    return {"task_id": task_id, "task_type": infos[0].get("task_type", ""), "steps": steps,
+            "states": [f"{prefix}{t}" for t in range(len(steps))], "infos": infos, "reward": float(reward),
+            "final_observation": obs}
 
 
-def empirical_entropy(env, env_name: str, policy: str, state, obs: str, info: dict, samples: int,
-                      seed: int, key: tuple, history: list[dict] | None = None) -> float:
-    """Entropy (nats) of the policy's action distribution at a state, estimated by sampling."""
-    from hpl_data.llm_agent import make_rollout_agent
+def worker_rollout(env, env_name: str, saved: dict, state: str, obs: str, info: dict, spec: str,
+                   seed: int) -> tuple[float, int]:
+    """An agent plays from a named snapshot to the end: (outcome, env steps)."""
+    env.set_state(saved[state])
+    agent = _agent(env_name, spec, seed)
+    agent.reset(env, obs, info)
+    steps = 0
+    while True:
+        obs, reward, term, trunc, info = env.step(agent.act(obs, info))
+        steps += 1
+        if term or trunc:
+            return float(reward), steps
 
-    counts: Counter = Counter()
-    for i in range(samples):
-        env.set_state(state)
-        agent = make_rollout_agent(env_name, policy, seed=_seed(seed, *key, "entropy", i))
-        if history is not None and hasattr(agent, "set_history"):
-            agent.set_history(history)
+
+def worker_policy_steps(env, env_name: str, saved: dict, state: str, obs: str, info: dict, n: int, spec: str,
+                        seeds: list[int], avoid: str | None, save_as: str) -> tuple[dict | None, int]:
+    """An agent plays up to n actions from a named snapshot (the first differing from ``avoid``,
+    trying ``seeds`` in turn); an unfinished play's snapshot is kept as ``save_as``."""
+    env.set_state(saved[state])
+    agent = _agent(env_name, spec, seeds[0])
+    agent.reset(env, obs, info)
+    first = agent.act(obs, info)
+    for retry_seed in seeds[1:]:
+        if avoid is None or first.strip() != avoid.strip():
+            break
+        agent = _agent(env_name, spec, retry_seed)
         agent.reset(env, obs, info)
-        counts[agent.act(obs, info).strip()] += 1
-    return -sum(c / samples * math.log(c / samples) for c in counts.values())
+        first = agent.act(obs, info)
+    if avoid is not None and first.strip() == avoid.strip():
+        return None, 0
+    actions, observations, turns = [], [], []
+    action, outcome = first, None
+    for i in range(n):
+        if i:
+            action = agent.act(obs, info)
+        turns.append(format_turn(action, None, env_name))
+        obs, reward, term, trunc, info = env.step(action)
+        actions.append(action)
+        observations.append(obs)
+        if term or trunc:
+            outcome = float(reward)
+            break
+    if outcome is None:
+        saved[save_as] = env.get_state()
+    return {"actions": actions, "observations": observations, "turns": turns, "outcome": outcome, "obs": obs,
+            "info": info, "history": None, "state": None if outcome is not None else save_as}, len(actions)
+
+
+def worker_first_actions(env, env_name: str, saved: dict, state: str, obs: str, info: dict, spec: str,
+                         seeds: list[int]) -> list[str]:
+    """The first action an agent takes from a named snapshot, once per seed (entropy estimate)."""
+    actions = []
+    for seed in seeds:
+        env.set_state(saved[state])
+        agent = _agent(env_name, spec, seed)
+        agent.reset(env, obs, info)
+        actions.append(agent.act(obs, info))
+    return actions
+
+
+# ----------------------------------------------------------------------------- on the event loop
+def entropy_of(actions: list[str]) -> float:
+    """Entropy (nats) of the empirical distribution of sampled actions."""
+    counts = Counter(a.strip() for a in actions)
+    n = len(actions)
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+@dataclass
+class MCSettings:
+    """What a labeller needs besides the engine (from :class:`hpl_data.gen.GenConfig`)."""
+
+    policy: str
+    rollouts: int = 3
+    seed: int = 0
+    adaptive: bool = False
+    min_rollouts: int = 2
+    confidence: float = 0.8  # 1 - δ of the Hoeffding bound
+    outcome_range: float = 1.0
+    prompts: str = "default"
+    temperature: float = 1.0
+    max_tokens: int = 256
+
+
+class TaskLabeler:
+    """One task's expert pass, values and policy plays, on the engine's loop.
+
+    ``slots`` is the run-wide budget of rollouts (and policy plays, entropy samples) in flight.
+    """
+
+    def __init__(self, engine, settings: MCSettings, slots: asyncio.Semaphore, counters: Counter | None = None):
+        from hpl_data.policies import SamplingParams, parse_spec
+
+        self.engine, self.s, self.slots = engine, settings, slots
+        self.env_name = engine.env_name
+        self.multiline = profile(self.env_name).multiline_actions
+        self.counters = counters if counters is not None else Counter()
+        self.is_agent = parse_spec(settings.policy).is_agent
+        self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
+        self.handle = engine.session()
+        self.prefix = f"t{self.handle.id}:"
+        self._names = iter(range(1 << 62))
+        self.min_rollouts = max(1, min(settings.min_rollouts, settings.rollouts))
+
+    def _name(self) -> str:
+        return f"{self.prefix}p{next(self._names)}"
+
+    async def _run(self, fn: str, *args: Any):
+        return await self.engine.call(self.handle, "run", f"hpl_data.mc:{fn}", *args)
+
+    async def close(self) -> None:
+        if self.handle.worker is not None:
+            try:
+                await self.engine.call(self.handle, "drop", self.prefix)
+            except Exception:  # noqa: BLE001 - a dead worker dropped them already
+                pass
+        self.engine.release(self.handle)
+
+    async def expert_pass(self, expert: str, task_id: str) -> dict:
+        return await self._run("worker_expert_pass", expert, task_id, self.s.seed, f"{self.prefix}e")
+
+    # ---------------------------------------------------------------- chat policy plays
+    async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
+                         avoid: str | None = None) -> PolicyPlay | None:
+        """The chat policy plays from a named snapshot: n actions (None: to the end)."""
+        from hpl_data.policies import ContextLengthError
+        from hpl_envs.prompts import initial_messages
+        from hpl_envs.react import parse_react
+
+        base = list(history) if history else initial_messages(self.env_name, obs, self.s.prompts)
+
+        async def turn(messages: list[dict], agent_seed: int, t: int) -> tuple[str, str]:
+            comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(agent_seed, t)))
+            return parse_react(comp.text, multiline=self.multiline).action, comp.text
+
+        agent_seed = derive_seed(self.s.seed, *key)
+        messages = list(base)
+        try:
+            action, text = await turn(messages, agent_seed, 0)
+            tries = 0
+            while avoid is not None and action.strip() == avoid.strip() and tries < RETRIES_FOR_A_DIFFERENT_ACTION:
+                tries += 1
+                agent_seed = derive_seed(self.s.seed, *key, "retry", tries)
+                action, text = await turn(messages, agent_seed, 0)
+        except ContextLengthError:
+            self.counters["rollouts_context_length"] += 1
+            return None if n is not None else PolicyPlay([], [], [], 0.0, obs, {}, None)
+        if avoid is not None and action.strip() == avoid.strip():
+            return None
+        h = self.engine.sibling(self.handle)
+        try:
+            await self.engine.call(h, "fork", state)
+            actions, observations, turns = [], [], []
+            info: dict = {}
+            while True:
+                messages.append({"role": "assistant", "content": text})
+                turns.append(text)
+                obs, reward, term, trunc, info, _ = await self.engine.call(h, "step", action, False)
+                self.counters["env_steps"] += 1
+                actions.append(action)
+                observations.append(obs)
+                if term or trunc:
+                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
+                messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
+                if n is not None and len(actions) >= n:
+                    name = self._name()
+                    await self.engine.call(h, "save", name)
+                    return PolicyPlay(actions, observations, turns, None, obs, info, messages, name)
+                try:
+                    action, text = await turn(messages, agent_seed, len(actions))
+                except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
+                    self.counters["rollouts_context_length"] += 1
+                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
+        finally:
+            self.engine.release(h)
+
+    # ---------------------------------------------------------------- the three primitives
+    async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:
+        async with self.slots:
+            self.counters["restores"] += 1
+            self.counters["rollouts"] += 1
+            if self.is_agent:
+                outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
+                                                 derive_seed(self.s.seed, *key))
+                self.counters["env_steps"] += steps
+                return outcome
+            play = await self._chat_play(state, obs, history, key, None)
+            return play.outcome
+
+    async def policy_steps(self, state: str, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
+                           history: list[dict] | None = None) -> PolicyPlay | None:
+        async with self.slots:
+            self.counters["restores"] += 1
+            if not self.is_agent:
+                return await self._chat_play(state, obs, history, key, n, avoid)
+            seeds = [derive_seed(self.s.seed, *key)]
+            if avoid is not None:
+                seeds += [derive_seed(self.s.seed, *key, "retry", i)
+                          for i in range(1, RETRIES_FOR_A_DIFFERENT_ACTION + 1)]
+            play, steps = await self._run("worker_policy_steps", state, obs, info, n, self.s.policy, seeds, avoid,
+                                          self._name())
+            self.counters["env_steps"] += steps
+            return None if play is None else PolicyPlay(**play)
+
+    async def entropy(self, state: str, obs: str, info: dict, samples: int, key: tuple,
+                      history: list[dict] | None = None) -> float:
+        seeds = [derive_seed(self.s.seed, *key, "entropy", i) for i in range(samples)]
+        if self.is_agent:
+            async with self.slots:
+                return entropy_of(await self._run("worker_first_actions", state, obs, info, self.s.policy, seeds))
+        from hpl_data.policies import ContextLengthError
+        from hpl_envs.prompts import initial_messages
+        from hpl_envs.react import parse_react
+
+        messages = list(history) if history else initial_messages(self.env_name, obs, self.s.prompts)
+
+        async def sample(seed: int) -> str:
+            async with self.slots:
+                try:
+                    comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(seed, 0)))
+                except ContextLengthError:
+                    return ""
+                return parse_react(comp.text, multiline=self.multiline).action
+
+        return entropy_of(list(await asyncio.gather(*(sample(s) for s in seeds))))
+
+    # ---------------------------------------------------------------- values
+    async def value(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> Value:
+        """Mean outcome of policy rollouts from a snapshot: M of them, or ``min_rollouts`` to
+        start with in adaptive mode (:meth:`extend` adds more)."""
+        v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
+        await self.extend(v, self.min_rollouts if self.s.adaptive else self.s.rollouts)
+        return v
+
+    async def extend(self, v: Value, n: int) -> None:
+        """Grow ``v`` to ``n`` rollouts, all sent together (rollout m always has the same seed)."""
+        if v.exact:
+            return
+        state, obs, info, key, history = v.source
+        ms = range(v.n, min(n, self.s.rollouts))
+        outcomes = await asyncio.gather(*(self.rollout(state, obs, info, (*key, m), history) for m in ms))
+        v.outcomes.extend(outcomes)
+        v.n += len(outcomes)
+        v.mean = sum(v.outcomes) / v.n
+        v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
+
+    async def settle(self, chosen: Value, rejected: Value) -> None:
+        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M."""
+        if not self.s.adaptive:
+            return
+        log_term = math.log(2 / (1 - self.s.confidence)) / 2
+        while True:
+            inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
+            half = self.s.outcome_range * math.sqrt(log_term * inv)
+            if abs(chosen.mean - rejected.mean) > half:
+                self.counters["pairs_settled_early"] += any(not v.exact and v.n < self.s.rollouts
+                                                            for v in (chosen, rejected))
+                return
+            open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.s.rollouts]
+            if not open_sides:
+                return
+            side = min(open_sides, key=lambda v: v.n)
+            await self.extend(side, side.n + 1)
 
 
 def segment(kind: str, arg: float | None, length: int, entropies: list[float] | None,
@@ -245,90 +363,118 @@ def segment(kind: str, arg: float | None, length: int, entropies: list[float] | 
     raise ValueError(f"segmenter {kind!r} is not supported by this builder")
 
 
-def label_task(env, env_name: str, split: str, ex: dict, *, policy: str, expert: str, rollouts: int, seed: int,
-               levels: set[str], groups: list[tuple[int, int]], segmenter: str, prompts: str,
-               counters: Counter, adaptive: bool = False, min_rollouts: int = 2,
-               confidence: float = 0.8, policy_options: dict | None = None) -> tuple[list[dict], list[dict]]:
-    """Step and group pairs for one task, from its expert pass."""
-    outcome_range = 2.0 if env_name == "intercode-sql" and getattr(env, "kendall_tau", True) else 1.0
-    lab = TaskLabeler(env, env_name, policy, rollouts, seed, counters, adaptive=adaptive,
-                      min_rollouts=max(1, min(min_rollouts, rollouts)), confidence=confidence,
-                      outcome_range=outcome_range, policy_options=dict(policy_options or {}))
+async def expert_entropies(lab: TaskLabeler, expert: str, task_id: str, samples: int) -> list[float]:
+    """Policy action entropy at every expert state of a task (the uncertainty segmenter's input)."""
+    ex = await lab.expert_pass(expert, task_id)
+    msgs = episode_messages(lab.env_name, ex, lab.s.prompts)
+    return list(await asyncio.gather(*(
+        lab.entropy(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], samples, (task_id, t),
+                    msgs[: 1 + 2 * t]) for t in range(len(ex["steps"])))))
+
+
+async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, levels: set[str],
+                     groups: list[tuple[int, int]], segmenter: str) -> tuple[list[dict], list[dict]]:
+    """Step and group pairs for one task, from its expert pass.
+
+    Every policy play and value is started at once (their rollouts share the run's budget); the
+    pairs are then settled and written in a fixed order (step pairs by t, then groups).
+    """
+    s, env_name, counters = lab.s, lab.env_name, lab.counters
     T = len(ex["steps"])
-    messages = episode_messages(env_name, ex, prompts)
+    messages = episode_messages(env_name, ex, s.prompts)
     tid = ex["task_id"]
-    values: dict[int, Value] = {T: Value(ex["reward"], 0.0, 0)}
+    values: dict[int, asyncio.Task] = {T: _done(Value(ex["reward"], 0.0, 0))}
     estimated: list[Value] = []
 
-    def v_expert(t: int) -> Value:
+    def v_expert(t: int) -> asyncio.Task:
         if t not in values:
-            values[t] = lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t),
-                                  messages[: 1 + 2 * t])
-            estimated.append(values[t])
+            values[t] = asyncio.ensure_future(lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t],
+                                                        (tid, "exp", t), messages[: 1 + 2 * t]))
+            values[t].add_done_callback(
+                lambda f: estimated.append(f.result()) if not f.cancelled() and f.exception() is None else None)
         else:
             counters["values_reused"] += 1
         return values[t]
 
-    base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": policy,
-            "expert_id": expert, "seed": seed, "n_rollouts": rollouts}
+    async def play_and_value(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay | None, Value]:
+        play = await lab.policy_steps(ex["states"][start], ex["steps"][start]["observation"], ex["infos"][start], n,
+                                      key, avoid=avoid, history=messages[: 1 + 2 * start])
+        if play is None:
+            return None, None
+        if play.outcome is not None:
+            return play, Value(play.outcome, 0.0, 0)
+        v = await lab.value(play.state, play.obs, play.info, (*key, "v"), play.history)
+        estimated.append(v)
+        return play, v
+
+    async def step_pair(t: int):
+        play, v = await play_and_value(t, 1, (tid, "alt", t), ex["steps"][t]["action"])
+        return play, v, (await v_expert(t + 1) if play is not None else None)
+
+    async def group_pair(start: int, end: int):
+        v_exp = v_expert(end)
+        play, v = await play_and_value(start, end - start, (tid, "grp", start, end), None)
+        return play, v, await v_exp
+
+    step_jobs = [asyncio.ensure_future(step_pair(t)) for t in range(T)] if "step" in levels else []
+    group_jobs = [asyncio.ensure_future(group_pair(a, b)) for a, b in groups] if "group" in levels else []
+    try:
+        step_results = [await j for j in step_jobs]
+        group_results = [await j for j in group_jobs]
+    finally:
+        for j in [*step_jobs, *group_jobs, *values.values()]:
+            j.cancel()
+        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), return_exceptions=True)
+
+    base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": s.policy,
+            "expert_id": expert, "seed": s.seed, "n_rollouts": s.rollouts}
     step_rows, group_rows = [], []
-    if "step" in levels:
-        for t in range(T):
-            st, obs, info = ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t]
-            alt = lab.policy_steps(st, obs, info, 1, (tid, "alt", t), avoid=ex["steps"][t]["action"],
-                                   history=messages[: 1 + 2 * t])
-            if alt is None:
-                counters["step_no_alternative"] += 1
-                continue
-            if alt.outcome is not None:
-                v_alt = Value(alt.outcome, 0.0, 0)
-            else:
-                v_alt = lab.value(lab.env.get_state(), alt.obs, alt.info, (tid, "alt", t, "v"), alt.history)
-                estimated.append(v_alt)
-            v_exp = v_expert(t + 1)
-            lab.settle(v_exp, v_alt)
-            delta = v_exp.mean - v_alt.mean
-            if delta <= 0:
-                continue
-            lb, db = buckets(env_name, 1, delta)
-            step_rows.append({**base, "prompt": messages[: 1 + 2 * t], "chosen": [messages[1 + 2 * t]],
-                              "rejected": [{"role": "assistant", "content": alt.turns[0]}],
-                              "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
-                              "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
-                              "n_rollouts": max(v_exp.n, v_alt.n) if adaptive else rollouts,
-                              "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
-                              "segmenter": "", "chosen_outcomes": list(v_exp.outcomes),
-                              "rejected_outcomes": list(v_alt.outcomes)})
-    if "group" in levels:
-        for s, e in groups:
-            st, obs, info = ex["states"][s], ex["steps"][s]["observation"], ex["infos"][s]
-            v_exp = v_expert(e)
-            pol = lab.policy_steps(st, obs, info, e - s, (tid, "grp", s, e), history=messages[: 1 + 2 * s])
-            if pol is None:  # the policy could not act here (its context overflowed)
-                counters["group_no_policy_play"] += 1
-                continue
-            if pol.outcome is not None:
-                v_pol = Value(pol.outcome, 0.0, 0)
-            else:
-                v_pol = lab.value(lab.env.get_state(), pol.obs, pol.info, (tid, "grp", s, e, "v"), pol.history)
-                estimated.append(v_pol)
-            lab.settle(v_exp, v_pol)
-            delta = v_exp.mean - v_pol.mean
-            if delta <= 0:
-                continue
-            rejected = []
-            for i, turn in enumerate(pol.turns):
-                rejected.append({"role": "assistant", "content": turn})
-                if i + 1 < len(pol.turns):
-                    rejected.append({"role": "user", "content": format_observation(pol.observations[i], env_name)})
-            lb, db = buckets(env_name, e - s, delta)
-            group_rows.append({**base, "prompt": messages[: 1 + 2 * s], "chosen": messages[1 + 2 * s: 2 * e],
-                               "rejected": rejected, "level": "group", "group_start": s, "group_length": e - s,
-                               "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
-                               "n_rollouts": max(v_exp.n, v_pol.n) if adaptive else rollouts,
-                               "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
-                               "bucket": f"B{lb}{db}", "segmenter": segmenter,
-                               "chosen_outcomes": list(v_exp.outcomes), "rejected_outcomes": list(v_pol.outcomes)})
-    if adaptive:  # rollouts a fixed-M run would have drawn for the same values
-        counters["rollouts_saved"] += sum(rollouts - v.n for v in estimated)
+    for t, (alt, v_alt, v_exp) in enumerate(step_results):
+        if alt is None:
+            counters["step_no_alternative"] += 1
+            continue
+        await lab.settle(v_exp, v_alt)
+        counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
+        delta = v_exp.mean - v_alt.mean
+        if delta <= 0:
+            continue
+        lb, db = buckets(env_name, 1, delta)
+        step_rows.append({**base, "prompt": messages[: 1 + 2 * t], "chosen": [messages[1 + 2 * t]],
+                          "rejected": [{"role": "assistant", "content": alt.turns[0]}],
+                          "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
+                          "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
+                          "n_rollouts": max(v_exp.n, v_alt.n) if s.adaptive else s.rollouts,
+                          "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
+                          "segmenter": "", "chosen_outcomes": list(v_exp.outcomes),
+                          "rejected_outcomes": list(v_alt.outcomes)})
+    for (start, end), (pol, v_pol, v_exp) in zip(groups if "group" in levels else [], group_results):
+        if pol is None:  # the policy could not act here (its context overflowed)
+            counters["group_no_policy_play"] += 1
+            continue
+        await lab.settle(v_exp, v_pol)
+        counters["pairs_labelled"] += 1
+        delta = v_exp.mean - v_pol.mean
+        if delta <= 0:
+            continue
+        rejected = []
+        for i, turn in enumerate(pol.turns):
+            rejected.append({"role": "assistant", "content": turn})
+            if i + 1 < len(pol.turns):
+                rejected.append({"role": "user", "content": format_observation(pol.observations[i], env_name)})
+        lb, db = buckets(env_name, end - start, delta)
+        group_rows.append({**base, "prompt": messages[: 1 + 2 * start], "chosen": messages[1 + 2 * start: 2 * end],
+                           "rejected": rejected, "level": "group", "group_start": start, "group_length": end - start,
+                           "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
+                           "n_rollouts": max(v_exp.n, v_pol.n) if s.adaptive else s.rollouts,
+                           "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
+                           "bucket": f"B{lb}{db}", "segmenter": segmenter,
+                           "chosen_outcomes": list(v_exp.outcomes), "rejected_outcomes": list(v_pol.outcomes)})
+    if s.adaptive:  # rollouts a fixed-M run would have drawn for the same values
+        counters["rollouts_saved"] += sum(s.rollouts - v.n for v in estimated)
     return step_rows, group_rows
+
+
+def _done(value: Value) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut

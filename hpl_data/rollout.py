@@ -57,9 +57,15 @@ class Episode:
         return asdict(self)
 
 
+def derive_seed(*parts: Any) -> int:
+    """The one seed formula of hpl: a 31-bit hash of the parts, so every episode, rollout, retry
+    and LLM turn has its own seed, whatever worker or order runs it."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
 def episode_seed(seed: int, task_id: str) -> int:
     """A per-episode seed independent of which worker runs it."""
-    return zlib.crc32(f"{seed}:{task_id}".encode()) & 0x7FFFFFFF
+    return derive_seed(seed, task_id)
 
 
 def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) -> Episode:
@@ -157,6 +163,6 @@ def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_
 
 
 def _success(env_name: str, episode: dict) -> bool:
-    if env_name == "alfworld":
-        return bool(episode["won"])
-    return episode["reward"] == 1.0
+    from hpl_envs.registry import profile
+
+    return profile(env_name).succeeded(episode)

@@ -59,6 +59,15 @@ class HplTextEnv(gym.Env):
         self.observation_space = text_space()
         self.action_space = text_space()
 
+    @property
+    def observation(self) -> str:
+        """The text the agent sees now (what ``render()`` shows in ``ansi`` mode)."""
+        raise NotImplementedError
+
+    def render(self) -> str | None:
+        """``ansi``: the current observation as text; otherwise nothing (text envs draw no pixels)."""
+        return self.observation if self.render_mode == "ansi" else None
+
     def warm_caches(self) -> None:
         """Build on-disk caches (indexes, converted data) now, e.g. in a parent process before
         workers start, so that workers only open them."""

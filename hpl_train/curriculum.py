@@ -1,20 +1,22 @@
 """The 2-D curriculum over group pairs: 3x3 buckets by group length and reward gap ΔR.
 
 Bucket (i, j): i = length bucket (1 = shortest), j = ΔR bucket (1 = largest gap, the easiest
-pairs). Thresholds are the paper's: group length (0, 3, 6] / (0, 2, 4] per env - length <= t1 is
-bucket 1, <= t2 bucket 2, else 3 - and ΔR (1.0, 0.7, 0.4): ΔR >= 0.7 is bucket 1, >= 0.4 bucket 2,
-else 3. Phases: 1 = B11; 2 = B11 ∪ B12 ∪ B21; 3 = all. Ablations: ``static`` (all buckets from the
+pairs). hpl-gen writes each group pair's buckets as columns (``length_bucket``, ``delta_bucket``,
+by the env's thresholds in its registry profile), and the trainer reads them from the data. Pairs
+of other origin (or an ablation's own thresholds) are bucketed here: length <= t1 is bucket 1,
+<= t2 bucket 2, else 3 (default (0, 2, 4)), and ΔR (1.0, 0.7, 0.4): ΔR >= 0.7 is bucket 1, >= 0.4
+bucket 2, else 3. Phases: 1 = B11; 2 = B11 ∪ B12 ∪ B21; 3 = all. Ablations: ``static`` (all buckets from the
 start), ``length-only`` and ``difficulty-only`` (phases grow along one axis: 1 -> {1,2} -> all).
 """
 
 from __future__ import annotations
 
-LENGTH_THRESHOLDS = {"alfworld": (0, 3, 6), "webshop": (0, 2, 4), "intercode-sql": (0, 2, 4)}
+DEFAULT_LENGTH_THRESHOLDS = (0, 2, 4)
 DELTA_THRESHOLDS = (1.0, 0.7, 0.4)
 MODES = ("hpl", "static", "length-only", "difficulty-only")
 
 
-def bucket(length: int, delta: float, length_thresholds=(0, 2, 4), delta_thresholds=DELTA_THRESHOLDS) -> tuple[int, int]:
+def bucket(length: int, delta: float, length_thresholds=DEFAULT_LENGTH_THRESHOLDS, delta_thresholds=DELTA_THRESHOLDS) -> tuple[int, int]:
     lb = 1 if length <= length_thresholds[1] else 2 if length <= length_thresholds[2] else 3
     db = 1 if delta >= delta_thresholds[1] else 2 if delta >= delta_thresholds[2] else 3
     return lb, db

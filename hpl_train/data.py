@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpl_train.curriculum import DELTA_THRESHOLDS, LENGTH_THRESHOLDS, bucket
+from hpl_train.curriculum import DEFAULT_LENGTH_THRESHOLDS, DELTA_THRESHOLDS, bucket
 from hpl_train.packing import Segment, make_segment
 from hpl_train.tokenize import AlignmentError, tokenize_conversation, tokenize_pair
 
@@ -140,7 +140,7 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
             rows_by_kind[level].append(row)
     envs = {r.get("env") for rows in rows_by_kind.values() for r in rows if r.get("env")}
     data.env = env or (envs.pop() if len(envs) == 1 else None)
-    lt = tuple(length_thresholds or LENGTH_THRESHOLDS.get(data.env or "", (0, 2, 4)))
+    lt = tuple(length_thresholds or DEFAULT_LENGTH_THRESHOLDS)
 
     for kind in PAIR_KINDS:
         if kinds is not None and kind not in kinds:
@@ -160,8 +160,12 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
                 continue
             meta = {"delta_r": float(row.get("delta_r") or 0.0)}
             if kind == "group":
-                length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
-                meta["bucket"] = bucket(length, meta["delta_r"], lt, tuple(delta_thresholds))
+                if row.get("length_bucket") and row.get("delta_bucket") and length_thresholds is None \
+                        and tuple(delta_thresholds) == DELTA_THRESHOLDS:  # hpl-gen wrote the env's buckets
+                    meta["bucket"] = (int(row["length_bucket"]), int(row["delta_bucket"]))
+                else:  # pairs of other origin, or thresholds chosen for an ablation
+                    length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
+                    meta["bucket"] = bucket(length, meta["delta_r"], lt, tuple(delta_thresholds))
             segs.append(make_segment(kind, i, c, r, share_prefix=share_prefix, meta=meta))
         data.segments[kind] = segs
 

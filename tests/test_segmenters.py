@@ -41,23 +41,25 @@ def test_spec_parsing():
             parse_spec(bad)
 
 
-def test_adaptive_mc_accounting_and_agreement(webshop_env):
+def test_adaptive_mc_accounting_and_agreement(tmp_path):
     """Adaptive MC draws a prefix of the same seeded rollouts: its saved count closes the books
     against a fixed-M run, and it keeps (almost) the same pairs in the same ΔR buckets."""
-    from collections import Counter
+    import json
+    import subprocess
+    import sys
 
-    from hpl_data.mc import expert_pass, label_task
+    import pyarrow.parquet as pq
 
     runs = {}
     for adaptive in (False, True):
-        counters, rows = Counter(), []
-        for tid in webshop_env.task_ids("train")[:8]:
-            ex = expert_pass(webshop_env, "webshop", "oracle", tid, 0)
-            groups = fixed_k(len(ex["steps"]), 3)
-            s, g = label_task(webshop_env, "webshop", "train", ex, policy="heuristic", expert="oracle", rollouts=5,
-                              seed=0, levels={"step", "group"}, groups=groups, segmenter="fixed-k:3",
-                              prompts="default", counters=counters, adaptive=adaptive, min_rollouts=2)
-            rows += s + g
+        out = tmp_path / str(adaptive)
+        p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", "--env", "webshop", "--limit",
+                            "8", "--levels", "step,group", "--mc-rollouts", "5", "--mc-min-rollouts", "2",
+                            *(["--mc-adaptive"] if adaptive else []), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows = [r for lv in ("step", "group") for r in pq.read_table(out / f"{lv}_pairs.parquet").to_pylist()]
+        counters = json.loads((out / "manifest.json").read_text())["counters"]
         runs[adaptive] = (counters, {(r["task_id"], r["level"], r["group_start"]): r for r in rows})
     (cf, fixed), (ca, adapt) = runs[False], runs[True]
     assert cf["rollouts"] == ca["rollouts"] + ca["rollouts_saved"] and ca["rollouts_saved"] > 0

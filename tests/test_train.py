@@ -158,6 +158,28 @@ def test_all_four_losses_fall_on_a_fixed_batch(tiny, gen_data, tmp_path):
     assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "training.png").stat().st_size > 5000
 
 
+def test_group_buckets_are_read_from_the_data(tiny, tmp_path):
+    """hpl-gen writes each group pair's buckets by its env's thresholds; the trainer keeps no copy
+    of them and takes the columns, unless an ablation asks for its own thresholds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    row = {"prompt": PROMPT, "chosen": COMPLETION[:1], "rejected": [{"role": "assistant", "content": "Action: x"}],
+           "level": "group", "group_length": 3, "delta_r": 0.5, "length_bucket": 2, "delta_bucket": 2}
+    pq.write_table(pa.Table.from_pylist([row, {**row, "length_bucket": None, "delta_bucket": None}]),
+                   tmp_path / "group_pairs.parquet")
+    tok = AutoTokenizer.from_pretrained(tiny)
+    got = [s.meta["bucket"] for s in load_train_data(tok, [str(tmp_path)], kinds={"group"}).segments["group"]]
+    assert got == [(2, 2), bucket(3, 0.5)] and bucket(3, 0.5) == (2, 2)  # column; recomputed when absent
+    alfworld_like = {**row, "length_bucket": 1}  # (0, 3, 6): a 3-action group is in length bucket 1
+    pq.write_table(pa.Table.from_pylist([alfworld_like]), tmp_path / "group_pairs.parquet")
+    got = load_train_data(tok, [str(tmp_path)], kinds={"group"}).segments["group"][0].meta["bucket"]
+    assert got == (1, 2)
+    own = load_train_data(tok, [str(tmp_path)], kinds={"group"}, length_thresholds=(0, 1, 2))
+    assert own.segments["group"][0].meta["bucket"] == (3, 2)
+
+
 def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_data, tmp_path):
     from hpl_train.recipe import HPLRecipe, train
 

@@ -308,6 +308,10 @@ class AlfWorldEnv(HplTextEnv):
                                     load_token=game.token)
         return self._state.observation, self._info(action_valid=True)
 
+    @property
+    def observation(self) -> str:
+        return self._require_state().observation
+
     def step(self, action: str):
         s = self._require_state()
         if s.done or s.turn >= self.max_turns:

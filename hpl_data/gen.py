@@ -1,0 +1,533 @@
+"""Preference-data generation as a pipeline of typed stages (what ``hpl-gen`` runs).
+
+::
+
+    GenConfig ─▶ plan (task ids, expert, manifest)
+                  │
+                  ├─▶ collect-experts ─▶ trajectories_expert.parquet ─┐
+                  ├─▶ collect-policy  ─▶ trajectories_policy.parquet ─┴─▶ traj pairs ─▶ traj_pairs.parquet
+                  │
+                  └─▶ segment (fixed / uncertainty: entropy / semantic: LLM)
+                        └─▶ label (MC rollouts on the engine) ─▶ step_pairs.parquet, group_pairs.parquet
+                                                                   └─▶ manifest.json (config, counters)
+
+Every stage writes one shard per finished task (:class:`hpl_data.shards.ShardStore`), so a killed
+run resumes where it stopped. The MC stage runs every task's labelling as a coroutine on one
+:class:`hpl_data.engine.RolloutEngine`: env steps go to ``workers`` processes, and all rollouts
+share one ``concurrency`` budget, so an LLM reference policy (``vllm:`` in-process, ``openai:``)
+keeps hundreds of requests in flight. Python users call ``Generation(GenConfig(...)).run()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hpl_data import parquet
+from hpl_data.conversation import trajectory_rows
+from hpl_data.experts import keep_expert
+from hpl_data.protocol import compute as compute_protocol
+from hpl_data.protocol import describe as describe_protocol
+from hpl_data.protocol import differences as protocol_differences
+from hpl_data.shards import ShardStore
+from hpl_envs.registry import canonical, make_env, profile
+
+LEVELS = ("traj", "step", "group")
+RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress")  # may differ between a run and its resumption
+TABLE_NAMES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
+
+
+class GenError(ValueError):
+    """A configuration or input problem, reported in one line (``hpl-gen`` exits with 2)."""
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Everything that decides what ``hpl-gen`` writes (and a few runtime knobs)."""
+
+    env: str
+    out: Path
+    policy: str = "heuristic"
+    policy_temperature: float = 1.0
+    policy_max_tokens: int = 256
+    policy_args: dict = field(default_factory=dict)  # chat backend options (vllm: max_model_len, ...)
+    max_turns: int | None = None
+    env_args: dict = field(default_factory=dict)  # env constructor arguments (--env-arg key=value)
+    expert: str = "oracle"
+    levels: tuple[str, ...] = LEVELS
+    segmenter: str = "fixed-k:3"
+    mc_rollouts: int = 3
+    mc_adaptive: bool = False
+    mc_min_rollouts: int = 2
+    mc_confidence: float = 0.8
+    entropy_samples: int = 8
+    split: str = "train"
+    limit: int | None = None
+    seed: int = 0
+    workers: int = 1
+    concurrency: int = 256  # rollouts (and LLM requests) in flight
+    prompts: str = "default"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "levels", tuple(self.levels))
+
+    @property
+    def env_kwargs(self) -> dict:
+        return {**self.env_args, **({"max_turns": self.max_turns} if self.max_turns else {})}
+
+    @property
+    def mc_levels(self) -> set[str]:
+        return {lv for lv in self.levels if lv in ("step", "group")}
+
+    def validate(self) -> tuple[str, float | str | None]:
+        """Raise :class:`GenError` for a bad combination; returns the parsed segmenter."""
+        from hpl_data.policies import parse_spec as parse_policy
+        from hpl_data.segmenters import parse_spec
+
+        unknown = [lv for lv in self.levels if lv not in LEVELS]
+        if unknown or not self.levels:
+            raise GenError(f"unknown levels {unknown}; use traj, step, group")
+        try:
+            seg = parse_spec(self.segmenter)
+            if seg[0] == "semantic" and parse_policy(str(seg[1])).is_agent:
+                raise GenError(f"segmenter semantic needs an LLM policy (vllm:, openai:, hf:), got {seg[1]!r}")
+            parse_policy(self.policy)
+        except GenError:
+            raise
+        except ValueError as e:
+            raise GenError(str(e)) from e
+        if self.mc_rollouts < 1:
+            raise GenError("--mc-rollouts must be >= 1")
+        if not 0 < self.mc_confidence < 1 or self.mc_min_rollouts < 1:
+            raise GenError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
+        if self.workers < 1 or self.concurrency < 1:
+            raise GenError("--workers and --concurrency must be >= 1")
+        return seg
+
+    def as_dict(self) -> dict:
+        return {f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+
+def run_metadata(config: GenConfig) -> dict:
+    """What goes into manifest.json and every table's Parquet metadata (add provenance here)."""
+    return {"config": config.as_dict(), "versions": parquet.versions(), "git_revision": parquet.git_revision()}
+
+
+def resolve_expert(expert: str) -> tuple[str, str]:
+    """(kind, spec): builtin (an agent name), file (``file:PATH``) or teacher (a chat policy spec)."""
+    from hpl_data.policies import BUILTIN_AGENTS
+    from hpl_data.policies import parse_spec as parse_policy
+
+    if expert.startswith("teacher:"):
+        spec = expert[len("teacher:"):]
+        if parse_policy(spec).is_agent:
+            raise GenError(f"--expert teacher: needs an LLM policy (vllm:, openai:, hf:), got {spec!r}")
+        return "teacher", spec
+    if expert.startswith("file:") or Path(expert).exists():
+        path = expert[5:] if expert.startswith("file:") else expert
+        if not Path(path).exists():
+            raise GenError(f"--expert {expert}: no such file")
+        return "file", f"file:{Path(path).resolve()}"
+    if expert in BUILTIN_AGENTS or ":" in expert:
+        return "builtin", expert
+    raise GenError(f"--expert {expert!r}: use oracle, file:PATH or teacher:POLICY")
+
+
+def traj_pairs(expert: list[dict], policy: list[dict], expert_id: str, policy_id: str) -> list[dict]:
+    """ETO pairs: the expert's trajectory over the policy's, where the policy did worse."""
+    by_task = {r["task_id"]: r for r in policy if not r["error"] and r["messages"]}
+    pairs = []
+    for ex in expert:
+        po = by_task.get(ex["task_id"])
+        if ex["error"] or not ex["messages"] or po is None or not po["reward"] < ex["reward"]:
+            continue
+        if ex["messages"][0] != po["messages"][0]:
+            raise AssertionError(f"task {ex['task_id']}: expert and policy saw different first prompts")
+        pairs.append({
+            "prompt": ex["messages"][:1], "chosen": ex["messages"][1:], "rejected": po["messages"][1:],
+            "env": ex["env"], "split": ex["split"], "task_id": ex["task_id"], "task_type": ex["task_type"],
+            "level": "traj", "chosen_reward": ex["reward"], "rejected_reward": po["reward"],
+            "delta_r": ex["reward"] - po["reward"], "policy_id": policy_id, "expert_id": expert_id,
+            "seed": po["seed"],
+        })
+    return pairs
+
+
+@dataclass
+class GenResult:
+    out: Path
+    tables: dict[str, str]
+    counters: dict[str, Any]
+
+
+class Generation:
+    """The stages of one ``hpl-gen`` run, sharing the config, the counters and (for an LLM
+    reference policy) one chat policy, so an in-process vLLM engine is built once."""
+
+    def __init__(self, config: GenConfig, console: Console | None = None) -> None:
+        self.config = config
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.segmenter = config.validate()
+        self.env_name = canonical(config.env)
+        self.profile = profile(self.env_name)
+        self.counters: dict[str, Any] = {}
+        self.meta = run_metadata(config)
+        self._policy = None  # the shared chat policy, built on the run's event loop
+        self._engine = None  # the MC stages' engine (entropy, label): env workers started once
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> list[str]:
+        """Task ids (validated against the env's data and the expert) and the manifest."""
+        c = self.config
+        task_ids = make_env(self.env_name, **c.env_kwargs).task_ids(c.split)
+        self.expert_kind, self.expert_spec = resolve_expert(c.expert)
+        if self.expert_kind == "file":
+            from hpl_data.experts import load_expert_file
+
+            recorded = load_expert_file(self.expert_spec[5:], self.profile.multiline_actions)
+            task_ids = [t for t in task_ids if t in recorded]
+            if not task_ids:
+                raise GenError(f"{self.expert_spec[5:]} has no trajectory for any {c.split} task of {self.env_name}")
+        task_ids = task_ids[: c.limit] if c.limit is not None else task_ids
+        self.meta["protocol"] = compute_protocol(self.env_name, c.env_kwargs, c.split, task_ids)
+        self._open_manifest()
+        return task_ids
+
+    def _open_manifest(self) -> None:
+        c, out = self.config, self.config.out
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() and not c.overwrite else {}
+
+        def data_config(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k not in RUNTIME_ONLY}
+
+        if manifest.get("config") is not None and data_config(manifest["config"]) != data_config(self.meta["config"]):
+            raise GenError("--out holds data from a different config; use --overwrite or another --out")
+        changed = protocol_differences(manifest.get("protocol"), self.meta["protocol"]) if manifest.get("protocol") else []
+        if changed and not c.overwrite:  # same flags, other data files/versions: shards would mix protocols
+            raise GenError(f"--out was written under another protocol ({describe_protocol(changed)}); "
+                           "use --overwrite or another --out")
+        if c.overwrite:
+            shutil.rmtree(out / ".shards", ignore_errors=True)
+            for f in out.glob("*.parquet"):
+                f.unlink()
+        self.counters = dict(manifest.get("counters", {}))
+        if not manifest:  # record the config first, so a killed run is resumed only with the same one
+            self._write_manifest({"config": self.meta["config"], "finished": False, **self.meta})
+
+    def _write_manifest(self, manifest: dict) -> None:
+        path = self.config.out / "manifest.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        tmp.replace(path)
+
+    def progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=self.console, disable=not self.config.progress,
+                        transient=False)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> GenResult:
+        return asyncio.run(self.run_async())
+
+    async def run_async(self) -> GenResult:
+        c = self.config
+        task_ids = self.plan()
+        start = time.perf_counter()
+        try:
+            expert_rows = await self.collect("expert", task_ids)
+            policy_rows = await self.collect("policy", task_ids)
+            written = self.traj_stage(expert_rows, policy_rows)
+            kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
+            levels = c.mc_levels
+            if levels and not all((c.out / f"{lv}_pairs.parquet").exists() for lv in levels):
+                mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
+                groups = await self.segment_stage(mc_tasks, expert_rows)
+                rows = await self.label_stage(mc_tasks, groups)
+                for lv in sorted(levels):
+                    path = parquet.write_table(rows[lv], parquet.MC_PAIRS, c.out / f"{lv}_pairs.parquet",
+                                               {**self.meta, "counters": self.counters})
+                    self.console.print(f"{len(rows[lv])} {lv} pairs -> {path}")
+            written.update({f"{lv}_pairs": f"{lv}_pairs.parquet" for lv in sorted(levels)})
+        finally:
+            if self._engine is not None:
+                await self._engine.close()
+            if self._policy is not None:
+                await self._policy.close()
+        self.counters["wall_seconds"] = self.counters.get("wall_seconds", 0) + time.perf_counter() - start
+        self._write_manifest({"config": self.meta["config"], "counters": self.counters, "tables": written,
+                              "finished": True, **{k: v for k, v in self.meta.items() if k != "config"}})
+        return GenResult(c.out, written, self.counters)
+
+    def chat_policy(self):
+        """The reference policy as one chat policy object (None for an agent)."""
+        from hpl_data.policies import make_chat_policy, parse_spec
+
+        if parse_spec(self.config.policy).is_agent:
+            return None
+        if self._policy is None:
+            options = dict(self.config.policy_args)
+            if parse_spec(self.config.policy).kind == "openai":  # one request per rollout in flight
+                options.setdefault("concurrency", self.config.concurrency)
+            self._policy = make_chat_policy(self.config.policy, **options)
+        return self._policy
+
+    # ------------------------------------------------------------------ stages
+    async def collect(self, role: str, task_ids: list[str]) -> list[dict]:
+        """collect-experts / collect-policy: one episode per task, as a trajectories table."""
+        import pyarrow.parquet as pq
+
+        from hpl_data.policies import parse_spec
+        from hpl_data.rollout import run_episodes
+
+        c = self.config
+        path = c.out / f"trajectories_{role}.parquet"
+        if path.exists():
+            self.console.print(f"reusing {path}")
+            return pq.read_table(path).to_pylist()
+        t0 = time.perf_counter()
+        store = ShardStore(c.out, f"trajectories_{role}")
+        todo = store.pending(task_ids)
+        if len(todo) < len(task_ids):
+            self.console.print(f"{role}: resuming, {len(task_ids) - len(todo)} of {len(task_ids)} tasks already done")
+        spec = self.expert_spec if role == "expert" else c.policy
+        with self.progress() as bar:
+            job = bar.add_task(f"collect {role} episodes", total=len(todo))
+
+            def save(episode: dict) -> None:
+                store.put(episode["task_id"], {"rows": trajectory_rows(self.env_name, c.split, role, [episode],
+                                                                       c.prompts),
+                                               "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
+                bar.advance(job)
+
+            if todo and not parse_spec(spec).is_agent:  # an LLM (teacher or reference policy)
+                from hpl_data.engine import EngineConfig, RolloutEngine
+                from hpl_data.policies import SamplingParams
+
+                temp = c.policy_temperature if role == "policy" else 0.0
+                cfg = EngineConfig(workers=c.workers, seed=c.seed, prompts=c.prompts, concurrency=c.concurrency,
+                                   sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens))
+                policy = self.chat_policy() if role == "policy" else spec
+                async with RolloutEngine(self.env_name, policy, env_kwargs=c.env_kwargs, config=cfg) as eng:
+                    await eng.run(todo, save)
+                    self._add_engine_counters(eng.counters, f"{role}_")
+            elif todo:
+                await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
+                                        seed=c.seed, workers=c.workers, on_episode=save)
+        shards = [store.get(t) for t in task_ids]
+        rows = [r for sh in shards for r in sh["rows"]]
+        self.counters[f"{role}_env_steps"] = sum(sh["env_steps"] for sh in shards)
+        self.counters[f"{role}_episodes"] = len(rows)
+        self.counters[f"{role}_failed"] = sum(sh["failed"] for sh in shards)
+        self.counters[f"{role}_seconds"] = time.perf_counter() - t0
+        parquet.write_table(rows, parquet.TRAJECTORIES, path, {**self.meta, "counters": self.counters})
+        self.console.print(f"{role}: {len(rows)} episodes, avg reward "
+                           f"{sum(r['reward'] for r in rows) / max(len(rows), 1):.3f} -> {path}")
+        return rows
+
+    def traj_stage(self, expert_rows: list[dict], policy_rows: list[dict]) -> dict[str, str]:
+        c = self.config
+        kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
+        self.counters["expert_kept"], self.counters["expert_filtered"] = len(kept), len(expert_rows) - len(kept)
+        pairs = traj_pairs(kept, policy_rows, c.expert, c.policy)
+        self.counters["traj_pairs"] = len(pairs)
+        path = parquet.write_table(pairs, parquet.TRAJ_PAIRS, c.out / "traj_pairs.parquet",
+                                   {**self.meta, "counters": self.counters})
+        self.console.print(f"[green]{len(pairs)} trajectory pairs -> {path}[/green]")
+        return {"trajectories_expert": "trajectories_expert.parquet",
+                "trajectories_policy": "trajectories_policy.parquet", "traj_pairs": "traj_pairs.parquet"}
+
+    async def segment_stage(self, task_ids: list[str], expert_rows: list[dict]) -> dict[str, list[tuple[int, int]]]:
+        """Group boundaries per task: fixed ones are computed at labelling; the uncertainty
+        segmenter needs the policy's entropy at every expert state, the semantic one an LLM."""
+        kind, arg = self.segmenter
+        self.threshold = None
+        if kind == "semantic" and "group" in self.config.mc_levels:
+            groups = await self.semantic_stage(task_ids, expert_rows, str(arg))
+            self.console.print(f"semantic segmenter: {self.counters['semantic_calls']} trajectories, "
+                               f"{self.counters['semantic_fallbacks']} fell back to Fixed-K:3")
+            return groups
+        if kind == "uncertainty":
+            from hpl_data.segmenters import percentile
+
+            store = ShardStore(self.config.out, "entropy")
+
+            async def one(lab, t: str) -> None:
+                from hpl_data.mc import expert_entropies
+
+                store.put(t, {"entropies": await expert_entropies(lab, self.mc_expert, t,
+                                                                  self.config.entropy_samples)})
+
+            await self._on_engine("entropy of policy actions", store.pending(task_ids), one)
+            self.entropies = {t: store.get(t)["entropies"] for t in task_ids}
+            self.threshold = percentile([h for t in task_ids for h in self.entropies[t]],
+                                        arg if arg is not None else 80.0)
+            self.counters["uncertainty_threshold"] = self.threshold
+        return {}
+
+    async def semantic_stage(self, task_ids: list[str], expert_rows: list[dict], spec: str) -> dict:
+        """Groups of every expert trajectory from an LLM (all requests in flight together), sharded."""
+        from hpl_data.policies import make_chat_policy
+        from hpl_data.segmenters import semantic_groups
+
+        store = ShardStore(self.config.out, "semantic")
+        by_task = {r["task_id"]: r for r in expert_rows if not r["error"] and r["actions"]}
+        todo = [t for t in store.pending(task_ids) if t in by_task]
+        if todo:
+            policy = make_chat_policy(spec)
+            try:
+                async def one(t: str) -> None:
+                    r = by_task[t]
+                    groups, fell_back = await semantic_groups(policy, r["instruction"], r["actions"],
+                                                              r["observations"][1:])
+                    store.put(t, {"groups": groups, "fallback": fell_back})
+                await asyncio.gather(*(one(t) for t in todo))
+            finally:
+                await policy.close()
+        shards = {t: store.get(t) for t in task_ids if t in by_task}
+        self.counters["semantic_calls"] = len(shards)
+        self.counters["semantic_fallbacks"] = sum(sh["fallback"] for sh in shards.values())
+        return {t: [tuple(g) for g in sh["groups"]] for t, sh in shards.items()}
+
+    @property
+    def mc_expert(self) -> str:
+        """MC labelling replays the kept expert trajectories (exact: the envs are deterministic)."""
+        if self.expert_kind == "builtin":
+            return self.expert_spec
+        return f"file:{self.config.out / 'trajectories_expert.parquet'}"
+
+    async def label_stage(self, task_ids: list[str], given_groups: dict) -> dict[str, list[dict]]:
+        """Monte-Carlo labelled step/group pairs, every task a coroutine on one engine."""
+        from hpl_data.mc import label_task, segment
+
+        c = self.config
+        kind, arg = self.segmenter
+        store = ShardStore(c.out, "mc_" + "_".join(sorted(c.mc_levels)))
+        failed: dict[str, str] = {}
+
+        async def one(lab, t: str) -> None:
+            ex = await lab.expert_pass(self.mc_expert, t)
+            n = len(ex["steps"])
+            if kind == "semantic":  # groups came from the LLM (validated, or Fixed-K after a counted fallback)
+                given = given_groups.get(t)
+                groups = given if given and given[-1][1] == n else segment("fixed-k", 3, n, None, None)
+            else:
+                groups = segment(kind, arg, n, getattr(self, "entropies", {}).get(t), self.threshold)
+            steps, grps = await label_task(lab, c.split, ex, expert=self.mc_expert, levels=c.mc_levels,
+                                           groups=groups, segmenter=c.segmenter)
+            lab.counters["expert_env_steps_mc"] += n
+            store.put(t, {"step": steps, "group": grps, "counters": dict(lab.counters)})
+
+        t0 = time.perf_counter()
+        engine_counters = await self._on_engine("label (MC rollouts)", store.pending(task_ids), one, failed)
+        self.counters["mc_failed_tasks"] = len(failed)
+        if failed:
+            first = next(iter(failed.items()))
+            self.console.print(f"[yellow]hpl-gen: MC labelling failed for {len(failed)} task(s), e.g. {first[0]}: "
+                               f"{first[1][:300]} (rerun with the same --out to retry them)[/yellow]")
+        rows: dict[str, list[dict]] = {"step": [], "group": []}
+        totals: Counter = Counter()
+        for t in task_ids:
+            if t in failed:
+                continue
+            sh = store.get(t)
+            rows["step"] += sh["step"]
+            rows["group"] += sh["group"]
+            totals.update(sh["counters"])
+        for k, v in totals.items():
+            self.counters[k] = self.counters.get(k, 0) + v
+        if engine_counters is not None:
+            self._add_engine_counters(engine_counters, "mc_")
+        self.counters["mc_seconds"] = time.perf_counter() - t0
+        return rows
+
+    # ------------------------------------------------------------------ the engine under the MC stages
+    async def _on_engine(self, title: str, todo: list[str], work, failed: dict | None = None):
+        """Run ``work(labeler, task_id)`` for every task on one engine; the rollouts of all tasks
+        in flight share ``concurrency``. Returns the engine's counters."""
+        if not todo:
+            return None
+        from hpl_data.mc import MCSettings, TaskLabeler
+
+        c = self.config
+        eng, tasks_in_flight = await self._mc_engine()
+        settings = MCSettings(policy=c.policy, rollouts=c.mc_rollouts, seed=c.seed, adaptive=c.mc_adaptive,
+                              min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
+                              outcome_range=self.profile.outcome_range(c.env_kwargs), prompts=c.prompts,
+                              temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
+        slots = asyncio.Semaphore(c.concurrency)
+        gate = asyncio.Semaphore(tasks_in_flight)
+        wall0 = eng.counters.wall_s
+        t_start = time.perf_counter()
+        with self.progress() as bar:
+            job = bar.add_task(title, total=len(todo))
+
+            async def one(t: str) -> None:
+                async with gate:
+                    lab = TaskLabeler(eng, settings, slots, Counter())
+                    try:
+                        await work(lab, t)
+                    except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
+                        if failed is None:
+                            raise
+                        failed[t] = f"{type(e).__name__}: {e}"
+                    finally:
+                        await lab.close()
+                k = eng.counters
+                secs = max(time.perf_counter() - t_start, 1e-9)
+                bar.update(job, advance=1, description=f"{title} | LLM calls {k.llm_calls} "
+                           f"({k.llm_calls / secs:.1f}/s, peak {k.peak_inflight} in flight)")
+
+            await asyncio.gather(*(one(t) for t in todo))
+        eng.counters.wall_s = wall0 + time.perf_counter() - t_start
+        return eng.counters
+
+    async def _mc_engine(self):
+        """(engine, tasks in flight): enough tasks to fill ``concurrency`` with an LLM policy; an
+        agent's rollouts are CPU-bound, two tasks per worker keep the workers busy."""
+        from hpl_data.engine import EngineConfig, RolloutEngine
+        from hpl_data.policies import parse_spec
+
+        c = self.config
+        spec = parse_spec(c.policy)
+        tasks_in_flight = 2 * c.workers if spec.is_agent else max(2 * c.workers, c.concurrency // c.mc_rollouts)
+        if self._engine is None:
+            # fork shares the env data this process already loaded; never fork next to a model
+            start = "spawn" if spec.kind in ("vllm", "hf") or "torch" in sys.modules else "fork"
+            cfg = EngineConfig(concurrency=tasks_in_flight, workers=c.workers, seed=c.seed, prompts=c.prompts,
+                               start_method=start)
+            self._engine = RolloutEngine(self.env_name, self.chat_policy() or c.policy, env_kwargs=c.env_kwargs,
+                                         config=cfg)
+            await self._engine.start()
+        return self._engine, tasks_in_flight
+
+    def _add_engine_counters(self, k, prefix: str) -> None:
+        d = k.as_dict()
+        for name in ("llm_calls", "llm_errors", "prompt_tokens", "completion_tokens", "worker_restarts"):
+            self.counters[prefix + name] = self.counters.get(prefix + name, 0) + d[name]
+        self.counters[prefix + "llm_peak_in_flight"] = max(self.counters.get(prefix + "llm_peak_in_flight", 0),
+                                                           d["peak_inflight"])
+        self.counters[prefix + "outside_llm_fraction"] = d["outside_llm_fraction"]
+        self.counters[prefix + "llm_mean_in_flight"] = d["mean_inflight"]
+        self.counters[prefix + "llm_calls_per_s"] = d["llm_calls"] / d["wall_s"] if d["wall_s"] else None
+
+
+def generate(**kwargs: Any) -> GenResult:
+    """``generate(env="webshop", out="data/ws", limit=20)``: the whole pipeline from Python."""
+    return Generation(GenConfig(**kwargs)).run()
+

@@ -1,0 +1,122 @@
+"""hpl-gen as typed stages on the async engine: the five tables are the release's, row for row,
+for any --workers/--concurrency; --env-arg reaches every stage."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+TABLES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
+HAS_SQL_SERVER = bool(shutil.which("mariadbd") or shutil.which("mysqld") or Path("/usr/sbin/mariadbd").exists())
+
+
+def gen(out, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# Columns added after the release (additive; the release's columns must stay identical).
+NEW_COLUMNS = {"chosen_outcomes", "rejected_outcomes"}
+
+
+def table_digests(out: Path) -> dict[str, str]:
+    """``rows:sha256[:16]`` of every table over the release's columns: each row as JSON with sorted
+    keys (floats by repr)."""
+    digests = {}
+    for name in TABLES:
+        path = Path(out) / f"{name}.parquet"
+        if path.exists():
+            table = pq.read_table(path)
+            rows = table.select([c for c in table.column_names if c not in NEW_COLUMNS]).to_pylist()
+            h = hashlib.sha256()
+            for r in rows:
+                h.update(json.dumps(r, sort_keys=True, default=str).encode() + b"\n")
+            digests[name] = f"{len(rows)}:{h.hexdigest()[:16]}"
+    return digests
+
+
+# Digests of the tables written by the release before this change (commit 41d6a41, the synchronous
+# ProcessPoolExecutor labeller), obtained with `git archive 41d6a41` into a scratch folder and
+#   python -m hpl_data.cli_gen <the flags below, without --workers/--concurrency> --out X
+# then table_digests(X) above, on the shared benchmark data (HPL_DATA_DIR) with --workers 1.
+# This run uses other --workers/--concurrency on purpose: the result must not depend on them.
+RELEASE = {
+    "webshop-default": (
+        ["--env", "webshop", "--limit", "6", "--workers", "2", "--concurrency", "4"],
+        {"trajectories_expert": "6:897a5b4457861d2c", "trajectories_policy": "6:498ca621d8929e66",
+         "traj_pairs": "6:a70015ae93619ed5", "step_pairs": "15:a6037ffaff6dd2fa", "group_pairs": "7:713148e46c13bfe2"}),
+    "webshop-random-adaptive": (
+        ["--env", "webshop", "--limit", "4", "--policy", "random", "--mc-adaptive", "--mc-rollouts", "4", "--seed", "3",
+         "--workers", "2", "--concurrency", "3"],
+        {"trajectories_expert": "4:8185833526bd310d", "trajectories_policy": "4:9ca34522f4c42780",
+         "traj_pairs": "4:44db94ec98c6f47a", "step_pairs": "10:c0228b6d23f52569", "group_pairs": "6:c6dfda6f6714756f"}),
+    "webshop-uncertainty": (
+        ["--env", "webshop", "--limit", "4", "--segmenter", "uncertainty", "--entropy-samples", "4", "--levels",
+         "step,group"],
+        {"trajectories_expert": "4:94810cfcccd0aed2", "trajectories_policy": "4:cee4dff1bf4d5f98",
+         "traj_pairs": "4:8dd4b20eb3979a90", "step_pairs": "8:a43223ebfbbddbde", "group_pairs": "6:46183f757fd1a90e"}),
+    "intercode-sql-default": (
+        ["--env", "intercode-sql", "--limit", "4", "--workers", "2", "--concurrency", "7"],
+        {"trajectories_expert": "4:b1f2e6028cd46228", "trajectories_policy": "4:b2d395f363787d9f",
+         "traj_pairs": "4:eb9bae6bd3c5d712", "step_pairs": "4:b79a01b84f09731c", "group_pairs": "4:9e92a486515c3a77"}),
+    "intercode-sql-random-adaptive": (  # Kendall-tau rewards: the Hoeffding bound's range is 2
+        ["--env", "intercode-sql", "--limit", "3", "--policy", "random", "--mc-adaptive", "--mc-rollouts", "4",
+         "--seed", "5", "--workers", "2"],
+        {"trajectories_expert": "3:db7e4e9dee592fa9", "trajectories_policy": "3:171c5f6ceb616a06",
+         "traj_pairs": "3:209c2e2aa180991c", "step_pairs": "3:a3f9fb81cb01d762", "group_pairs": "3:93ca879512f76c5a"}),
+    "alfworld-default": (
+        ["--env", "alfworld", "--limit", "2", "--mc-rollouts", "2", "--workers", "2", "--concurrency", "5"],
+        {"trajectories_expert": "2:720ae5d157b6a78d", "trajectories_policy": "2:7325c1f536172bce",
+         "traj_pairs": "2:78ec278822b0e30d", "step_pairs": "3:971d08c0c477bdcf", "group_pairs": "2:c168af8c8aaac424"}),
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASE))
+def test_tables_identical_to_the_release(name, tmp_path):
+    args, expected = RELEASE[name]
+    if "intercode-sql" in args and not HAS_SQL_SERVER:
+        pytest.skip("no mariadbd/mysqld here (CI installs mariadb-server)")
+    p = gen(tmp_path / "out", *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert table_digests(tmp_path / "out") == expected
+    counters = json.loads((tmp_path / "out" / "manifest.json").read_text())["counters"]
+    assert counters["mc_failed_tasks"] == 0 and counters["rollouts"] > 0 and counters["pairs_labelled"] > 0
+
+
+def test_env_args_reach_generation(tmp_path):
+    from hpl_envs import make_env
+
+    p = gen(tmp_path / "product", "--env", "webshop", "--env-arg", "split_mode=product", "--levels", "traj,step",
+            "--limit", "3", "--mc-rollouts", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    expected = make_env("webshop", split_mode="product").task_ids("train")[:3]
+    assert expected != make_env("webshop").task_ids("train")[:3]  # the argument changes the tasks
+    for name in ("trajectories_expert", "trajectories_policy"):
+        assert [r["task_id"] for r in pq.read_table(tmp_path / "product" / f"{name}.parquet").to_pylist()] == expected
+    assert {r["task_id"] for r in pq.read_table(tmp_path / "product" / "step_pairs.parquet").to_pylist()} <= set(expected)
+    manifest = json.loads((tmp_path / "product" / "manifest.json").read_text())
+    assert manifest["config"]["env_args"] == {"split_mode": "product"} and manifest["finished"]
+    for bad, message in ((["--env-arg", "colour=1"], "colour"), (["--env-arg", "split_mode"], "KEY=VALUE"),
+                         (["--env-arg", "split_mode=nope"], "nope")):
+        p = gen(tmp_path / "bad", "--env", "webshop", "--limit", "1", *bad)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.skipif(not HAS_SQL_SERVER, reason="no mariadbd/mysqld here (CI installs mariadb-server)")
+def test_sql_env_args(tmp_path):
+    p = gen(tmp_path / "sql", "--env", "intercode-sql", "--env-arg", 'backend="local"', "--env-arg", "row_cap=1",
+            "--env-arg", "max_turns=4", "--limit", "3", "--mc-rollouts", "1", "--workers", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    manifest = json.loads((tmp_path / "sql" / "manifest.json").read_text())
+    assert manifest["config"]["env_args"] == {"backend": "local", "row_cap": 1, "max_turns": 4}
+    expert = pq.read_table(tmp_path / "sql" / "trajectories_expert.parquet").to_pylist()
+    assert all(r["n_steps"] <= 4 for r in expert)
+    pairs = pq.read_table(tmp_path / "sql" / "group_pairs.parquet").to_pylist()
+    assert pairs and all(r["env"] == "intercode-sql" for r in pairs)
+    p = gen(tmp_path / "bad", "--env", "intercode-sql", "--env-arg", 'backend="nope"', "--limit", "1")
+    assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
