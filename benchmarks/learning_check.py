@@ -42,6 +42,7 @@ class Size:
     hpl_max_steps: int
     batch_size: int
     lora_r: int
+    max_row_tokens: int  # packed row length: a row's fp32 logits (x 49,152 vocab) bound peak memory
     sft_lr: float
     hpl_lr: float
     backend: str  # hf | vllm, for evaluation
@@ -49,10 +50,11 @@ class Size:
 
 SIZES = {
     "quick": Size(train_tasks=10, gen_tasks=3, test_tasks=6, max_turns=8, max_tokens=48, mc_rollouts=1,
-                  sft_epochs=2, hpl_max_steps=4, batch_size=4, lora_r=16, sft_lr=3e-4, hpl_lr=5e-5, backend="vllm"),
+                  sft_epochs=1, hpl_max_steps=4, batch_size=2, lora_r=16, max_row_tokens=4096, sft_lr=3e-4,
+                  hpl_lr=5e-5, backend="vllm"),
     "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=96, mc_rollouts=3,
-                sft_epochs=3, hpl_max_steps=200, batch_size=16, lora_r=32, sft_lr=2e-4, hpl_lr=2e-5,
-                backend="vllm"),
+                sft_epochs=3, hpl_max_steps=200, batch_size=16, lora_r=32, max_row_tokens=8192, sft_lr=2e-4,
+                hpl_lr=2e-5, backend="vllm"),
 }
 
 
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         stage(work, name, out / "final" / "config.json",
               [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", ",".join(map(str, data)),
                "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"batch_size={size.batch_size}",
-               *extra], times)
+               f"max_row_tokens={size.max_row_tokens}", *extra], times)
 
     stage(work, "model", base / "hpl_model.json", [*cli("hpl_data.cli_data"), "model", "smollm2", "--out", str(base)],
           times)
