@@ -30,7 +30,7 @@ from hpl_data.cli_common import (
     worker_count,
 )
 from hpl_data.engine import EngineConfig, RolloutEngine
-from hpl_data.policies import PolicyError, SamplingParams, make_chat_policy, parse_spec
+from hpl_data.policies import PolicyError, SamplingParams, check_model_available, make_chat_policy, parse_spec
 from hpl_data.rollout import summarize
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError, TaskNotFoundError
@@ -210,6 +210,7 @@ def _main(argv: list[str]) -> int:
     if args.max_turns:
         args.env_kwargs["max_turns"] = args.max_turns
     spec = parse_spec(args.agent)
+    check_model_available(spec)
     try:
         runs = plan_runs(args)
     except TypeError as e:  # an --env-arg the env does not take

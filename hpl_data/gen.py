@@ -94,6 +94,7 @@ class GenConfig:
 
     def validate(self) -> tuple[str, float | str | None]:
         """Raise :class:`GenError` for a bad combination; returns the parsed segmenter."""
+        from hpl_data.policies import check_model_available
         from hpl_data.policies import parse_spec as parse_policy
         from hpl_data.segmenters import parse_spec
 
@@ -104,7 +105,11 @@ class GenConfig:
             seg = parse_spec(self.segmenter)
             if seg[0] == "semantic" and parse_policy(str(seg[1])).is_agent:
                 raise GenError(f"segmenter semantic needs an LLM policy (vllm:, openai:, hf:), got {seg[1]!r}")
-            parse_policy(self.policy)
+            check_model_available(parse_policy(self.policy))
+            if seg[0] == "semantic":
+                check_model_available(parse_policy(str(seg[1])))
+            if self.expert.startswith("teacher:"):
+                check_model_available(parse_policy(self.expert[len("teacher:"):]))
         except GenError:
             raise
         except ValueError as e:

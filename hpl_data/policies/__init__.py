@@ -126,7 +126,6 @@ def parse_spec(spec: str) -> PolicySpec:
         if kind == "openai":
             url, _, model = rest.partition("#")
             return PolicySpec("openai", url, model or None)
-        _check_model_path(kind, rest)
         return PolicySpec(kind, rest)
     if sep and rest.isidentifier() and all(p.isidentifier() for p in kind.split(".")):
         return PolicySpec("agent", spec)
@@ -134,11 +133,13 @@ def parse_spec(spec: str) -> PolicySpec:
                      "openai:URL[#model], hf:MODEL or package.module:factory")
 
 
-def _check_model_path(kind: str, target: str) -> None:
+def check_model_available(spec: PolicySpec) -> None:
     """``vllm:``/``hf:`` take a local model folder or a hub id (``org/name``); something that can
     only be a path (absolute, ``./``, ``~``, or more than one '/') must exist, so that a typo fails
-    in one line before any work instead of deep inside the model loader."""
-    if Path(target).expanduser().exists():
+    in one line before any work instead of deep inside the model loader. CLIs call this up front
+    (``parse_spec`` only parses: a spec may name a folder of another machine)."""
+    kind, target = spec.kind, spec.target
+    if kind not in ("vllm", "hf") or Path(target).expanduser().exists():
         return
     looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1 or "\\" in target
     if looks_like_path:
