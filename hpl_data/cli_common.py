@@ -113,13 +113,42 @@ def max_workers() -> int:
 
 
 def worker_count(text: str) -> int:
-    value = positive_int(text)
+    """``--workers``: a whole number >= 1 (how many this machine can hold is :func:`check_local_workers`)."""
+    return positive_int(text)
+
+
+def check_local_workers(value: int) -> None:
+    """Local env workers are processes on this machine, each with its own env: cap them (on a Ray
+    cluster, ``--ray``, the cluster's CPUs are the limit instead)."""
     cap = max_workers()
     if value > cap:
-        raise argparse.ArgumentTypeError(
-            f"{value} worker processes is more than this machine can use: at most {cap} here "
-            f"({os.cpu_count()} CPUs); each worker is a process with its own env")
-    return value
+        raise CliError(f"--workers {value}: {value} worker processes is more than this machine can use: at most {cap} "
+                       f"here ({os.cpu_count()} CPUs), each a process with its own env; on a cluster add --ray ADDRESS")
+
+
+RAY_INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'hpl[ray]'"
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ray [auto|ADDRESS]`` and ``--ray-cpus-per-worker``, the same for every CLI that runs envs."""
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                        help="env workers as Ray actors spread over a cluster: ADDRESS (host:port of the head, "
+                             "as `ray start --head` prints it) or auto (the running cluster, else a local one); "
+                             "--workers is then the number of actors")
+    parser.add_argument("--ray-cpus-per-worker", type=positive_float, default=1.0,
+                        help="CPUs each Ray env actor reserves (default 1)")
+
+
+def check_ray(args: argparse.Namespace) -> None:
+    """With ``--ray``: Ray must be importable (else one line with the install hint); without it,
+    the local worker cap applies."""
+    if args.ray is None:
+        check_local_workers(args.workers)
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise CliError(RAY_INSTALL_HINT) from None
 
 
 def concurrency(text: str) -> int:

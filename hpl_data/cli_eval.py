@@ -22,7 +22,9 @@ from rich.table import Table
 from hpl_data.cli_common import (
     CliError,
     CliParser,
+    add_ray_flags,
     check_output,
+    check_ray,
     concurrency,
     positive_float,
     positive_int,
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split(s), comma-separated; default: the paper's eval split per env")
     p.add_argument("--limit", type=positive_int, default=None, help="first N tasks of each split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=worker_count, default=2, help="env worker processes")
+    p.add_argument("--workers", type=worker_count, default=2, help="env worker processes (Ray actors with --ray)")
+    add_ray_flags(p)
     p.add_argument("--concurrency", type=concurrency, default=64, help="episodes in flight")
     p.add_argument("--max-turns", type=positive_int, default=None)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -111,7 +114,8 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
     try:
         for env_name, split, ids in runs:
             config = EngineConfig(concurrency=args.concurrency, workers=args.workers, seed=args.seed,
-                                  episode_timeout_s=args.episode_timeout, prompts=args.prompts, sampling=sampling)
+                                  episode_timeout_s=args.episode_timeout, prompts=args.prompts, sampling=sampling,
+                                  ray=args.ray, ray_cpus_per_worker=args.ray_cpus_per_worker)
             from hpl_data.protocol import compute as compute_protocol
 
             protocol = compute_protocol(env_name, args.env_kwargs, split, ids)  # before workers share the env's server
@@ -123,7 +127,8 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
             summary["protocol"] = protocol
             summary["config"] = {"seed": args.seed, "temperature": args.temperature, "top_p": args.top_p,
                                  "max_tokens": args.max_tokens, "max_turns": args.max_turns, "prompts": args.prompts,
-                                 "concurrency": args.concurrency, "workers": args.workers, "limit": args.limit}
+                                 "concurrency": args.concurrency, "workers": args.workers, "limit": args.limit,
+                                 "ray": args.ray}
             summary["per_episode"] = [
                 {"task_id": e["task_id"], "task_type": e["task_type"], "reward": e["reward"], "won": e["won"],
                  "steps": len(e["steps"]), "error": e["error"], "stop_reason": e["stop_reason"],
@@ -204,6 +209,7 @@ def _main(argv: list[str]) -> int:
 
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
+    check_ray(args)
     console = Console(stderr=True, quiet=args.quiet, soft_wrap=True)
     args.env_kwargs = parse_kv(args.env_arg)
     args.policy_kwargs = parse_kv(args.policy_arg, "--policy-arg")

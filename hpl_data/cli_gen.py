@@ -26,7 +26,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hpl_data.cli_common import CliParser, check_output, concurrency, positive_int, run_cli, worker_count
+from hpl_data.cli_common import (
+    CliParser,
+    add_ray_flags,
+    check_output,
+    check_ray,
+    concurrency,
+    positive_int,
+    run_cli,
+    worker_count,
+)
 from hpl_data.cli_eval import parse_kv
 from hpl_data.gen import GenConfig, Generation, GenError
 from hpl_data.policies import PolicyError
@@ -67,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=worker_count, default=1, help="env worker processes")
+    p.add_argument("--workers", type=worker_count, default=1, help="env worker processes (Ray actors with --ray)")
+    add_ray_flags(p)
     p.add_argument("--concurrency", type=concurrency, default=256, help="MC rollouts (LLM requests) in flight")
     p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"])
     p.add_argument("--out", type=Path, required=True)
@@ -85,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> GenConfig:
         mc_rollouts=args.mc_rollouts, mc_adaptive=args.mc_adaptive, mc_min_rollouts=args.mc_min_rollouts,
         mc_confidence=args.mc_confidence, entropy_samples=args.entropy_samples, split=args.split, limit=args.limit,
         seed=args.seed, workers=args.workers, concurrency=args.concurrency, prompts=args.prompts,
-        overwrite=args.overwrite, progress=args.progress)
+        overwrite=args.overwrite, progress=args.progress, ray=args.ray, ray_cpus_per_worker=args.ray_cpus_per_worker)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    check_ray(args)
     check_output(args.out, "dir")
     console = Console(stderr=True, soft_wrap=True)
     result = Generation(config_from_args(args), console).run()

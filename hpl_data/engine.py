@@ -50,90 +50,123 @@ def _clean_info(info: dict) -> dict:
     return {k: v for k, v in info.items() if k != "state"}
 
 
-def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
-    """Loop of one env worker: receive a batch of (op, episode, args), answer a list of results."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        from hpl_data.policies import make_agent_from_spec
+class EnvWorkerCore:
+    """One env and its episodes, switched by snapshot: what every worker back-end runs.
+
+    A local worker process (:func:`_worker_main`) and a Ray actor (:mod:`hpl_data.ray_pool`) both
+    hold one of these and answer batches of ``(op, episode, args)`` with :meth:`run_batch`.
+    """
+
+    def __init__(self, env_name: str, env_kwargs: dict) -> None:
         from hpl_envs import make_env
 
-        env = make_env(env_name, **env_kwargs)
-        conn.send(("ready", os.getpid()))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which gives up cleanly
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    states: dict[int, Any] = {}
-    saved: dict[str, Any] = {}  # named snapshots (an MC task's expert states), never shipped to the parent
-    agents: dict[int, Any] = {}
-    last: dict[int, tuple[str, dict]] = {}
-    current: list[int | None] = [None]
+        self.env_name = env_name
+        self.env = make_env(env_name, **env_kwargs)
+        self.states: dict[int, Any] = {}
+        self.saved: dict[str, Any] = {}  # named snapshots (an MC task's expert states), never shipped back
+        self.agents: dict[int, Any] = {}
+        self.last: dict[int, tuple[str, dict]] = {}
+        self.current: int | None = None
 
-    def activate(ep: int) -> None:
-        if ep not in states:
+    def _activate(self, ep: int) -> None:
+        if ep not in self.states:
             raise KeyError(ep)
-        if current[0] != ep:
-            env.set_state(states[ep])
-            current[0] = ep
+        if self.current != ep:
+            self.env.set_state(self.states[ep])
+            self.current = ep
 
-    def after(ep: int, obs: str, info: dict, want_state: bool):
-        states[ep] = env.get_state()
-        current[0] = ep
-        last[ep] = (obs, info)
-        return states[ep] if want_state else None
+    def _after(self, ep: int, obs: str, info: dict, want_state: bool):
+        self.states[ep] = self.env.get_state()
+        self.current = ep
+        self.last[ep] = (obs, info)
+        return self.states[ep] if want_state else None
 
-    def do_step(ep: int, action: str, want_state: bool):
-        obs, reward, term, trunc, info = env.step(action)
-        state = after(ep, obs, info, want_state)
+    def _step(self, ep: int, action: str, want_state: bool):
+        obs, reward, term, trunc, info = self.env.step(action)
+        state = self._after(ep, obs, info, want_state)
         return obs, float(reward), bool(term), bool(trunc), _clean_info(info), state
 
-    def handle(op: str, ep: int, args: tuple):
+    def handle(self, op: str, ep: int, args: tuple):
+        env = self.env
         if op == "reset":
             task_id, seed, agent_spec, want_state = args
             obs, info = env.reset(seed=seed, options={"task_id": task_id})
             if agent_spec is not None:
-                agents[ep] = make_agent_from_spec(env_name, agent_spec, seed=seed)
-                agents[ep].reset(env, obs, info)
-            return obs, _clean_info(info), after(ep, obs, info, want_state)
+                from hpl_data.policies import make_agent_from_spec
+
+                self.agents[ep] = make_agent_from_spec(self.env_name, agent_spec, seed=seed)
+                self.agents[ep].reset(env, obs, info)
+            return obs, _clean_info(info), self._after(ep, obs, info, want_state)
         if op == "step":
-            activate(ep)
-            return do_step(ep, args[0], args[1])
-        if op == "agent_step":
-            activate(ep)
-            action = agents[ep].act(*last[ep])
-            return (action, *do_step(ep, action, False))
+            self._activate(ep)
+            return self._step(ep, args[0], args[1])
+        if op == "agent_step":  # (action, thought, obs, reward, terminated, truncated, info, state)
+            self._activate(ep)
+            agent = self.agents[ep]
+            action = agent.act(*self.last[ep])
+            return (action, getattr(agent, "last_thought", "") or "", *self._step(ep, action, False))
         if op == "restore":
             env.set_state(args[0])
-            states[ep] = env.get_state()
-            current[0] = ep
+            self.states[ep] = env.get_state()
+            self.current = ep
             return getattr(env, "last_restore", "snapshot")
         if op == "fork":  # a new episode starting from a named snapshot of this worker
-            env.set_state(saved[args[0]])
-            states[ep] = env.get_state()
-            current[0] = ep
+            env.set_state(self.saved[args[0]])
+            self.states[ep] = env.get_state()
+            self.current = ep
             return None
         if op == "save":  # name the episode's current snapshot
-            activate(ep)
-            saved[args[0]] = states[ep]
+            self._activate(ep)
+            self.saved[args[0]] = self.states[ep]
             return None
         if op == "drop":  # forget the named snapshots with this prefix
-            for key in [k for k in saved if k.startswith(args[0])]:
-                del saved[key]
+            for key in [k for k in self.saved if k.startswith(args[0])]:
+                del self.saved[key]
             return None
         if op == "run":  # a library function next to the env: fn(env, env_name, saved, *args)
             module, _, name = args[0].partition(":")
-            current[0] = None  # it moves the env; the next episode op restores its own state
-            return getattr(importlib.import_module(module), name)(env, env_name, saved, *args[1:])
+            self.current = None  # it moves the env; the next episode op restores its own state
+            return getattr(importlib.import_module(module), name)(env, self.env_name, self.saved, *args[1:])
         if op == "close":
-            for d in (states, agents, last):
+            for d in (self.states, self.agents, self.last):
                 d.pop(ep, None)
-            if current[0] == ep:
-                current[0] = None
+            if self.current == ep:
+                self.current = None
             return None
         if op == "ping":
             return os.getpid()
         raise ValueError(f"unknown op {op!r}")
 
+    def run_batch(self, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+        """``[(status, value)]``: ok, lost (the episode is unknown here) or err (with traceback)."""
+        out = []
+        for op, ep, args in batch:
+            try:
+                out.append(("ok", self.handle(op, ep, args)))
+            except KeyError as e:
+                out.append(("lost", f"episode {ep} unknown to this worker ({e})"))
+            except Exception as e:  # noqa: BLE001 - the episode fails, the worker lives on
+                self.current = None  # the env may be mid-way; restore before the next use
+                out.append(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
+    """Loop of one local env worker process: receive a batch, answer a list of results."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        core = EnvWorkerCore(env_name, env_kwargs)
+        conn.send(("ready", os.getpid()))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which gives up cleanly
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
     while True:
         try:
             batch = conn.recv()
@@ -141,100 +174,70 @@ def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
             break
         if batch is None:
             break
-        out = []
-        for op, ep, args in batch:
-            try:
-                out.append(("ok", handle(op, ep, args)))
-            except KeyError as e:
-                out.append(("lost", f"episode {ep} unknown to this worker ({e})"))
-            except Exception as e:  # noqa: BLE001 - the episode fails, the worker lives on
-                current[0] = None  # the env may be mid-way; restore before the next use
-                out.append(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
-        conn.send(out)
-    try:
-        env.close()
-    except Exception:  # noqa: BLE001
-        pass
+        conn.send(core.run_batch(batch))
+    core.close()
 
 
-# ----------------------------------------------------------------------------- worker pool
+# ----------------------------------------------------------------------------- worker pools
 class _Worker:
+    """One slot of a pool; its back-end (a process, a Ray actor) is replaced on every restart."""
+
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: mp.Process | None = None
+        self.pid: int | None = None
+        self.where = ""  # the host / Ray node it runs on
+        self.proc: mp.Process | None = None  # local back-end
         self.conn = None
+        self.actor = None  # Ray back-end
         self.queue: list[tuple[str, int, tuple, asyncio.Future]] = []
         self.wake = asyncio.Event()
         self.load = 0  # live episodes pinned here
         self.generation = 0  # bumps on every restart
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
+class WorkerPool:
+    """``workers`` env workers; ``await call(worker, op, ep, *args)`` from the event loop.
 
-class EnvPool:
-    """``workers`` env processes; ``await call(worker, op, ep, *args)`` from the event loop."""
+    The scheduling, batching, timeouts and restarts live here, once; a back-end says only how a
+    worker starts (:meth:`_spawn`), how a batch travels (:meth:`_exchange`, raising
+    :class:`WorkerDied` when the worker is gone) and how it is stopped (:meth:`_kill`,
+    :meth:`_stop`). :class:`EnvPool` runs local processes, :class:`hpl_data.ray_pool.RayEnvPool`
+    Ray actors.
+    """
+
+    backend = "?"
 
     def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, env_timeout_s: float = 120.0,
-                 start_timeout_s: float = 300.0, max_batch: int = 64, counters: Counters | None = None,
-                 start_method: str = "spawn") -> None:
+                 start_timeout_s: float = 300.0, max_batch: int = 64, counters: Counters | None = None) -> None:
         self.env_name, self.env_kwargs = env_name, dict(env_kwargs)
         self.workers = [_Worker(i) for i in range(max(1, workers))]
         self.env_timeout_s, self.start_timeout_s, self.max_batch = env_timeout_s, start_timeout_s, max_batch
-        # never fork a process that may hold CUDA / vLLM threads; "fork" (the env data already
-        # loaded in this process, shared copy-on-write) is for callers that know it holds none
-        self.ctx = mp.get_context(start_method)
         self.counters = counters or Counters()
         self._lanes: list[asyncio.Task] = []
         self._closed = False
 
+    # --- what a back-end provides
+    async def _spawn(self, w: _Worker) -> None:
+        """Start worker ``w`` and wait until its env is loaded; RuntimeError if it cannot."""
+        raise NotImplementedError
+
+    async def _exchange(self, w: _Worker, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def _kill(self, w: _Worker) -> None:
+        raise NotImplementedError
+
+    async def _stop(self, w: _Worker) -> None:
+        """Ask a live worker to finish (close its env), then make sure it is gone."""
+        self._kill(w)
+
+    async def _after_close(self) -> None:
+        """Back-end clean-up once every worker is stopped."""
+
+    # --- the one scheduling / fault path
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         self._lanes = [asyncio.create_task(self._lane(w)) for w in self.workers]
-
-    async def _spawn(self, w: _Worker) -> None:
-        parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.env_name, self.env_kwargs), daemon=True,
-                                name=f"hpl-env-{self.env_name}-{w.index}")
-        proc.start()
-        child.close()
-        w.proc, w.conn = proc, parent
-        w.generation += 1
-        try:
-            msg = await asyncio.wait_for(self._recv(w), self.start_timeout_s)
-        except (asyncio.TimeoutError, WorkerDied) as e:
-            self._kill(w)
-            raise RuntimeError(f"env worker {w.index} for {self.env_name} did not start: {e}") from e
-        if msg[0] != "ready":
-            self._kill(w)
-            raise RuntimeError(f"env worker {w.index} for {self.env_name} failed to start: {msg[1]}")
-
-    def _recv(self, w: _Worker) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        fd = w.conn.fileno()
-
-        def readable() -> None:
-            loop.remove_reader(fd)
-            if fut.done():
-                return
-            try:
-                fut.set_result(w.conn.recv())
-            except (EOFError, OSError) as e:
-                fut.set_exception(WorkerDied(f"env worker {w.index} (pid {w.pid}) died: {type(e).__name__}"))
-
-        loop.add_reader(fd, readable)
-        fut.add_done_callback(lambda _: loop.remove_reader(fd))
-        return fut
-
-    def _kill(self, w: _Worker) -> None:
-        if w.proc is not None and w.proc.is_alive():
-            w.proc.kill()
-        if w.proc is not None:
-            w.proc.join(timeout=5)
-        if w.conn is not None:
-            w.conn.close()
 
     async def _lane(self, w: _Worker) -> None:
         while not self._closed:
@@ -244,11 +247,12 @@ class EnvPool:
                 continue
             batch, w.queue = w.queue[: self.max_batch], w.queue[self.max_batch:]
             try:
-                w.conn.send([(op, ep, args) for op, ep, args, _ in batch])
-                results = await asyncio.wait_for(self._recv(w), self.env_timeout_s * len(batch))
+                results = await asyncio.wait_for(self._exchange(w, [(op, ep, args) for op, ep, args, _ in batch]),
+                                                 self.env_timeout_s * len(batch))
             except (WorkerDied, OSError, asyncio.TimeoutError) as e:
                 reason = e if isinstance(e, WorkerDied) else WorkerDied(
-                    f"env worker {w.index} (pid {w.pid}) {'hung' if isinstance(e, asyncio.TimeoutError) else 'broke'}: {e!r}")
+                    f"env worker {w.index} (pid {w.pid}{w.where}) "
+                    f"{'hung' if isinstance(e, asyncio.TimeoutError) else 'broke'}: {e!r}")
                 for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(reason)
@@ -302,15 +306,89 @@ class EnvPool:
         for lane in self._lanes:
             lane.cancel()
         await asyncio.gather(*self._lanes, return_exceptions=True)
-        for w in self.workers:
-            try:
-                if w.conn is not None and not w.conn.closed:
-                    w.conn.send(None)
-            except OSError:
-                pass
-            if w.proc is not None:
-                w.proc.join(timeout=5)
+        await asyncio.gather(*(self._stop(w) for w in self.workers), return_exceptions=True)
+        await self._after_close()
+
+
+class EnvPool(WorkerPool):
+    """Env workers as local processes, talking over pipes."""
+
+    backend = "local"
+
+    def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, start_method: str = "spawn",
+                 **kwargs: Any) -> None:
+        super().__init__(env_name, env_kwargs, workers, **kwargs)
+        # never fork a process that may hold CUDA / vLLM threads; "fork" (the env data already
+        # loaded in this process, shared copy-on-write) is for callers that know it holds none
+        self.ctx = mp.get_context(start_method)
+
+    async def _spawn(self, w: _Worker) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.env_name, self.env_kwargs), daemon=True,
+                                name=f"hpl-env-{self.env_name}-{w.index}")
+        proc.start()
+        child.close()
+        w.proc, w.conn, w.pid = proc, parent, proc.pid
+        w.generation += 1
+        try:
+            msg = await asyncio.wait_for(self._recv(w), self.start_timeout_s)
+        except (asyncio.TimeoutError, WorkerDied) as e:
             self._kill(w)
+            raise RuntimeError(f"env worker {w.index} for {self.env_name} did not start: {e}") from e
+        if msg[0] != "ready":
+            self._kill(w)
+            raise RuntimeError(f"env worker {w.index} for {self.env_name} failed to start: {msg[1]}")
+
+    def _recv(self, w: _Worker) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = w.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if fut.done():
+                return
+            try:
+                fut.set_result(w.conn.recv())
+            except (EOFError, OSError) as e:
+                fut.set_exception(WorkerDied(f"env worker {w.index} (pid {w.pid}) died: {type(e).__name__}"))
+
+        loop.add_reader(fd, readable)
+        fut.add_done_callback(lambda _: loop.remove_reader(fd))
+        return fut
+
+    async def _exchange(self, w: _Worker, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+        w.conn.send(batch)
+        return await self._recv(w)
+
+    def _kill(self, w: _Worker) -> None:
+        if w.proc is not None and w.proc.is_alive():
+            w.proc.kill()
+        if w.proc is not None:
+            w.proc.join(timeout=5)
+        if w.conn is not None:
+            w.conn.close()
+
+    async def _stop(self, w: _Worker) -> None:
+        try:
+            if w.conn is not None and not w.conn.closed:
+                w.conn.send(None)
+        except OSError:
+            pass
+        if w.proc is not None:
+            w.proc.join(timeout=5)
+        self._kill(w)
+
+
+def make_pool(env_name: str, env_kwargs: dict, config: EngineConfig, counters: Counters) -> WorkerPool:
+    """The worker back-end the config asks for: local processes, or Ray actors (``config.ray``)."""
+    common = {"env_timeout_s": config.env_timeout_s, "counters": counters}
+    if config.ray is not None:
+        from hpl_data.ray_pool import RayEnvPool
+
+        return RayEnvPool(env_name, env_kwargs, config.workers, address=config.ray,
+                          cpus_per_worker=config.ray_cpus_per_worker, **common)
+    return EnvPool(env_name, env_kwargs, config.workers, start_method=config.start_method, **common)
 
 
 # ----------------------------------------------------------------------------- counters
@@ -374,6 +452,8 @@ class EngineConfig:
     max_restarts: int = 3  # per episode, after worker deaths
     prompts: str = "default"  # default | ipr | eto: the first user message's instruction and example
     start_method: str = "spawn"  # env workers; "fork" only from a process without model/CUDA threads
+    ray: str | None = None  # env workers as Ray actors: "auto" or a cluster address (None: local processes)
+    ray_cpus_per_worker: float = 1.0  # CPUs a Ray env actor reserves (its node must have them free)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=256))
 
 
@@ -403,8 +483,7 @@ class RolloutEngine:
             self.policy_name = str(self.spec)
         else:
             self.spec, self.policy, self.policy_name = None, policy, policy.name
-        self.pool = EnvPool(env_name, self.env_kwargs, self.config.workers, env_timeout_s=self.config.env_timeout_s,
-                            counters=self.counters, start_method=self.config.start_method)
+        self.pool = make_pool(env_name, self.env_kwargs, self.config, self.counters)
         self._ep_ids = iter(range(1, 1 << 62))
 
     async def __aenter__(self) -> RolloutEngine:
@@ -512,9 +591,9 @@ class RolloutEngine:
                 obs, info, _ = await self._reset(ep, handle, str(self.spec), False)
                 done = False
                 while not done:
-                    action, new_obs, reward, term, trunc, info, _ = await self._call(handle, "agent_step")
+                    action, thought, new_obs, reward, term, trunc, info, _ = await self._call(handle, "agent_step")
                     self.counters.env_steps += 1
-                    ep.steps.append(Step(obs, action, reward, bool(info.get("action_valid", True))))
+                    ep.steps.append(Step(obs, action, reward, bool(info.get("action_valid", True)), thought=thought))
                     obs, done = new_obs, term or trunc
                     ep.reward, ep.terminated, ep.truncated = reward, term, trunc
                 break

@@ -43,7 +43,7 @@ from hpl_data.shards import ShardStore
 from hpl_envs.registry import canonical, make_env, profile
 
 LEVELS = ("traj", "step", "group")
-RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress")  # may differ between a run and its resumption
+RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress", "ray", "ray_cpus_per_worker")  # may differ between a run and its resumption
 TABLE_NAMES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
 
 
@@ -76,6 +76,8 @@ class GenConfig:
     seed: int = 0
     workers: int = 1
     concurrency: int = 256  # rollouts (and LLM requests) in flight
+    ray: str | None = None  # env workers as Ray actors on this cluster ("auto" or an address); None: local
+    ray_cpus_per_worker: float = 1.0
     prompts: str = "default"
     overwrite: bool = False
     progress: bool = True
@@ -120,6 +122,13 @@ class GenConfig:
             raise GenError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
         if self.workers < 1 or self.concurrency < 1:
             raise GenError("--workers and --concurrency must be >= 1")
+        if self.ray is not None:
+            from hpl_data.ray_pool import RayUnavailableError, require_ray
+
+            try:
+                require_ray()
+            except RayUnavailableError as e:
+                raise GenError(str(e)) from e
         return seg
 
     def as_dict(self) -> dict:
@@ -320,17 +329,20 @@ class Generation:
                                                "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
                 bar.advance(job)
 
-            if todo and not parse_spec(spec).is_agent:  # an LLM (teacher or reference policy)
+            if todo and (c.ray is not None or not parse_spec(spec).is_agent):  # an LLM, or env workers on Ray
                 from hpl_data.engine import EngineConfig, RolloutEngine
                 from hpl_data.policies import SamplingParams
 
                 temp = c.policy_temperature if role == "policy" else 0.0
                 cfg = EngineConfig(workers=c.workers, seed=c.seed, prompts=c.prompts, concurrency=c.concurrency,
-                                   sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens))
-                policy = self.chat_policy() if role == "policy" else spec
+                                   sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens),
+                                   ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker)
+                policy = self.chat_policy() if role == "policy" and not parse_spec(spec).is_agent else spec
                 async with RolloutEngine(self.env_name, policy, env_kwargs=c.env_kwargs, config=cfg) as eng:
                     await eng.run(todo, save)
                     self._add_engine_counters(eng.counters, f"{role}_")
+                    self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
+                                                                 + eng.counters.episode_restarts)
             elif todo:
                 await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
                                         seed=c.seed, workers=c.workers, on_episode=save)
@@ -467,6 +479,7 @@ class Generation:
         in flight share ``concurrency``. Returns the engine's counters."""
         if not todo:
             return None
+        from hpl_data.engine import WorkerDied
         from hpl_data.mc import MCSettings, TaskLabeler
 
         c = self.config
@@ -484,15 +497,25 @@ class Generation:
 
             async def one(t: str) -> None:
                 async with gate:
-                    lab = TaskLabeler(eng, settings, slots, Counter())
-                    try:
-                        await work(lab, t)
-                    except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
-                        if failed is None:
-                            raise
-                        failed[t] = f"{type(e).__name__}: {e}"
-                    finally:
-                        await lab.close()
+                    for attempt in range(1 + eng.config.max_restarts):
+                        lab = TaskLabeler(eng, settings, slots, Counter())
+                        try:
+                            await work(lab, t)
+                            break
+                        except WorkerDied:  # its worker (or node) was lost: the task again, elsewhere
+                            if attempt == eng.config.max_restarts:
+                                if failed is None:
+                                    raise
+                                failed[t] = "WorkerDied: the task's env worker died on every attempt"
+                            else:
+                                self.counters["mc_task_restarts"] = self.counters.get("mc_task_restarts", 0) + 1
+                        except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
+                            if failed is None:
+                                raise
+                            failed[t] = f"{type(e).__name__}: {e}"
+                            break
+                        finally:
+                            await lab.close()
                 k = eng.counters
                 secs = max(time.perf_counter() - t_start, 1e-9)
                 bar.update(job, advance=1, description=f"{title} | LLM calls {k.llm_calls} "
@@ -515,7 +538,7 @@ class Generation:
             # fork shares the env data this process already loaded; never fork next to a model
             start = "spawn" if spec.kind in ("vllm", "hf") or "torch" in sys.modules else "fork"
             cfg = EngineConfig(concurrency=tasks_in_flight, workers=c.workers, seed=c.seed, prompts=c.prompts,
-                               start_method=start)
+                               start_method=start, ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker)
             self._engine = RolloutEngine(self.env_name, self.chat_policy() or c.policy, env_kwargs=c.env_kwargs,
                                          config=cfg)
             await self._engine.start()

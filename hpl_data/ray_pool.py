@@ -1,0 +1,155 @@
+"""Env workers as Ray actors: the second worker back-end of :class:`hpl_data.engine.RolloutEngine`.
+
+Why Ray: the users' clusters (Slurm, Kubernetes with KubeRay) already run it, and RL stacks for
+agents (verl-agent, SkyRL, OpenRLHF) put env workers in Ray actors; hpl writes no scheduler.
+
+Each actor holds one env (:class:`hpl_data.engine.EnvWorkerCore`, the same code as a local worker
+process) and switches episodes by snapshot. Actors are placed with Ray's ``SPREAD`` strategy, so
+they spread over the nodes. Everything else (batching, timeouts, restarts, counters) is the
+engine's one code path (:class:`hpl_data.engine.WorkerPool`): an actor whose node is lost fails
+its batch with :class:`~hpl_data.engine.WorkerDied`, the engine restores or restarts its
+episodes on another worker, and the pool starts a replacement actor on a live node. Actors are
+created with ``max_restarts=0`` for that reason: the engine, not Ray, decides what a death means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from hpl_data.engine import WorkerDied, WorkerPool, _Worker
+
+INSTALL_HINT = "--ray needs Ray: pip install 'hpl[ray]' (or pip install 'ray[default]>=2.40')"
+FORWARDED_ENV = ("OMP_NUM_THREADS",)  # plus every HPL_* variable (HPL_DATA_DIR, ...)
+
+
+class RayUnavailableError(ImportError):
+    """Ray is not installed; the message says how to install it."""
+
+
+def require_ray():
+    """The ``ray`` module, or :class:`RayUnavailableError` with the install hint."""
+    try:
+        import ray
+    except ImportError as e:
+        raise RayUnavailableError(INSTALL_HINT) from e
+    return ray
+
+
+def connect(address: str) -> None:
+    """Join the cluster at ``address``; ``auto`` joins the running one (``RAY_ADDRESS``, or the one
+    ``ray start`` left on this machine) or else starts a local one. Once per process."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return
+    if address == "auto":
+        try:
+            ray.init(address="auto", log_to_driver=False)
+            return
+        except ConnectionError:  # no cluster running: a local one, just for this process
+            ray.init(include_dashboard=False, log_to_driver=False)
+            return
+    ray.init(address=address, log_to_driver=False)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's settings an actor must see on any node (data folder, thread caps)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("HPL_") or k in FORWARDED_ENV}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class EnvActor:
+    """One env in a Ray worker process (made a Ray actor class by :class:`RayEnvPool`)."""
+
+    def __init__(self, env_name: str, env_kwargs: dict, env_vars: dict[str, str]) -> None:
+        os.environ.update(env_vars)
+        from hpl_data.engine import EnvWorkerCore
+
+        self.core = EnvWorkerCore(env_name, env_kwargs)
+
+    def ready(self) -> tuple[int, str]:
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
+
+    def run_batch(self, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+        return self.core.run_batch(batch)
+
+    def close(self) -> None:
+        self.core.close()
+
+
+class RayEnvPool(WorkerPool):
+    """``workers`` Ray actors spread over the cluster at ``address``."""
+
+    backend = "ray"
+
+    def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, address: str = "auto",
+                 cpus_per_worker: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(env_name, env_kwargs, workers, **kwargs)
+        self.address, self.cpus_per_worker = address, cpus_per_worker
+        self._actor_class = None
+
+    async def start(self) -> None:
+        ray = require_ray()
+        await asyncio.to_thread(connect, self.address)
+        self._actor_class = ray.remote(EnvActor)
+        self._env_vars = forwarded_env()
+        await super().start()
+
+    @staticmethod
+    async def _result(ref) -> Any:
+        return await asyncio.wrap_future(ref.future())
+
+    async def _spawn(self, w: _Worker) -> None:
+        from ray.exceptions import RayError
+
+        w.actor = self._actor_class.options(
+            num_cpus=self.cpus_per_worker, scheduling_strategy="SPREAD", max_restarts=0, max_task_retries=0,
+            name=None).remote(self.env_name, self.env_kwargs, self._env_vars)
+        w.generation += 1
+        try:
+            w.pid, node = await asyncio.wait_for(self._result(w.actor.ready.remote()), self.start_timeout_s)
+        except asyncio.TimeoutError as e:
+            self._kill(w)
+            raise RuntimeError(f"Ray env actor {w.index} for {self.env_name} did not start within "
+                               f"{self.start_timeout_s:.0f}s (does the cluster have {self.cpus_per_worker:g} free "
+                               f"CPU(s) per worker for {len(self.workers)} workers?)") from e
+        except RayError as e:
+            self._kill(w)
+            raise RuntimeError(f"Ray env actor {w.index} for {self.env_name} failed to start: "
+                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+        w.where = f", node {node[:8]}"
+
+    async def _exchange(self, w: _Worker, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+        from ray.exceptions import RayError
+
+        try:
+            return await self._result(w.actor.run_batch.remote(batch))
+        except RayError as e:  # the actor or its node is gone (ActorDiedError, ActorUnavailableError, ...)
+            raise WorkerDied(f"env worker {w.index} (Ray actor, pid {w.pid}{w.where}) died: {type(e).__name__}") from e
+
+    def _kill(self, w: _Worker) -> None:
+        if w.actor is None:
+            return
+        import ray
+
+        try:
+            ray.kill(w.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead, or the cluster is gone
+            pass
+        w.actor = None
+
+    async def _stop(self, w: _Worker) -> None:
+        if w.actor is not None:
+            try:
+                await asyncio.wait_for(self._result(w.actor.close.remote()), 5)
+            except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
+                pass
+        self._kill(w)
+
+    def nodes(self) -> list[str]:
+        """Where the workers run now (Ray node ids), for tests and counters."""
+        return [w.where.removeprefix(", node ") for w in self.workers]
