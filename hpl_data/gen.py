@@ -323,7 +323,11 @@ class Generation:
         with self.progress() as bar:
             job = bar.add_task(f"collect {role} episodes", total=len(todo))
 
+            agent = parse_spec(spec).is_agent
+
             def save(episode: dict) -> None:
+                if agent:  # the local agent runner (rollout.run_episode) records no stop reason
+                    episode["stop_reason"] = ""
                 store.put(episode["task_id"], {"rows": trajectory_rows(self.env_name, c.split, role, [episode],
                                                                        c.prompts),
                                                "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})

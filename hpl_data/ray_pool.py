@@ -81,6 +81,10 @@ class EnvActor:
         self.core.close()
 
 
+class _ActorLost(RuntimeError):
+    """An actor died before it answered ``ready`` (its env failed to load, or its node was lost)."""
+
+
 class RayEnvPool(WorkerPool):
     """``workers`` Ray actors spread over the cluster at ``address``."""
 
@@ -94,7 +98,7 @@ class RayEnvPool(WorkerPool):
 
     async def start(self) -> None:
         ray = require_ray()
-        await asyncio.to_thread(connect, self.address)
+        connect(self.address)  # in this thread: ray.init installs signal handlers
         self._actor_class = ray.remote(EnvActor)
         self._env_vars = forwarded_env()
         await super().start()
@@ -103,7 +107,18 @@ class RayEnvPool(WorkerPool):
     async def _result(ref) -> Any:
         return await asyncio.wrap_future(ref.future())
 
-    async def _spawn(self, w: _Worker) -> None:
+    async def _spawn(self, w: _Worker, attempts: int = 3) -> None:
+        """A new actor for slot ``w``; an actor lost before it ran (its node died) is tried again,
+        a few times (an env that fails to load fails every time)."""
+        for attempt in range(attempts):
+            try:
+                return await self._spawn_once(w)
+            except _ActorLost:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(1.0)
+
+    async def _spawn_once(self, w: _Worker) -> None:
         from ray.exceptions import RayError
 
         w.actor = self._actor_class.options(
@@ -119,8 +134,8 @@ class RayEnvPool(WorkerPool):
                                f"CPU(s) per worker for {len(self.workers)} workers?)") from e
         except RayError as e:
             self._kill(w)
-            raise RuntimeError(f"Ray env actor {w.index} for {self.env_name} failed to start: "
-                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+            raise _ActorLost(f"Ray env actor {w.index} for {self.env_name} failed to start: "
+                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
         w.where = f", node {node[:8]}"
 
     async def _exchange(self, w: _Worker, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
