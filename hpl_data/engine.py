@@ -17,6 +17,9 @@ processes.
   from reset with the same seed.
 * An episode that fails (LLM errors after retries, env exceptions, its timeout) is recorded with
   the reason; it never stops the run.
+* Workers are local processes (:class:`EnvPool`) or Ray actors spread over a cluster
+  (:class:`hpl_data.ray_pool.RayEnvPool`, ``EngineConfig.ray``): two back-ends of one
+  :class:`WorkerPool`, so scheduling, fault handling and counters are the same code for both.
 """
 
 from __future__ import annotations
