@@ -59,10 +59,6 @@ def cluster():
         assert not [p for p in pids if _alive(p)], "Ray processes left behind"
 
 
-def run_cli(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def eval_args(out: Path) -> list[str]:
     return ["--env", "webshop", "--agent", "heuristic", "--split", "test", "--limit", "24", "--quiet", "--out",
             str(out)]
@@ -71,10 +67,12 @@ def eval_args(out: Path) -> list[str]:
 @pytest.mark.slow
 def test_hpl_eval_on_ray_equals_local(cluster, tmp_path):
     c, _ = cluster
-    local = run_cli("hpl_data.cli_eval", *eval_args(tmp_path / "local.json"), "--workers", "2")
-    assert local.returncode == 0, local.stderr[-3000:]
-    on_ray = run_cli("hpl_data.cli_eval", *eval_args(tmp_path / "ray.json"), *WORKERS, "--ray", c.address)
-    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    runs = [subprocess.Popen([sys.executable, "-m", "hpl_data.cli_eval", *eval_args(tmp_path / f"{name}.json"), *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, extra in (("local", ["--workers", "2"]), ("ray", [*WORKERS, "--ray", c.address]))]
+    for p in runs:  # side by side: most of each run is loading the env, in the driver and in 2 workers
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "ray"))
     for key in ("episodes", "avg_reward", "success_rate", "avg_steps", "by_task_type", "per_episode", "protocol"):
         assert a[key] == b[key], key
