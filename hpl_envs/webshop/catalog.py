@@ -18,8 +18,6 @@ goals), so tests and benchmarks exercise the full-scale paths (cache, index, mem
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import random
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest
+from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest, file_lock
 
 CATALOG_VERSION = 1  # bump when the Arrow layout changes
 
@@ -298,17 +296,10 @@ def read_arrow(path: Path, mmap: bool = True) -> pa.Table:
     return pa.ipc.open_file(source).read_all()
 
 
-@contextlib.contextmanager
 def build_lock(path: Path):
-    """Hold an exclusive lock named after ``path`` while building it: concurrent workers wait for
-    one builder; the kernel drops the lock when a builder dies, so a killed build blocks nobody."""
-    lock = path.with_name(path.name + ".lock")
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """The lock held while building ``path``: concurrent workers wait for one builder, and the
+    kernel drops it when a builder dies, so a killed build blocks nobody."""
+    return file_lock(path.with_name(path.name + ".lock"))
 
 
 @dataclass
