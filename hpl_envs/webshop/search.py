@@ -157,6 +157,10 @@ class SearchEngine:
     through ``bm25s.BM25.load(mmap=True)``: the postings are shared page cache, not per-worker heap."""
 
     def __init__(self, retriever: bm25s.BM25, built: bool = False) -> None:
+        # Lucene's disjunction scorers (WANDScorer, BooleanScorer, DisjunctionSumScorer) add the
+        # terms' float scores in a double and round the sum to float once; bm25s accumulates in
+        # its dtype, so a float64 accumulator gives Lucene's sums (float32 would round per term).
+        retriever.dtype = "float64"
         self.retriever = retriever
         self.vocab = retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
@@ -222,7 +226,7 @@ class SearchEngine:
         ids = [self.vocab[t] for t in analyze(query) if t in self.vocab]
         if not ids:
             return np.zeros(self.num_docs, dtype=np.float32)
-        return self.retriever.get_scores(ids)
+        return self.retriever.get_scores(ids).astype(np.float32)
 
     def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
         """Indexes of the top ``k`` matching documents, best first; exact ties in ``tie_rank``
