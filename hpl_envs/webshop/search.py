@@ -157,10 +157,7 @@ class SearchEngine:
     through ``bm25s.BM25.load(mmap=True)``: the postings are shared page cache, not per-worker heap."""
 
     def __init__(self, retriever: bm25s.BM25, built: bool = False) -> None:
-        # Lucene's disjunction scorers (WANDScorer, BooleanScorer, DisjunctionSumScorer) add the
-        # terms' float scores in a double and round the sum to float once; bm25s accumulates in
-        # its dtype, so a float64 accumulator gives Lucene's sums (float32 would round per term).
-        retriever.dtype = "float64"
+        retriever.dtype = "float32"  # the fast first pass (np.add.at of float32 postings); see search()
         self.retriever = retriever
         self.vocab = retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
@@ -222,26 +219,57 @@ class SearchEngine:
         except Exception:  # noqa: BLE001 - a torn or foreign cache is rebuilt
             return None
 
+    def _term_ids(self, query: str) -> list[int]:
+        return [self.vocab[t] for t in analyze(query) if t in self.vocab]
+
+    def _exact(self, ids: list[int], docs: np.ndarray) -> np.ndarray:
+        """Lucene's score of each of ``docs`` (ascending): its disjunction scorers (WANDScorer,
+        BooleanScorer, DisjunctionSumScorer) add the terms' float scores in a double and round
+        the sum to float once, where bm25s adds them in float32 term by term."""
+        csc = self.retriever.scores
+        total = np.zeros(len(docs), dtype=np.float64)
+        for j in ids:
+            lo, hi = int(csc["indptr"][j]), int(csc["indptr"][j + 1])
+            postings = csc["indices"][lo:hi]  # ascending document ids
+            pos = np.minimum(np.searchsorted(postings, docs), max(hi - lo - 1, 0))
+            hit = postings[pos] == docs if hi > lo else np.zeros(len(docs), dtype=bool)
+            total[hit] += csc["data"][lo:hi][pos[hit]]
+        return total.astype(np.float32)
+
     def scores(self, query: str) -> np.ndarray:
-        ids = [self.vocab[t] for t in analyze(query) if t in self.vocab]
-        if not ids:
-            return np.zeros(self.num_docs, dtype=np.float32)
-        return self.retriever.get_scores(ids).astype(np.float32)
+        """Every document's score for ``query``, as Lucene computes it."""
+        ids = self._term_ids(query)
+        scores = np.zeros(self.num_docs, dtype=np.float32)
+        if ids:
+            approx = self.retriever.get_scores(ids)
+            hits = np.flatnonzero(approx)
+            scores[hits] = self._exact(ids, hits)
+        return scores
 
     def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
         """Indexes of the top ``k`` matching documents, best first; exact ties in ``tie_rank``
-        order (ascending docid, as Anserini sorts), else by lower index."""
-        scores = self.scores(query)
-        if len(scores) > 4 * k:
-            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-            cand = np.nonzero(scores >= max(kth, np.float32(1e-30)))[0]  # every doc tied at the cut
+        order (ascending docid, as Anserini sorts), else by lower index.
+
+        bm25s scores every document in float32 (fast); only the documents that can reach the
+        top ``k`` once summed as Lucene sums (float32 rounding moves a sum of n terms by at most
+        ~n ulps) are rescored exactly and ranked."""
+        ids = self._term_ids(query)
+        if not ids:
+            return []
+        approx = self.retriever.get_scores(ids)
+        if len(approx) > 4 * k:
+            kth = float(np.partition(approx, len(approx) - k)[len(approx) - k])
+            margin = kth * (len(ids) + 2) * 2.0 ** -21  # well above the float32 rounding of the sums
+            cand = np.flatnonzero(approx >= max(kth - margin, 1e-30))
         else:
-            cand = np.nonzero(scores > 0)[0]
-        cand = cand[scores[cand] > 0]
+            cand = np.flatnonzero(approx > 0)
+        exact = self._exact(ids, cand)
+        keep = exact > 0
+        cand, exact = cand[keep], exact[keep]
         if self.tie_rank is None:
-            order = cand[np.argsort(-scores[cand], kind="stable")]
+            order = cand[np.argsort(-exact, kind="stable")]
         else:
-            order = cand[np.lexsort((self.tie_rank[cand], -scores[cand]))]
+            order = cand[np.lexsort((self.tie_rank[cand], -exact))]
         return order[:k].tolist()
 
 
