@@ -8,10 +8,20 @@ live in the shared page cache; PSS splits shared pages between the processes map
 
 Prints: steps/s for search and non-search steps (one process = one core), reset/s, search
 latency p50/p99, snapshot+restore vs reset+replay to step 8, and catalog load time plus
-per-worker memory (RSS, PSS, private) for the 1k catalog and, with --full-catalog, for a
-synthetic 1.18 M-product catalog made by replicating the 1k one (3 GB Arrow file in the cache).
-Goals from the issue: >= 2,000 non-search steps/s per core, search p50 <= 2 ms on 1k products,
-restore >= 50x faster than replay to step 8.
+per-worker memory (RSS, PSS, private) for the 1k catalog. Goals from the issue: >= 2,000
+non-search steps/s per core, search p50 <= 2 ms on 1k products, restore >= 50x faster than
+replay to step 8.
+
+--full-catalog (or --only-full): ``catalog="full"`` on a synthetic 1.18 M-product catalog (the 1k
+catalog replicated, ``write_synthetic_full``; ~3 GB Arrow + index in the cache): build time of the
+Arrow catalog and the search index, their size on disk, then 4 workers together (spawned
+processes) that open the catalog and index memory-mapped, search goal instructions and read the
+first result page's products: search p50/p95 and each worker's Private_Clean + Private_Dirty
+from /proc/<pid>/smaps_rollup (pages only that worker maps; the shared mapped files are not
+private), once through ``WebShopEnv`` with oracle episodes (the real worker), once bare; then
+the in-memory baseline (the index read into each worker's own memory, as ``bm25s.BM25.load``
+without mmap; with --inmem-catalog also the catalog, ~3 GB more per worker) and the ratios.
+Goals: build <= 5 min, <= 200 MB private memory per worker, search p50 <= 20 ms.
 """
 
 from __future__ import annotations
@@ -124,7 +134,7 @@ def _worker_load(args) -> dict:
     from hpl_envs.webshop.catalog import load_catalog
 
     t0 = time.perf_counter()
-    cat = load_catalog(size=size) if size == "1k" else _open_synthetic()
+    cat = load_catalog(size=size)
     load_s = time.perf_counter() - t0
     import random
 
@@ -134,59 +144,188 @@ def _worker_load(args) -> dict:
     return {"load_s": load_s, "products": len(cat), **mem_kb()}
 
 
-SYNTH_N = 1_180_000
-
-
-def _synthetic_path() -> Path:
-    from hpl_envs.data import cache_dir
-
-    return cache_dir() / f"bench-webshop-synthetic-{SYNTH_N}.arrow"
-
-
-def _open_synthetic():
-    from hpl_envs.webshop.catalog import Catalog, read_arrow
-
-    return Catalog(read_arrow(_synthetic_path()), key="synthetic", index_path=_synthetic_path())
-
-
-def build_synthetic() -> float:
-    """Replicate the 1k catalog to 1.18 M products (unique ASINs) as one Arrow file."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from hpl_envs.webshop.catalog import load_catalog, write_arrow
-
-    path = _synthetic_path()
-    if path.exists():
-        _open_synthetic()
-        return 0.0
-    t0 = time.perf_counter()
-    base = load_catalog(size="1k").table
-    reps = -(-SYNTH_N // base.num_rows)
-    batches = []
-    for r in range(reps):
-        asin = pc.binary_join_element_wise(pc.utf8_slice_codeunits(base["asin"], 0, 6),
-                                           pa.scalar(f"{r:04d}"), "")
-        batches.append(base.set_column(0, "asin", asin))
-    # group the copies so the file has ~20 record batches of 64 k rows, like a converted real catalog
-    groups = [pa.concat_tables(batches[i:i + 64]).combine_chunks() for i in range(0, len(batches), 64)]
-    table = pa.concat_tables(groups).slice(0, SYNTH_N)
-    write_arrow(table, path)
-    _open_synthetic()  # builds the ASIN index once, before the workers open it
-    return time.perf_counter() - t0
-
-
 def bench_memory(size: str, workers: int = 2, touch: int = 2000) -> list[dict]:
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker, like a real worker pool
     with ctx.Pool(workers) as pool:
         return pool.map(_worker_load, [(size, touch)] * workers)
 
 
+# --- full scale: a synthetic 1.18 M-product catalog ------------------------------------------------
+
+SMAPS_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty", "Anonymous")
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """kB per field of /proc/<pid>/smaps_rollup. Private_* counts pages mapped by this process
+    only; file pages that other workers map too are Shared_*, whatever the process touched."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, rest = line.partition(":")
+            if k in SMAPS_FIELDS:
+                out[k] = int(rest.split()[0])
+    return out
+
+
+def _full_build(root: str, queue) -> None:
+    """Build (or find) the catalog's Arrow file and search index, in a process of its own so the
+    parent maps nothing the workers are measured on."""
+    from hpl_envs.webshop.catalog import load_catalog
+    from hpl_envs.webshop.search import SearchEngine, analyze
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    catalog = load_catalog(Path(root), "full")
+    t1, c1 = time.perf_counter(), time.process_time()
+    engine = SearchEngine.for_catalog(catalog)
+    t2, c2 = time.perf_counter(), time.process_time()
+    # the analyzer's speed per distinct text, to say what a catalog with no repeated texts costs
+    texts = catalog.table.column("contents").slice(0, 1000).to_pylist()
+    t3 = time.thread_time()  # CPU time: on a shared machine wall time includes waiting for a core
+    for text in texts:
+        analyze(text)
+    per_text = (time.thread_time() - t3) / len(texts)
+    index_dir = SearchEngine.index_path(catalog.key)
+    arrow = next(index_dir.parent.glob(f"webshop-catalog-v*-full-{catalog.key}.arrow"))
+    queue.put({"products": len(catalog), "catalog_s": t1 - t0, "index_s": t2 - t1, "built": engine.built,
+               "catalog_cpu_s": c1 - c0, "index_cpu_s": c2 - c1,
+               "index_bytes": sum(f.stat().st_size for f in index_dir.iterdir()),
+               "catalog_bytes": sum(f.stat().st_size for f in arrow.parent.glob(arrow.stem + ".*")
+                                    if not f.name.endswith((".lock", ".tmp"))),
+               "analyze_ms_per_text": per_text * 1e3})
+
+
+def _full_worker(root: str, mode: str, queries: int, offset: int, queue, turn, release) -> None:
+    """One worker: open the full catalog and index, search goal instructions, render the first
+    result page (as the env does), then wait so the parent can read its memory. The workers
+    search one at a time (``turn``), so latency is one search on one core, not core contention."""
+    from hpl_envs import make_env
+    from hpl_envs.webshop.catalog import load_catalog
+    from hpl_envs.webshop.goals import build_goals
+    from hpl_envs.webshop.search import SearchEngine
+
+    t0 = time.perf_counter()
+    if mode == "env":  # the real worker: a WebShopEnv on catalog="full", episodes end to end
+        from hpl_envs.agents import make_agent, play
+
+        env = make_env("webshop", catalog="full", data_root=root)
+        catalog, engine, goals = env.shared.catalog, env.shared.search, env.goals
+        oracle = make_agent("webshop", "oracle")
+        rewards = [play(env, oracle, tid)[1] for tid in env.task_ids("test")[offset:offset + 10]]
+    else:
+        catalog = load_catalog(Path(root), "full", mmap=(mode != "in-memory+catalog"))
+        engine = SearchEngine.for_catalog(catalog, mmap=(mode == "mmap"))
+        goals, rewards = build_goals(catalog), []
+    open_s = time.perf_counter() - t0
+    texts = [g.instruction_text.lower() for g in goals]
+    times, cpu_times = [], []
+    with turn:
+        for j in range(queries):
+            t, c = time.perf_counter(), time.thread_time()
+            hits = engine.search(texts[(offset * queries + j) % len(texts)])
+            for i in hits[:10]:
+                catalog.product(i)
+            times.append(time.perf_counter() - t)
+            cpu_times.append(time.thread_time() - c)
+    queue.put({"pid": os.getpid(), "open_s": open_s, "times": times, "cpu_times": cpu_times, "rewards": rewards,
+               "built": engine.built})
+    release.wait()
+
+
+def bench_full_workers(root: Path, mode: str, workers: int, queries: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue, turn, release = ctx.Queue(), ctx.Lock(), ctx.Event()
+    procs = [ctx.Process(target=_full_worker, args=(str(root), mode, queries, w, queue, turn, release))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        results = [queue.get(timeout=1800) for _ in procs]
+        mems = [smaps_rollup(r["pid"]) for r in results]  # every worker alive and mapping the files
+    finally:
+        release.set()
+        for p in procs:
+            p.join()
+    times = sorted(t for r in results for t in r["times"])
+    cpu = sorted(t for r in results for t in r["cpu_times"])
+    rewards = [x for r in results for x in r["rewards"]]
+    return {"workers": workers, "open_s": max(r["open_s"] for r in results),
+            "p50_ms": 1e3 * times[len(times) // 2], "p95_ms": 1e3 * times[int(len(times) * 0.95)],
+            "cpu_p50_ms": 1e3 * cpu[len(cpu) // 2], "cpu_p95_ms": 1e3 * cpu[int(len(cpu) * 0.95)],
+            "rebuilt": any(r["built"] for r in results),
+            "private_mb": [(m["Private_Clean"] + m["Private_Dirty"]) / 1024 for m in mems],
+            "anon_mb": [m["Anonymous"] / 1024 for m in mems], "rss_mb": [m["Rss"] / 1024 for m in mems],
+            "pss_mb": [m["Pss"] / 1024 for m in mems],
+            "oracle_reward": sum(rewards) / len(rewards) if rewards else None, "episodes": len(rewards)}
+
+
+def bench_full_catalog(products: int, workers: int, inmem_workers: int, queries: int, rebuild: bool,
+                       inmem_catalog: bool = False) -> None:
+    from hpl_envs.data import cache_dir
+    from hpl_envs.webshop.catalog import write_synthetic_full
+
+    root = write_synthetic_full(cache_dir() / f"bench-webshop-full-{products}", products)
+    if rebuild:  # the cached catalog and index of exactly this synthetic catalog
+        import shutil
+
+        from hpl_envs.data import file_digest
+        from hpl_envs.webshop.catalog import find_sources
+
+        key = file_digest([p for p in find_sources(root, "full").values() if p])
+        for f in cache_dir().glob(f"webshop-*{key}*"):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    builder = ctx.Process(target=_full_build, args=(str(root), queue))
+    builder.start()
+    b = queue.get(timeout=3600)
+    builder.join()
+    state = "built" if b["built"] else "found in the cache (--rebuild to time the build)"
+    print(f"full catalog: {b['products']:,} products (synthetic: the 1k catalog replicated); catalog Arrow "
+          f"{b['catalog_s']:.1f}s ({b['catalog_cpu_s']:.1f}s CPU), search index {b['index_s']:.1f}s "
+          f"({b['index_cpu_s']:.1f}s CPU) ({state}); on disk: index "
+          f"{b['index_bytes'] / 2**20:.0f} MiB, catalog {b['catalog_bytes'] / 2**20:.0f} MiB")
+    print(f"  analyzer: {b['analyze_ms_per_text']:.2f} ms CPU per distinct text (a copy is analysed once), i.e. "
+          f"~{b['analyze_ms_per_text'] * b['products'] / 1e3 / 60:.1f} min of analysis for {b['products']:,} "
+          "distinct texts on one core")
+    rows = {}
+    modes = [("env", workers), ("mmap", workers), ("in-memory", inmem_workers)]
+    if inmem_catalog:
+        modes.append(("in-memory+catalog", inmem_workers))
+    for mode, n in modes:
+        r = rows[mode] = bench_full_workers(root, mode, n, queries)
+        extra = (f"; oracle reward {r['oracle_reward']:.3f} over {r['episodes']} episodes" if r["episodes"] else "")
+        print(f"  {mode:9s} x{n}: open {r['open_s']:.1f}s, search+page wall p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms,"
+              f" CPU p50 {r['cpu_p50_ms']:.2f} ms p95 {r['cpu_p95_ms']:.2f} ms ({queries} goal instructions per"
+              f" worker, one worker at a time){extra}; per worker MB: private "
+              f"{', '.join(f'{x:.0f}' for x in r['private_mb'])} | anonymous {', '.join(f'{x:.0f}' for x in r['anon_mb'])}"
+              f" | RSS {', '.join(f'{x:.0f}' for x in r['rss_mb'])} | PSS {', '.join(f'{x:.0f}' for x in r['pss_mb'])}"
+              + (" | REBUILT in a worker" if r["rebuilt"] else ""))
+    m, i = rows["mmap"], rows["in-memory"]
+    print(f"  in-memory index / mmap: private memory per worker {max(i['private_mb']) / max(m['private_mb']):.1f}x, "
+          f"search wall p50 {i['p50_ms'] / m['p50_ms']:.2f}x, CPU p50 {i['cpu_p50_ms'] / m['cpu_p50_ms']:.2f}x, "
+          f"open {i['open_s'] / m['open_s']:.1f}x")
+    print(f"  (load average during the run: {' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} cores; "
+          "CPU time per search is what a free core would take, wall time includes waiting for one)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-catalog", action="store_true", help="also the synthetic 1.18 M catalog")
+    ap.add_argument("--only-full", action="store_true", help="skip the 1k measurements")
+    ap.add_argument("--products", type=int, default=1_180_000, help="size of the synthetic full catalog")
+    ap.add_argument("--workers", type=int, default=4, help="memory-mapped workers measured together")
+    ap.add_argument("--inmem-workers", type=int, default=2,
+                    help="workers that load the search index into their own memory (~0.7 GB each at 1.18 M)")
+    ap.add_argument("--inmem-catalog", action="store_true",
+                    help="also workers that read the catalog into their own memory too (~3 GB more each)")
+    ap.add_argument("--queries", type=int, default=500, help="searches per worker")
+    ap.add_argument("--rebuild", action="store_true", help="drop the cached full catalog and index, to time the build")
     args = ap.parse_args(argv)
+    if args.only_full:
+        bench_full_catalog(args.products, args.workers, args.inmem_workers, args.queries, args.rebuild,
+                           args.inmem_catalog)
+        return 0
     from hpl_envs import make_env
 
     t0 = time.perf_counter()
@@ -206,12 +345,8 @@ def main(argv=None) -> int:
         print(f"1k catalog worker: load {res['load_s'] * 1e3:.0f} ms, {res['products']} products, "
               f"RSS {res['Rss'] / 1024:.0f} MB, PSS {res['Pss'] / 1024:.0f} MB, anonymous {res['Anonymous'] / 1024:.0f} MB")
     if args.full_catalog:
-        built = build_synthetic()
-        if built:
-            print(f"synthetic {SYNTH_N:,}-product catalog built in {built:.1f}s ({_synthetic_path().stat().st_size / 2**30:.2f} GiB Arrow)")
-        for res in bench_memory("synthetic"):
-            print(f"1.18M catalog worker: open {res['load_s'] * 1e3:.0f} ms, {res['products']:,} products, "
-                  f"RSS {res['Rss'] / 1024:.0f} MB, PSS {res['Pss'] / 1024:.0f} MB, anonymous {res['Anonymous'] / 1024:.0f} MB")
+        bench_full_catalog(args.products, args.workers, args.inmem_workers, args.queries, args.rebuild,
+                           args.inmem_catalog)
     return 0
 
 

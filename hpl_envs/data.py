@@ -7,8 +7,11 @@ fetches it instead of failing deep inside a loader.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
@@ -50,6 +53,18 @@ def require(relpath: str, env: str) -> Path:
             " on a machine with internet access."
         )
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing): concurrent processes building
+    the same cache entry wait for one builder; the kernel drops it when the holder dies."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def file_digest(paths: list[Path], chunk: int = 1 << 20) -> str:

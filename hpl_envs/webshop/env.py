@@ -99,9 +99,7 @@ class _Shared:
     @property
     def search(self) -> SearchEngine:
         if self._search is None:
-            contents = self.catalog.table.column("contents")
-            self._search = SearchEngine.load_or_build(lambda: contents.to_pylist(), self.catalog.key)
-            self._search.tie_rank = self.catalog.asin_rank()  # ties as pyserini breaks them
+            self._search = SearchEngine.for_catalog(self.catalog)
         return self._search
 
     @property

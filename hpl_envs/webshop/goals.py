@@ -97,13 +97,12 @@ def synthetic_goals(catalog: Catalog, prices: ProductPrices | None = None) -> li
     prices = prices or ProductPrices(catalog)
     goals: list[Goal] = []
     count_attrs: dict[str, int] = defaultdict(int)
-    instr_col = catalog.table.column("instruction_text").to_pylist()
-    iattr_col = catalog.table.column("instruction_attributes").to_pylist()
-    for i, instruction in enumerate(instr_col):
-        if instruction is None:
-            continue
+    instr_col = catalog.table.column("instruction_text")
+    iattr_col = catalog.table.column("instruction_attributes")
+    for i in _rows_with(instr_col):  # a full catalog has goals for ~1 % of its products
+        instruction = instr_col[i].as_py()
         p = catalog.product(i)
-        attributes = iattr_col[i]
+        attributes = iattr_col[i].as_py()
         upper, price_text = prices.cap(p.asin, prices.price(i))
         names = sorted(p.options)
         for combo in itertools.product(*(p.options[n] for n in names)):
@@ -133,10 +132,9 @@ def synthetic_goals(catalog: Catalog, prices: ProductPrices | None = None) -> li
 def human_goals(catalog: Catalog, prices: ProductPrices | None = None) -> list[Goal]:
     prices = prices or ProductPrices(catalog)
     goals: list[Goal] = []
-    col = catalog.table.column("human_instructions_json").to_pylist()
-    for i, raw in enumerate(col):
-        if raw is None:
-            continue
+    col = catalog.table.column("human_instructions_json")
+    for i in _rows_with(col):
+        raw = col[i].as_py()
         p = catalog.product(i)
         upper, price_text = prices.cap(p.asin, prices.price(i)) if prices.mode == "per-product" else (0, "")
         for ins in json.loads(raw):
@@ -158,6 +156,13 @@ def human_goals(catalog: Catalog, prices: ProductPrices | None = None) -> list[G
                 )
             )
     return goals
+
+
+def _rows_with(column) -> list[int]:
+    """Rows where ``column`` is not null, in catalog order."""
+    import pyarrow.compute as pc
+
+    return pc.indices_nonzero(pc.is_valid(column)).to_pylist()
 
 
 def build_goals(catalog: Catalog, source: str = "synthetic", prices: ProductPrices | None = None) -> list[Goal]:

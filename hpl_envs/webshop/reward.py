@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,14 @@ def load_nlp(name: str | None = None):
     )
 
 
-def catalog_names(catalog) -> list[str]:
-    """Every string the type reward parses for this catalog: product names and titles (goals use
-    the Title, human goals and purchases the name)."""
-    return [*catalog.table.column("name").to_pylist(), *catalog.table.column("Title").to_pylist()]
+def catalog_names(catalog) -> Iterator[str]:
+    """Every distinct string the type reward parses for this catalog: product names and titles
+    (goals use the Title, human goals and purchases the name), one Arrow chunk at a time."""
+    import pyarrow.compute as pc
+
+    for column in ("name", "Title"):
+        for chunk in catalog.table.column(column).chunks:
+            yield from pc.unique(chunk).to_pylist()
 
 
 def _digest(obj: Any) -> str:
@@ -138,7 +143,7 @@ class OriginalTagger:
                              "with benchmarks/webshop_build_original_tagger.py")
         return cls(tokens, doc["spacy"], doc["model"])
 
-    def covers(self, names: list[str]) -> bool:
+    def covers(self, names: Iterable[str]) -> bool:
         return all(n in self.tokens for n in names)
 
 
@@ -152,6 +157,8 @@ def resolve_tagger(catalog, catalog_size: str, tagger: str | None,
     if tagger == "live" or (tagger is None and spacy_model):
         return "live", None
     path = OriginalTagger.path_for(catalog_size)
+    if not path.exists():  # e.g. a synthetic full catalog made of the 1k catalog's products
+        path = OriginalTagger.path_for("1k")
     table = OriginalTagger.load(path) if path.exists() else None
     if table is not None and table.covers(catalog_names(catalog)):
         return "original", table

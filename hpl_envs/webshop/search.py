@@ -18,15 +18,19 @@ import logging
 import os
 import re
 import shutil
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import regex
+import scipy.sparse
 from nltk.stem.porter import PorterStemmer
 
 from hpl_envs.data import cache_dir
+from hpl_envs.webshop.catalog import Catalog, build_lock
 
 K1, B = 0.9, 0.4
 INDEX_VERSION = 2  # bump when analysis or scoring changes: cached indexes are keyed by it
@@ -88,89 +92,188 @@ def lucene_norm_length(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def lucene_score_matrix(tokens: list[list[str]], vocab: dict[str, int]) -> dict:
+def analyze_corpus(contents: Iterable[str]) -> tuple[dict[str, int], np.ndarray, dict[str, np.ndarray]]:
+    """Analyse every document once per distinct text: (vocabulary, each document's text id, and
+    per text: its term ids, term frequencies and token count, as flat arrays with ``ptr``)."""
+    vocab: dict[str, int] = {}
+    text_id: dict[str, int] = {}
+    doc_text, terms, tfs, ptr, lengths = array("i"), array("i"), array("i"), array("q", [0]), array("i")
+    for text in contents:
+        tid = text_id.get(text)
+        if tid is None:
+            tid = text_id[text] = len(lengths)
+            tokens = analyze(text)
+            counts: dict[int, int] = {}
+            for t in tokens:
+                j = vocab.setdefault(t, len(vocab))
+                counts[j] = counts.get(j, 0) + 1
+            terms.extend(counts.keys())
+            tfs.extend(counts.values())
+            ptr.append(len(terms))
+            lengths.append(len(tokens))
+        doc_text.append(tid)
+    texts = {"terms": np.frombuffer(terms, dtype=np.int32), "tfs": np.frombuffer(tfs, dtype=np.int32),
+             "ptr": np.frombuffer(ptr, dtype=np.int64), "lengths": np.frombuffer(lengths, dtype=np.int32)}
+    return vocab, np.frombuffer(doc_text, dtype=np.int32), texts
+
+
+def lucene_score_matrix(vocab: dict[str, int], doc_text: np.ndarray, texts: dict[str, np.ndarray]) -> dict:
     """The term-document BM25 matrix exactly as Lucene's BM25Similarity scores it (float32,
-    one-byte document lengths), in the CSC layout bm25s queries."""
-    n_docs = len(tokens)
-    rows, cols, tfs = [], [], []
-    for i, toks in enumerate(tokens):
-        counts: dict[int, int] = {}
-        for t in toks:
-            j = vocab[t]
-            counts[j] = counts.get(j, 0) + 1
-        rows.extend([i] * len(counts))
-        cols.extend(counts.keys())
-        tfs.extend(counts.values())
-    rows_a, cols_a = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    tf = np.asarray(tfs, dtype=np.float32)
-    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    one-byte document lengths), in the CSC layout bm25s queries. Vectorised over postings, so
+    a 1.18 M-document catalog builds in numpy/scipy rather than Python loops."""
+    n_docs = len(doc_text)
+    text_nnz = np.diff(texts["ptr"])
+    doc_nnz = text_nnz[doc_text]
+    indptr = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(doc_nnz, out=indptr[1:])
+    # posting k of document d is posting (k - indptr[d]) of its text
+    gather = np.repeat(texts["ptr"][:-1][doc_text] - indptr[:-1], doc_nnz) + np.arange(indptr[-1], dtype=np.int64)
+    cols = texts["terms"][gather]
+    tf = texts["tfs"][gather].astype(np.float32)
+    del gather
+    lengths = texts["lengths"][doc_text].astype(np.int64)
     avgdl = np.float32(lengths.sum() / max(n_docs, 1))
-    df = np.bincount(cols_a, minlength=len(vocab)).astype(np.float64)
+    df = np.bincount(cols, minlength=len(vocab)).astype(np.float64)
     idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
     norm_inv = (np.float32(1.0) / (np.float32(K1) * (np.float32(1 - B) + np.float32(B)
                 * lucene_norm_length(lengths).astype(np.float32) / avgdl))).astype(np.float32)
-    weight = idf[cols_a]
-    scores = weight - weight / (np.float32(1.0) + tf * norm_inv[rows_a])
-    order = np.lexsort((rows_a, cols_a))  # CSC: by term, then by document
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols_a, minlength=len(vocab)))])
-    return {"data": scores[order].astype(np.float32), "indices": rows_a[order].astype(np.int32),
-            "indptr": indptr.astype(np.int64), "num_docs": n_docs}
+    weight = idf[cols]
+    tf *= np.repeat(norm_inv, doc_nnz)
+    tf += np.float32(1.0)
+    scores = weight - weight / tf
+    del weight, tf
+    # CSR (documents) -> CSC (terms): scipy's conversion keeps documents ascending within a term
+    csc = scipy.sparse.csr_matrix((scores, cols, indptr), shape=(n_docs, len(vocab))).tocsc()
+    return {"data": csc.data.astype(np.float32, copy=False), "indices": csc.indices.astype(np.int32, copy=False),
+            "indptr": csc.indptr.astype(np.int64), "num_docs": n_docs}
 
 
 class SearchEngine:
-    """Top-k BM25 over a list of documents; results are document indexes."""
+    """Top-k BM25 over a list of documents; results are document indexes.
 
-    def __init__(self, retriever: bm25s.BM25) -> None:
+    For a catalog (:meth:`for_catalog`) the index is built once per catalog digest into the cache
+    (under a lock, in a temporary folder renamed into place, so concurrent workers wait for one
+    builder and a killed build leaves nothing half-written) and memory-mapped by every worker
+    through ``bm25s.BM25.load(mmap=True)``: the postings are shared page cache, not per-worker heap."""
+
+    def __init__(self, retriever: bm25s.BM25, built: bool = False) -> None:
+        retriever.dtype = "float32"  # the fast first pass (np.add.at of float32 postings); see search()
         self.retriever = retriever
         self.vocab = retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
         self.tie_rank: np.ndarray | None = None  # per document: the docid order ties follow
+        self.built = built  # True when this process built the index (False: loaded from the cache)
 
     @classmethod
-    def build(cls, contents: list[str]) -> SearchEngine:
+    def build(cls, contents: Iterable[str]) -> SearchEngine:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
-        tokens = [analyze(c) for c in contents]
+        vocab, doc_text, texts = analyze_corpus(contents)
         retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
-        retriever.index(tokens, show_progress=False)
-        retriever.scores = lucene_score_matrix(tokens, retriever.vocab_dict)
-        return cls(retriever)
+        retriever.vocab_dict = vocab
+        retriever.unique_token_ids_set = set(vocab.values())
+        retriever.nonoccurrence_array = None  # Lucene's BM25 has no non-occurrence term
+        retriever.scores = lucene_score_matrix(vocab, doc_text, texts)
+        return cls(retriever, built=True)
 
     @classmethod
-    def load_or_build(cls, contents_fn, key: str) -> SearchEngine:
-        """Load a saved index (memory-mapped) keyed by the catalog digest, else build and save."""
-        path = Path(cache_dir()) / f"webshop-bm25-v{INDEX_VERSION}-{key}"
-        if (path / "params.index.json").exists():
-            try:
-                return cls(bm25s.BM25.load(str(path), mmap=True))
-            except Exception:  # noqa: BLE001 - a torn cache is rebuilt
-                pass
-        engine = cls.build(contents_fn())
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        engine.retriever.save(str(tmp))
-        try:
-            tmp.rename(path)
-        except OSError:  # another process saved it first; theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+    def for_catalog(cls, catalog: Catalog, mmap: bool = True) -> SearchEngine:
+        """The catalog's index (cached, memory-mapped unless ``mmap=False``), with ASIN-order ties."""
+        engine = cls.load_or_build(lambda: _strings(catalog.table.column("contents")), catalog.key, mmap)
+        engine.tie_rank = catalog.asin_rank()  # ties as pyserini breaks them
         return engine
 
+    @staticmethod
+    def index_path(key: str) -> Path:
+        return Path(cache_dir()) / f"webshop-bm25-v{INDEX_VERSION}-{key}"
+
+    @classmethod
+    def load_or_build(cls, contents_fn: Callable[[], Iterable[str]], key: str, mmap: bool = True) -> SearchEngine:
+        """Load the saved index keyed by the catalog digest, else build and save it (one builder)."""
+        path = cls.index_path(key)
+        engine = cls._load(path, mmap)
+        if engine is not None:
+            return engine
+        with build_lock(path):
+            engine = cls._load(path, mmap)  # another worker built it while we waited
+            if engine is not None:
+                return engine
+            for stale in path.parent.glob(f"{path.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers
+            shutil.rmtree(path, ignore_errors=True)  # a torn or foreign index
+            engine = cls.build(contents_fn())
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            engine.retriever.save(str(tmp), show_progress=False)
+            tmp.rename(path)
+        loaded = cls._load(path, mmap)  # serve from the mapped files, as every other worker does
+        if loaded is None:
+            raise RuntimeError(f"webshop: the search index just saved in {path} cannot be loaded")
+        loaded.built = True
+        return loaded
+
+    @classmethod
+    def _load(cls, path: Path, mmap: bool) -> SearchEngine | None:
+        if not (path / "params.index.json").exists():
+            return None
+        try:
+            return cls(bm25s.BM25.load(str(path), mmap=mmap))
+        except Exception:  # noqa: BLE001 - a torn or foreign cache is rebuilt
+            return None
+
+    def _term_ids(self, query: str) -> list[int]:
+        return [self.vocab[t] for t in analyze(query) if t in self.vocab]
+
+    def _exact(self, ids: list[int], docs: np.ndarray) -> np.ndarray:
+        """Lucene's score of each of ``docs`` (ascending): its disjunction scorers (WANDScorer,
+        BooleanScorer, DisjunctionSumScorer) add the terms' float scores in a double and round
+        the sum to float once, where bm25s adds them in float32 term by term."""
+        csc = self.retriever.scores
+        total = np.zeros(len(docs), dtype=np.float64)
+        for j in ids:
+            lo, hi = int(csc["indptr"][j]), int(csc["indptr"][j + 1])
+            postings = csc["indices"][lo:hi]  # ascending document ids
+            pos = np.minimum(np.searchsorted(postings, docs), max(hi - lo - 1, 0))
+            hit = postings[pos] == docs if hi > lo else np.zeros(len(docs), dtype=bool)
+            total[hit] += csc["data"][lo:hi][pos[hit]]
+        return total.astype(np.float32)
+
     def scores(self, query: str) -> np.ndarray:
-        ids = [self.vocab[t] for t in analyze(query) if t in self.vocab]
-        if not ids:
-            return np.zeros(self.num_docs, dtype=np.float32)
-        return self.retriever.get_scores(ids)
+        """Every document's score for ``query``, as Lucene computes it."""
+        ids = self._term_ids(query)
+        scores = np.zeros(self.num_docs, dtype=np.float32)
+        if ids:
+            approx = self.retriever.get_scores(ids)
+            hits = np.flatnonzero(approx)
+            scores[hits] = self._exact(ids, hits)
+        return scores
 
     def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
         """Indexes of the top ``k`` matching documents, best first; exact ties in ``tie_rank``
-        order (ascending docid, as Anserini sorts), else by lower index."""
-        scores = self.scores(query)
-        if len(scores) > 4 * k:
-            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-            cand = np.nonzero(scores >= max(kth, np.float32(1e-30)))[0]  # every doc tied at the cut
+        order (ascending docid, as Anserini sorts), else by lower index.
+
+        bm25s scores every document in float32 (fast); only the documents that can reach the
+        top ``k`` once summed as Lucene sums (float32 rounding moves a sum of n terms by at most
+        ~n ulps) are rescored exactly and ranked."""
+        ids = self._term_ids(query)
+        if not ids:
+            return []
+        approx = self.retriever.get_scores(ids)
+        if len(approx) > 4 * k:
+            kth = float(np.partition(approx, len(approx) - k)[len(approx) - k])
+            margin = kth * (len(ids) + 2) * 2.0 ** -21  # well above the float32 rounding of the sums
+            cand = np.flatnonzero(approx >= max(kth - margin, 1e-30))
         else:
-            cand = np.nonzero(scores > 0)[0]
-        cand = cand[scores[cand] > 0]
+            cand = np.flatnonzero(approx > 0)
+        exact = self._exact(ids, cand)
+        keep = exact > 0
+        cand, exact = cand[keep], exact[keep]
         if self.tie_rank is None:
-            order = cand[np.argsort(-scores[cand], kind="stable")]
+            order = cand[np.argsort(-exact, kind="stable")]
         else:
-            order = cand[np.lexsort((self.tie_rank[cand], -scores[cand]))]
+            order = cand[np.lexsort((self.tie_rank[cand], -exact))]
         return order[:k].tolist()
+
+
+def _strings(column) -> Iterator[str]:
+    """A string column's values, one Arrow chunk at a time (never the whole column as a list)."""
+    for chunk in column.chunks:
+        yield from chunk.to_pylist()
