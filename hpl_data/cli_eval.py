@@ -36,9 +36,7 @@ from hpl_data.policies import PolicyError, SamplingParams, check_model_available
 from hpl_data.rollout import summarize
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError, TaskNotFoundError
-
-# The paper's evaluation splits per env (ALFWorld: seen and unseen eval games).
-DEFAULT_SPLITS = {"webshop": ["test"], "intercode-sql": ["test"], "alfworld": ["valid_seen", "valid_unseen"]}
+from hpl_envs.registry import profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +86,7 @@ def plan_runs(args) -> list[tuple[str, str, list[str]]]:
     for name in [e.strip() for e in args.env.split(",") if e.strip()]:
         env_name = canonical(name)
         env = make_env(env_name, **args.env_kwargs)
-        for split in (args.split.split(",") if args.split else DEFAULT_SPLITS.get(env_name, ["test"])):
+        for split in (args.split.split(",") if args.split else profile(env_name).eval_splits):
             ids = env.task_ids(split.strip())
             runs.append((env_name, split.strip(), ids[: args.limit] if args.limit is not None else ids))
         env.close()

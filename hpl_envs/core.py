@@ -9,7 +9,9 @@ replaying the prefix from reset.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -39,17 +41,65 @@ class TaskNotFoundError(KeyError):
     """``reset`` was given a task id the env does not have."""
 
 
-class HplTextEnv(gym.Env):
-    """Base class: text spaces, task bookkeeping and the snapshot contract.
+# The keys every hpl env puts in ``info`` after ``reset`` and every ``step``: name -> (type, meaning).
+# Env docstrings list them under "Information"; tests/test_env_contract.py checks both.
+COMMON_INFO: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "task_id": (str, "the task's id; ``reset(options={'task_id': ...})`` takes it back"),
+    "task_type": (str, "the task's family (WebShop category, ALFWorld task type, Spider hardness)"),
+    "instruction": (str, "what the agent is asked to do"),
+    "admissible_actions": ((list, type(None)), "the actions the env accepts now, or None where any text may be"),
+    "won": (bool, "the task is solved (only ever True on the terminating step)"),
+    "action_valid": (bool, "the env understood the action (always True after reset)"),
+    "turn": (int, "actions taken in this episode"),
+}
 
-    Subclasses implement ``_reset_task``, ``_step``, ``get_state``, ``set_state`` and
-    ``task_ids``. ``info`` always carries ``task_id``, ``task_type``, ``instruction``,
-    ``admissible_actions`` (list or None), ``won``, ``action_valid`` and ``turn``.
+
+@dataclass(kw_only=True)
+class EpisodeState:
+    """The base class's part of an episode; each env's state dataclass extends it. A snapshot
+    (``get_state()``) is a copy of the whole state, so these fields travel with it."""
+
+    task_id: str
+    turn: int = 0  # actions taken
+    done: bool = False  # terminated (the env's own end, e.g. a purchase); truncation is turn >= max_turns
+
+    def copy(self) -> EpisodeState:
+        """An independent copy; states with mutable containers override it (copy them too)."""
+        return replace(self)
+
+
+class ActionResult(NamedTuple):
+    """What an env's ``_apply_action`` reports; the base turns it into gymnasium's 5-tuple."""
+
+    reward: float
+    terminated: bool
+    action_valid: bool
+    won: bool = False
+
+
+class HplTextEnv(gym.Env):
+    """Base class of every hpl env: a template that owns the episode bookkeeping.
+
+    The base implements ``reset``, ``step``, ``get_state``/``set_state`` and ``render``:
+    seeding per gymnasium (``super().reset(seed=seed)``, then a task drawn with ``np_random``
+    unless ``options["task_id"]`` names one), the turn count, ``terminated`` (the env says so) vs
+    ``truncated`` (``max_turns`` actions taken without terminating, reward 0), the error for
+    ``step`` after the end (``"<env>: episode is over; call reset()"``) or before ``reset``, and
+    the common ``info`` keys (:data:`COMMON_INFO`). An env implements only what is its own:
+
+    * ``_reset_task(task_id) -> EpisodeState`` -- start the task (raise TaskNotFoundError if unknown);
+    * ``_apply_action(action) -> ActionResult`` -- one action on ``self._state`` (turn not yet counted);
+    * ``observation`` -- the text the agent sees now (returned by reset/step, shown by ``render``);
+    * ``task_ids(split)``, ``task_type(task_id)``, ``instruction(task_id)``, ``_default_task_ids()``;
+    * optionally ``admissible_actions()`` (None = free text), ``_extra_info()`` (env-specific info
+      keys), ``get_state()`` additions and ``_restore(state)`` (a state's outside-Python part:
+      a planner snapshot, a server session).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["ansi"]}
     env_name: str = ""
     splits: tuple[str, ...] = ()
+    state_type: type[EpisodeState] = EpisodeState
 
     def __init__(self, max_turns: int, render_mode: str | None = None) -> None:
         if max_turns < 1:
@@ -58,6 +108,88 @@ class HplTextEnv(gym.Env):
         self.render_mode = render_mode
         self.observation_space = text_space()
         self.action_space = text_space()
+        self._state: EpisodeState | None = None
+
+    # --- the template ----------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        task_id = self._task_from_options(options)
+        if task_id is None:
+            pool = self._default_task_ids()
+            task_id = str(pool[int(self.np_random.integers(len(pool)))])
+        self._state = self._reset_task(task_id)
+        return self.observation, self._info(action_valid=True, won=False)
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        state = self._require_state()
+        if self.episode_over:
+            raise RuntimeError(f"{self.env_name}: episode is over; call reset()")
+        result = self._apply_action(action if isinstance(action, str) else str(action))
+        state.turn += 1
+        state.done = result.terminated
+        truncated = not result.terminated and state.turn >= self.max_turns
+        return (self.observation, float(result.reward), result.terminated, truncated,
+                self._info(action_valid=result.action_valid, won=result.won))
+
+    @property
+    def episode_over(self) -> bool:
+        """Terminated or truncated: ``step`` now raises until the next ``reset``."""
+        state = self._require_state()
+        return state.done or state.turn >= self.max_turns
+
+    def _info(self, action_valid: bool, won: bool) -> dict[str, Any]:
+        state = self._require_state()
+        info = {"task_id": state.task_id, "task_type": self.task_type(state.task_id),
+                "instruction": self.instruction(state.task_id), "admissible_actions": self.admissible_actions(),
+                "won": won, "action_valid": action_valid, "turn": state.turn}
+        info.update(self._extra_info())
+        return info
+
+    def _require_state(self) -> EpisodeState:
+        if self._state is None:
+            raise RuntimeError(f"{self.env_name}: call reset() before step()")
+        return self._state
+
+    # --- snapshots -------------------------------------------------------------------
+    def get_state(self) -> EpisodeState:
+        """An exact, picklable snapshot of the episode (the base's fields and the env's)."""
+        return self._require_state().copy()
+
+    def set_state(self, state: EpisodeState) -> None:
+        """Continue from a snapshot of ``get_state()`` (of this env class, any process)."""
+        if not isinstance(state, self.state_type):
+            name = self.state_type.__name__
+            raise TypeError(f"{self.env_name}: set_state expects {'an' if name[0] in 'AEIOU' else 'a'} {name}, "
+                            f"got {type(state).__name__}")
+        self._restore(state)
+
+    def _restore(self, state: EpisodeState) -> None:
+        self._state = state.copy()
+
+    # --- what each env implements ------------------------------------------------------
+    def _reset_task(self, task_id: str) -> EpisodeState:
+        raise NotImplementedError
+
+    def _apply_action(self, action: str) -> ActionResult:
+        raise NotImplementedError
+
+    def _default_task_ids(self) -> Sequence[str | int]:
+        """Where ``reset()`` without a task id draws one from (with ``np_random``)."""
+        raise NotImplementedError
+
+    def task_type(self, task_id: str) -> str:
+        raise NotImplementedError
+
+    def instruction(self, task_id: str) -> str:
+        raise NotImplementedError
+
+    def admissible_actions(self) -> list[str] | None:
+        """The actions the env accepts now; None where any text may be an action."""
+        return None
+
+    def _extra_info(self) -> dict[str, Any]:
+        """The env's own ``info`` keys after the common ones (documented in its docstring)."""
+        return {}
 
     @property
     def observation(self) -> str:

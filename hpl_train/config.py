@@ -35,7 +35,7 @@ class TrainConfig:
     # curriculum over group pairs
     curriculum: str = "hpl"  # hpl | static | length-only | difficulty-only
     phase_boundaries: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
-    length_thresholds: list[int] | None = None  # default per env: ALFWorld (0,3,6), WebShop/SQL (0,2,4)
+    length_thresholds: list[int] | None = None  # None: the rows' length_bucket column (hpl-gen), else (0, 2, 4)
     delta_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4])
     # optimisation
     lr: float = 3e-6

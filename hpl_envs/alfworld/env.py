@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpl_envs.alfworld.games import SPLIT_ALIASES, SPLITS, Game, discover
-from hpl_envs.core import EnvUnavailableError, HplTextEnv, TaskNotFoundError
+from hpl_envs.core import ActionResult, EnvUnavailableError, EpisodeState, HplTextEnv, TaskNotFoundError
 from hpl_envs.data import DataCorruptError, cache_dir
 
 try:
@@ -138,11 +138,8 @@ class _Snapshot:
 
 
 @dataclass
-class AlfWorldState:
-    task_id: str
+class AlfWorldState(EpisodeState):
     observation: str
-    turn: int = 0
-    done: bool = False
     won: bool = False
     actions: list[str] = field(default_factory=list)
     load_token: tuple | None = None  # (pid, load serial): where the planner snapshot is valid
@@ -224,21 +221,57 @@ class _LoadedGame:
 
 class AlfWorldEnv(HplTextEnv):
     """
-    ## Description
-    ALFWorld (Shridhar et al., 2021): household tasks in text (Pick, Look-in-light, Clean, Heat, Cool,
-    Pick-two) on TextWorld's PDDL engine, with ALFWorld 0.4.2's demangled object names. Observations
-    are ETO/IPR's: the first holds the room description and ``Your task is to: ...``.
+    Household tasks in text: find, take, clean, heat, cool, look at and place objects.
 
-    ## Spaces
-    Text. An action is one of ``info["admissible_actions"]`` (e.g. ``go to desk 1``,
-    ``take alarmclock 2 from desk 1``, ``use desklamp 1``); anything else gives TextWorld's
-    ``Nothing happens.`` and ``info["action_valid"] = False``.
+    ## Description
+    ALFWorld (Shridhar et al., 2021) on TextWorld's PDDL engine, with ALFWorld 0.4.2's demangled
+    object names: six task types (``pick_and_place_simple``, ``look_at_obj_in_light``,
+    ``pick_clean_then_place_in_recep``, ``pick_heat_then_place_in_recep``,
+    ``pick_cool_then_place_in_recep``, ``pick_two_obj_and_place``). Observations are ETO/IPR's.
+    A task is one game file, id ``<split>/<task dir>/<trial>``.
+
+    ## Action Space
+    A string (``FreeText``); one of ``info["admissible_actions"]`` (e.g. ``go to desk 1``,
+    ``take alarmclock 2 from desk 1``, ``use desklamp 1``), compared after ``strip()``. Anything
+    else is passed to TextWorld, which answers ``Nothing happens.``, and ``info["action_valid"]`` is
+    False; text with a newline does nothing (TextWorld's PDDL env reads one line).
+
+    ## Observation Space
+    A string: TextWorld's feedback to the last action, without the ``You arrive at loc N.`` prefix
+    of old game files (ETO/IPR's ``process_ob``).
+
+    ## Starting State
+    The game's initial state; the observation is the room description followed by ``Your task is
+    to: <instruction>`` (the ``-= Welcome to TextWorld, ALFRED! =-`` banner dropped, as ETO/IPR do).
+    ``reset(options={"task_id": ...})`` picks a game; ``reset(seed=...)`` without one draws a
+    ``valid_unseen`` game uniformly with the env's ``np_random``. ``task_ids(split)``: ``train``,
+    ``valid_seen`` (alias ``dev``), ``valid_unseen`` (alias ``test``).
 
     ## Rewards
-    1.0 on the step that completes the task (``won``), else 0.
+    1.0 on the step that completes the task, else 0.
 
     ## Episode End
-    Terminated when won; truncated after ``max_turns`` (default 30 as in the HPL paper; ETO/IPR: 40).
+    - Termination: the task is completed (``won``).
+    - Truncation: ``max_turns`` actions (default 30, the HPL paper's; ETO/IPR use 40) without it.
+
+    After either, ``step`` raises ``RuntimeError("alfworld: episode is over; call reset()")``.
+
+    ## Information
+    Common keys (every hpl env, after ``reset`` and every ``step``):
+
+    - ``task_id`` (str): the game's id.
+    - ``task_type`` (str): one of the six task types above (from the game's folder name).
+    - ``instruction`` (str): the ``Your task is to: ...`` text of the first observation.
+    - ``admissible_actions`` (list[str]): TextWorld's admissible commands in the current state.
+    - ``won`` (bool): the task is completed (only on the terminating step).
+    - ``action_valid`` (bool): the action was admissible (True after reset).
+    - ``turn`` (int): actions taken.
+
+    ALFWorld's own keys:
+
+    - ``restored_by`` (str): how the env's last ``set_state`` restored a snapshot: ``"snapshot"``
+      (in-process, microseconds), ``"replay"`` (the actions replayed from reset), or ``""`` if this
+      env has not restored one.
 
     ## Snapshots
     ``get_state()`` saves the planner's state id (each game holds its own fast-downward library) and
@@ -247,7 +280,18 @@ class AlfWorldEnv(HplTextEnv):
     replay from reset; ``info["restored_by"]`` says which happened.
 
     ## Arguments
-    ``max_turns``, ``cache_games`` (games kept loaded per env, default 8), ``data_root``.
+    ```python
+    import gymnasium as gym
+    import hpl_envs  # registers the ids
+    gym.make("hpl/ALFWorld-v0", max_turns=30, cache_games=8)
+    # or: hpl_envs.make_env("alfworld", ...); hpl-eval / hpl-gen: --env-arg cache_games=16
+    ```
+
+    - ``max_turns=30``: actions before truncation (the registry's default, the HPL paper's).
+    - ``cache_games=8``: games kept loaded per env (least recently used evicted; a reload is ~1 s
+      the first time on a machine, then the translated PDDL comes from the cache).
+    - ``data_root=None``: the data folder holding ``alfworld/json_2.1.1`` (default ``$HPL_DATA_DIR``).
+    - ``render_mode=None``: ``"ansi"`` makes ``render()`` return the observation.
 
     ## Version History
     * v0: initial release (alfworld 0.4.2, textworld 1.7, tw-pddl games of json_2.1.1).
@@ -255,6 +299,8 @@ class AlfWorldEnv(HplTextEnv):
 
     env_name = "alfworld"
     splits = (*SPLITS, *SPLIT_ALIASES)
+    state_type = AlfWorldState
+    _state: AlfWorldState | None
 
     def __init__(self, max_turns: int = 30, cache_games: int = 8, data_root: str | Path | None = None,
                  render_mode: str | None = None) -> None:
@@ -269,7 +315,6 @@ class AlfWorldEnv(HplTextEnv):
         self.by_id = {g.task_id: g for split in self.games.values() for g in split}
         self.cache_games = max(1, int(cache_games))
         self._loaded: OrderedDict[str, _LoadedGame] = OrderedDict()
-        self._state: AlfWorldState | None = None
         self.last_restore = ""
 
     # --- tasks -------------------------------------------------------------------------
@@ -295,41 +340,41 @@ class AlfWorldEnv(HplTextEnv):
         self._loaded[task_id] = loaded
         return loaded
 
-    # --- gymnasium API -------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        task_id = self._task_from_options(options)
-        if task_id is None:
-            ids = self.task_ids("valid_unseen")
-            task_id = ids[int(self.np_random.integers(len(ids)))]
+    def task_type(self, task_id: str) -> str:
+        return self.game(task_id).task_type
+
+    def instruction(self, task_id: str) -> str:
+        """The ``Your task is to: ...`` line of the game's first observation."""
+        for line in self._load(task_id).initial_feedback.splitlines():
+            if line.startswith("Your task is to: "):
+                return line[len("Your task is to: "):]
+        return ""
+
+    def _default_task_ids(self) -> list[str]:
+        return self.task_ids("valid_unseen")
+
+    # --- the episode (HplTextEnv's hooks) -------------------------------------------------
+    def _reset_task(self, task_id: str) -> AlfWorldState:
         game = self._load(task_id)
         game.restore(game.initial)
-        self._state = AlfWorldState(task_id=task_id, observation=initial_observation(game.initial_feedback),
-                                    load_token=game.token)
-        return self._state.observation, self._info(action_valid=True)
+        return AlfWorldState(task_id=task_id, observation=initial_observation(game.initial_feedback),
+                             load_token=game.token)
 
     @property
     def observation(self) -> str:
         return self._require_state().observation
 
-    def step(self, action: str):
-        s = self._require_state()
-        if s.done or s.turn >= self.max_turns:
-            raise RuntimeError("alfworld: episode is over; call reset()")
-        action = action if isinstance(action, str) else str(action)
+    def _apply_action(self, action: str) -> ActionResult:
+        s = self._state
         game = self._game_for_state()
         command = action.strip()
         valid = command in (game.pddl.state["_valid_commands"] or [])
         # TextWorld's PDDL env only understands single-line commands; others do nothing, as it would
         state = game.step(command if "\n" not in command else "\n")
-        s.turn += 1
         s.actions.append(action)
         s.observation = process_observation(state.feedback)
         s.won = bool(state["won"])
-        s.done = s.won
-        terminated = s.done
-        truncated = not terminated and s.turn >= self.max_turns
-        return s.observation, 1.0 if s.won else 0.0, terminated, truncated, self._info(action_valid=valid)
+        return ActionResult(reward=1.0 if s.won else 0.0, terminated=s.won, action_valid=valid, won=s.won)
 
     def _game_for_state(self) -> _LoadedGame:
         game = self._load(self._state.task_id)
@@ -341,35 +386,16 @@ class AlfWorldEnv(HplTextEnv):
         game = self._game_for_state()
         return list(game.pddl.state["admissible_commands"])
 
-    def _info(self, action_valid: bool) -> dict:
-        s = self._require_state()
-        g = self.game(s.task_id)
-        return {"task_id": s.task_id, "task_type": g.task_type, "instruction": self._instruction(),
-                "admissible_actions": self.admissible_actions(), "won": s.won, "action_valid": action_valid,
-                "turn": s.turn, "restored_by": self.last_restore}
-
-    def _instruction(self) -> str:
-        feedback = self._load(self._state.task_id).initial_feedback
-        for line in feedback.splitlines():
-            if line.startswith("Your task is to: "):
-                return line[len("Your task is to: "):]
-        return ""
-
-    def _require_state(self) -> AlfWorldState:
-        if self._state is None:
-            raise RuntimeError("alfworld: call reset() before step()")
-        return self._state
+    def _extra_info(self) -> dict[str, Any]:
+        return {"restored_by": self.last_restore}
 
     # --- snapshots -----------------------------------------------------------------------
     def get_state(self) -> AlfWorldState:
-        s = self._require_state()
-        out = s.copy()
+        out = super().get_state()
         out.snapshot = self._game_for_state().snapshot()
         return out
 
-    def set_state(self, state: AlfWorldState) -> None:
-        if not isinstance(state, AlfWorldState):
-            raise TypeError(f"alfworld: set_state expects an AlfWorldState, got {type(state).__name__}")
+    def _restore(self, state: AlfWorldState) -> None:
         game = self._load(state.task_id)
         if state.snapshot is not None and state.load_token == game.token:
             game.restore(state.snapshot)

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlparse
 
-from hpl_envs.core import HplTextEnv, TaskNotFoundError
+from hpl_envs.core import ActionResult, EpisodeState, HplTextEnv, TaskNotFoundError
 from hpl_envs.data import DataCorruptError, require
 from hpl_envs.intercode_sql import compat
 from hpl_envs.intercode_sql.reward import sql_reward
@@ -35,12 +35,9 @@ class SqlTask:
 
 
 @dataclass
-class SqlState:
-    task_id: str
+class SqlState(EpisodeState):
     db: str  # the database the agent connection uses (USE can change it)
     observation: Any = None  # InterCode's last observation: rows, an error string, or None
-    turn: int = 0
-    done: bool = False
     reward: float = 0.0
     reward_parts: dict | None = None
     actions: list[str] = field(default_factory=list)
@@ -239,47 +236,105 @@ class _Shared:
 
 class InterCodeSqlEnv(HplTextEnv):
     """
-    ## Description
-    InterCode-SQL (Yang et al., 2023): answer a natural-language question about a Spider database
-    by issuing SQL to a real MySQL-compatible server, then ``submit``. Observations and reward are
-    InterCode's; the server is started for you, and the agent can neither change the data nor hang.
+    Answer a natural-language question about a Spider database with SQL, then submit.
 
-    ## Spaces
-    Observation: text -- the question at reset, then ``str(rows)`` of the last statement
-    (a list of tuples, as InterCode shows it), ``Error executing query: <msg>``, or ``None`` for a
-    statement without a result set. Action: one SQL statement, or ``submit`` (anything starting with
-    "submit"), or ``skip``.
+    ## Description
+    InterCode-SQL (Yang et al., 2023): the agent issues SQL to a real MySQL-compatible server
+    (started for you: a local MariaDB, a URL, or Docker) and submits when its last result answers
+    the question. Observations and reward are InterCode's (@ c3e46d8); the agent can neither change
+    the data nor hang the server (see Safety). A task is one Spider dev question, id = its index.
+
+    ## Action Space
+    A string (``FreeText``): one SQL statement (it may span lines), ``submit`` (any action starting
+    with ``submit``: score the last result) or ``skip`` (give up, reward 0). There is no list of
+    admissible actions. A refused or failing statement gives an ``Error executing query: ...``
+    observation and ``info["action_valid"] = False``.
+
+    ## Observation Space
+    A string: ``str(rows)`` of the last statement's result (a list of tuples, as InterCode shows it;
+    at most ``row_cap`` rows, then ``info["truncated_rows"]``), ``Error executing query: <msg>``, or
+    ``None`` for a statement without a result set. A result over ``result_byte_cap`` is cut and the
+    observation ends with ``[result truncated: ...]`` (``info["truncated_bytes"]``). ``submit`` and
+    ``skip`` leave the observation as it was.
+
+    ## Starting State
+    The observation is the question; the agent's session is fresh (no session state) in the task's
+    database. ``reset(options={"task_id": "17"})`` picks task 17; ``reset(seed=...)`` without one
+    draws a task uniformly from all tasks with the env's ``np_random``. ``task_ids(split)``: ``dev``
+    (all Spider dev tasks, InterCode's set), ``train``/``test`` (by database: ordered by a hash of
+    its name, test takes databases until it holds 30% of the tasks; no database in both).
 
     ## Rewards
-    0 until ``submit``; then InterCode's reward of the last result against the gold result: multiset
-    IoU of stringified rows times Kendall's tau over the shared rows (rounded to 2 decimals), which
-    can be negative. ``info["reward_parts"]`` has the unscaled IoU and tau.
+    0 on every step until ``submit``; then InterCode's reward of the last result against the gold
+    query's result: multiset IoU of stringified rows times Kendall's tau over the shared rows
+    (rounded to 2 decimals), in [-1, 1]; with ``kendall_tau=False`` the IoU alone, in [0, 1]. A
+    failing gold query scores as an empty result. ``skip``: 0.
 
     ## Episode End
-    Terminated on ``submit``/``skip``; truncated after ``max_turns`` (default 10) with reward 0.
+    - Termination: ``submit`` or ``skip``.
+    - Truncation: ``max_turns`` actions (default 10) without either; reward 0.
+
+    After either, ``step`` raises ``RuntimeError("intercode-sql: episode is over; call reset()")``.
+
+    ## Information
+    Common keys (every hpl env, after ``reset`` and every ``step``):
+
+    - ``task_id`` (str): the task's index (canonical: ``"007"`` becomes ``"7"``).
+    - ``task_type`` (str): Spider's hardness (``easy``, ``medium``, ``hard``, ``extra``).
+    - ``instruction`` (str): the question.
+    - ``admissible_actions`` (None): any text may be an action.
+    - ``won`` (bool): reward == 1.0 (only on the ``submit`` step).
+    - ``action_valid`` (bool): the statement ran without error (True for ``submit``/``skip`` and
+      after reset).
+    - ``turn`` (int): actions taken.
+
+    InterCode-SQL's own keys:
+
+    - ``db`` (str): the task's database.
+    - ``truncated_rows`` (bool): the last result had more than ``row_cap`` rows (the rest are dropped).
+    - ``truncated_bytes`` (bool): the last result was cut at ``result_byte_cap``.
+    - ``reward_parts`` (dict, after ``submit``/``skip``): ``iou`` (float), ``kendall_tau`` (float
+      or None: no tau applied) and ``gold_error`` (the gold query's error message, or None); empty
+      after ``skip``.
 
     ## Safety
     Agent SQL runs as a read-only account (SELECT/SHOW VIEW on the Spider databases), one
-    statement per action, with a per-statement time limit (``time_limit_s``, default 5) and a cap on
-    returned rows (``row_cap``, default 10,000; ``info["truncated_rows"]``) and on result size
-    (``result_byte_cap``, default 4 MB of observation text, read row by row so memory stays bounded;
-    the observation then says it was truncated, ``info["truncated_bytes"]``). Statements over
-    ``max_statement_bytes`` (32 kB), executable comments (``/*! */``, ``/*M! */``, hints ``/*+ */``),
-    user-level locks, process lists and statements that leave session state (user variables,
-    warnings) are refused; a client-side deadline kills any statement the server let run past the
-    limit. Refused statements
-    produce an ``Error executing query: ...`` observation. Gold queries run on the episode's connection as InterCode does (see ``gold_result``).
+    statement per action, with a per-statement time limit (``time_limit_s``) and caps on returned
+    rows (``row_cap``) and result size (``result_byte_cap``, read row by row so memory stays
+    bounded). Statements over ``max_statement_bytes``, executable comments (``/*! */``, ``/*M! */``,
+    hints ``/*+ */``), user-level locks, process lists and statements that leave session state (user
+    variables, warnings) are refused; a client-side deadline kills any statement the server let run
+    past the limit. Gold queries run on the episode's connection as InterCode does (see
+    ``gold_result``).
 
     ## Arguments
-    ``backend`` ("local", "url", "docker" or None = local, else docker; the error lists why each
-    failed), ``url`` (a mysql:// URL; ``server`` is the older name), ``image`` (docker: the base
-    image, default the offline MariaDB one, e.g. ``mysql:8.0`` where a registry answers),
-    ``max_turns``, ``time_limit_s``, ``row_cap``, ``mysql8_compat`` (default True: MariaDB error
-    messages and DESCRIBE types shown as MySQL 8 shows them, see ``compat.py``), ``describe_types``
-    (``"bytes"``, the default, as InterCode's GPT-4 recordings show DESCRIBE's type column, or
-    ``"str"`` as its GPT-3.5 recordings do: it depended on the client library), ``kendall_tau``
-    (default True: InterCode's code; False reproduces the reward as its published GPT-4/3.5
-    recordings were scored, i.e. IoU without the tau factor).
+    ```python
+    import gymnasium as gym
+    import hpl_envs  # registers the ids
+    gym.make("hpl/InterCodeSQL-v0", backend="local", max_turns=10)
+    # or: hpl_envs.make_env("intercode-sql", ...); hpl-eval / hpl-gen: --env-arg backend='"docker"'
+    ```
+
+    - ``backend=None``: ``"local"`` (a MariaDB/MySQL server binary here, started for you),
+      ``"url"`` (an existing server at ``url``), ``"docker"`` (a container, ``pip install
+      'hpl[docker]'``), or None: ``url`` if given, else local, else docker (the error lists why
+      each failed).
+    - ``url=None``: a ``mysql://user:pass@host:port`` URL of a server holding InterCode's databases.
+    - ``server=None``: the older name of ``url``.
+    - ``image=None``: docker's base image (default the offline MariaDB one; e.g. ``mysql:8.0`` where
+      a registry answers).
+    - ``max_turns=10``: actions before truncation (the registry's default, the HPL paper's).
+    - ``time_limit_s=5.0``: per-statement time limit (server-side, plus a client-side deadline).
+    - ``row_cap=10_000``: rows kept of a result.
+    - ``mysql8_compat=True``: MariaDB error messages and DESCRIBE types shown as MySQL 8 shows them
+      (``compat.py``), as InterCode's recordings were made on MySQL 8.
+    - ``kendall_tau=True``: InterCode's code (IoU times tau); False reproduces the reward its
+      published GPT-4/3.5 recordings were scored with (IoU alone).
+    - ``describe_types="bytes"``: DESCRIBE's type column as bytes (InterCode's GPT-4 recordings) or
+      ``"str"`` (its GPT-3.5 recordings; it depended on the client library).
+    - ``render_mode=None``: ``"ansi"`` makes ``render()`` return the observation.
+    - ``result_byte_cap=4_000_000``: observation text kept of one result, in bytes.
+    - ``max_statement_bytes=32_768``: longer statements are refused.
 
     ## Version History
     * v0: initial release (InterCode @ c3e46d8 semantics, Spider dev tasks).
@@ -287,6 +342,8 @@ class InterCodeSqlEnv(HplTextEnv):
 
     env_name = "intercode-sql"
     splits = ("dev", "train", "test")
+    state_type = SqlState
+    _state: SqlState | None
 
     def __init__(self, backend: str | None = None, server: str | None = None, url: str | None = None,
                  image: str | None = None, max_turns: int = 10,
@@ -305,7 +362,6 @@ class InterCodeSqlEnv(HplTextEnv):
         self.result_byte_cap = int(result_byte_cap)
         self.max_statement_bytes = int(max_statement_bytes)
         self._cnx = None
-        self._state: SqlState | None = None
         self._gold_cache: dict[tuple, Any] = {}
         self._cnx_serial = 0  # which connection the cached gold results were computed on
 
@@ -326,6 +382,15 @@ class InterCodeSqlEnv(HplTextEnv):
             return self.shared.tasks[idx]
         except (ValueError, IndexError):
             raise TaskNotFoundError(f"intercode-sql: no task {task_id!r} (ids 0..{len(self.shared.tasks) - 1})") from None
+
+    def task_type(self, task_id: str) -> str:
+        return self.task(task_id).hardness
+
+    def instruction(self, task_id: str) -> str:
+        return self.task(task_id).query
+
+    def _default_task_ids(self) -> range:
+        return range(len(self.shared.tasks))
 
     def warm_caches(self) -> None:
         self.shared.ensure_server()
@@ -479,38 +544,25 @@ class InterCodeSqlEnv(HplTextEnv):
         except Exception:  # noqa: BLE001 - the statement may have ended meanwhile
             pass
 
-    # --- gymnasium API -------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        task_id = self._task_from_options(options)
-        if task_id is None:
-            task_id = str(self.np_random.integers(len(self.shared.tasks)))
+    # --- the episode (HplTextEnv's hooks) -------------------------------------------------
+    def _reset_task(self, task_id: str) -> SqlState:
         task = self.task(task_id)
-        self._state = SqlState(task_id=str(task.index), db=task.db, observation=task.query)
         self._fresh_session(task.db)
-        return self.observation, self._info(action_valid=True)
+        return SqlState(task_id=str(task.index), db=task.db, observation=task.query)
 
-    def step(self, action: str):
-        s = self._require_state()
-        if s.done or s.turn >= self.max_turns:
-            raise RuntimeError("intercode-sql: episode is over; call reset()")
-        action = action if isinstance(action, str) else str(action)
-        s.turn += 1
+    def _apply_action(self, action: str) -> ActionResult:
+        s = self._state
         s.actions.append(action)
-        valid = True
         if action.strip().lower() == "skip":
-            s.done, s.reward = True, 0.0
-        elif action.startswith("submit"):
+            s.reward = 0.0
+            return ActionResult(reward=0.0, terminated=True, action_valid=True)
+        if action.startswith("submit"):
             s.reward, s.reward_parts = self.evaluate()
-            s.done = True
-        else:
-            obs, valid = self._execute(action)
-            s.truncated_rows = isinstance(obs, list) and len(obs) > self.row_cap
-            s.observation = obs[: self.row_cap] if s.truncated_rows else obs
-        terminated = s.done
-        truncated = not terminated and s.turn >= self.max_turns
-        reward = float(s.reward) if terminated else 0.0
-        return self.observation, reward, terminated, truncated, self._info(action_valid=valid)
+            return ActionResult(reward=s.reward, terminated=True, action_valid=True, won=bool(s.reward == 1.0))
+        obs, valid = self._execute(action)
+        s.truncated_rows = isinstance(obs, list) and len(obs) > self.row_cap
+        s.observation = obs[: self.row_cap] if s.truncated_rows else obs
+        return ActionResult(reward=0.0, terminated=False, action_valid=valid)
 
     def gold_result(self, task: SqlTask) -> Any:
         """The gold query's result (rows, or the error message), run as InterCode does on the
@@ -553,31 +605,17 @@ class InterCodeSqlEnv(HplTextEnv):
                     f"the result is larger than {self.result_byte_cap:,} bytes]")
         return str(s.observation)
 
-    def _info(self, action_valid: bool) -> dict:
-        s = self._require_state()
-        task = self.task(s.task_id)
-        info = {"task_id": s.task_id, "task_type": task.hardness, "instruction": task.query,
-                "admissible_actions": None, "won": bool(s.done and s.reward == 1.0), "action_valid": action_valid,
-                "turn": s.turn, "db": task.db, "truncated_rows": s.truncated_rows,
-                "truncated_bytes": s.truncated_bytes}
+    def _extra_info(self) -> dict[str, Any]:
+        s = self._state
+        info = {"db": self.task(s.task_id).db, "truncated_rows": s.truncated_rows, "truncated_bytes": s.truncated_bytes}
         if s.done:
             info["reward_parts"] = dict(s.reward_parts or {})
         return info
 
-    def _require_state(self) -> SqlState:
-        if self._state is None:
-            raise RuntimeError("intercode-sql: call reset() before step()")
-        return self._state
-
     # --- snapshots -----------------------------------------------------------------------
-    def get_state(self) -> SqlState:
-        return self._require_state().copy()
-
-    def set_state(self, state: SqlState) -> None:
-        if not isinstance(state, SqlState):
-            raise TypeError(f"intercode-sql: set_state expects a SqlState, got {type(state).__name__}")
+    def _restore(self, state: SqlState) -> None:
         self.task(state.task_id)
-        self._state = state.copy()
+        super()._restore(state)
         self._fresh_session(state.db)
 
     def close(self) -> None:

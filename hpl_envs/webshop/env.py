@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpl_envs.core import HplTextEnv, TaskNotFoundError
+from hpl_envs.core import ActionResult, EpisodeState, HplTextEnv, TaskNotFoundError
 from hpl_envs.webshop import pages
 from hpl_envs.webshop.catalog import Catalog, load_catalog
 from hpl_envs.webshop.goals import Goal, ProductPrices, build_goals, product_disjoint_splits, split_range
@@ -48,10 +48,9 @@ def page_name(url: str | None) -> str | None:
 
 
 @dataclass
-class WebShopState:
+class WebShopState(EpisodeState):
     """Everything an episode depends on; ``get_state`` returns a deep copy of it."""
 
-    task_id: str
     url: str
     page: str = "index"  # which page is displayed: index/search_results/item_page/item_sub_page/done
     keywords: list[str] | None = None
@@ -63,8 +62,6 @@ class WebShopState:
     results: list[int] = field(default_factory=list)
     results_key: tuple[str, ...] | None = None
     actions: dict[str, int] = field(default_factory=dict)
-    turn: int = 0
-    done: bool = False
     reward: float = 0.0
     reward_info: dict | None = None
     random_searches: int = 0
@@ -123,38 +120,101 @@ class _Shared:
 
 
 class WebShopEnv(HplTextEnv):
-    """
-    ## Description
-    WebShop (Yao et al., 2022): follow a shopping instruction by searching a product catalog,
-    opening a product, choosing its options and buying it. This is a pure-Python
-    reimplementation of ``web_agent_site``'s ``WebAgentTextEnv`` in ``observation_mode="text"``:
-    same pages, same `` [SEP] ``-joined observations, same action parsing and reward, with BM25
-    search in-process (no Java), a memory-mapped catalog and exact snapshots.
+    r"""
+    Follow a shopping instruction by searching a product catalog, opening a product, choosing its
+    options and buying it.
 
-    ## Spaces
-    Observations and actions are strings. Actions: ``search[keywords]`` (any page, as in the
-    original) or ``click[value]`` where value is a clickable of the current page (lower-cased
-    button text, product ASIN, or option value). Anything else is an invalid action: the page
-    is unchanged and ``info["action_valid"]`` is False. So is an action over ``MAX_ACTION_CHARS``.
+    ## Description
+    WebShop (Yao et al., 2022) as a pure-Python reimplementation of ``web_agent_site``'s
+    ``WebAgentTextEnv`` in ``observation_mode="text"``: the same pages, the same `` [SEP] ``-joined
+    observations, action parsing and reward, with BM25 search in-process (no Java), a memory-mapped
+    catalog and exact snapshots (``get_state()`` carries the rendered page, so a restore renders
+    nothing). A task is a goal (instruction, target product, options, price cap) by its index.
+
+    ## Action Space
+    A string (``FreeText``). ``search[keywords]`` (on any page, as in the original; results are the
+    top 50 by BM25, 10 per page) or ``click[value]``, where value is a clickable of the current page:
+    a lower-cased button (``back to search``, ``next >``, ``< prev``, ``description``, ``features``,
+    ``reviews``, ``attributes``, ``buy now``), a product ASIN, or an option value. Parsing is the
+    original's ``(.+)\[(.+)\]`` on the first line. ``info["admissible_actions"]`` lists them
+    (``search[<keywords>]`` where the search bar is shown). Anything else, or an action over
+    ``MAX_ACTION_CHARS`` (10,000) characters, is invalid: the page stays and
+    ``info["action_valid"]`` is False.
+
+    ## Observation Space
+    A string: the page's texts joined by `` [SEP] ``: the search page, a results page (instruction,
+    ``Back to Search``, ``Page n (Total results: N)``, ASIN / name / price per product), a product
+    page (options, title, price, rating, sub-page buttons, ``Buy Now``), a sub-page, or the page
+    after a purchase (``Thank you for shopping with us!`` with the purchase and reward).
+
+    ## Starting State
+    The search page of the task's goal: ``WebShop [SEP] Instruction: [SEP] <instruction> [SEP]
+    Search``. ``reset(options={"task_id": "17"})`` picks goal 17; ``reset(seed=...)`` without a task
+    id draws a goal uniformly from all goals with the env's ``np_random``. ``task_ids(split)``:
+    ``test`` goals[0:500], ``dev`` [500:1500], ``train`` the rest, ``all`` (``split_mode="webshop"``),
+    or the product-disjoint split (``split_mode="product"``).
 
     ## Rewards
-    0 until ``click[buy now]``; then WebShop's ``get_reward`` (see ``reward.py``), with its parts
-    in ``info["reward_parts"]``. ``won`` means reward == 1.0.
+    0 on every step until ``click[buy now]``; then WebShop's ``get_reward`` of the purchase
+    (``reward.py``): the share of matched attributes, options and price cap, times a type factor
+    (1, 0.5, 0.1 or 0 by query/category match and title-noun overlap), in [0, 1].
 
     ## Episode End
-    Terminated on purchase; truncated after ``max_turns`` actions (default 10) with reward 0.
+    - Termination: ``click[buy now]`` on a product page (a purchase).
+    - Truncation: ``max_turns`` actions (default 10) without a purchase; reward 0.
+
+    After either, ``step`` raises ``RuntimeError("webshop: episode is over; call reset()")``.
+
+    ## Information
+    Common keys (every hpl env, after ``reset`` and every ``step``):
+
+    - ``task_id`` (str): the goal index as given to ``reset``.
+    - ``task_type`` (str): the goal's product category (e.g. ``beauty``, ``garden``).
+    - ``instruction`` (str): the goal's instruction text.
+    - ``admissible_actions`` (list[str]): ``search[<keywords>]`` where a search bar is shown, then
+      every ``click[...]`` of the page.
+    - ``won`` (bool): reward == 1.0 (only on the purchase step).
+    - ``action_valid`` (bool): the action was parsed and changed the page (True after reset).
+    - ``turn`` (int): actions taken.
+
+    WebShop's own keys:
+
+    - ``page`` (str): ``index``, ``search_results``, ``item_page``, ``item_sub_page`` or ``done``.
+    - ``url`` (str): the original server's URL of the page (``http://127.0.0.1:3000/...``; nothing
+      listens there).
+    - ``reward_parts`` (dict, after a purchase): ``get_reward``'s verbose info: ``r_type``,
+      ``r_att``, ``w_att``, ``query_match``, ``category_match``, ``title_score``, and where the goal
+      has them ``r_option``/``w_option`` and ``r_price``/``w_price``.
+    - ``purchased`` (dict, after a purchase): ``{"asin": str, "options": {name: value}}``.
 
     ## Arguments
-    ``catalog`` ("1k" or "full"), ``goals`` ("synthetic" or "human"), ``split_mode`` ("webshop":
-    the original's split by goal position, default; "product": no product in two splits), ``max_turns``,
-    ``spacy_model`` (name of the POS pipeline), ``fix_option_normalisation`` (opt-in fix of the
-    original's colour-normalisation quirk; default off), ``show_attrs``, ``data_root``, ``prices``
-    ("per-product": range prices and goal price caps seeded per ASIN, the same in every process,
-    default; "original" with ``price_seed``: the original's global-random draws replayed from
-    ``random.seed(price_seed)``, see ``goals.py``), ``tagger`` (POS tokens of product names for the
-    type reward: "original", the shipped output of WebShop's pinned spaCy 3.0.8 + en_core_web_sm
-    3.0.0; "live", the installed spaCy pipeline; None, the default: "original" when its table covers
-    the catalog and no ``spacy_model`` is given, else "live" with a note).
+    ```python
+    import gymnasium as gym
+    import hpl_envs  # registers the ids
+    gym.make("hpl/WebShop-v0", catalog="1k", goals="synthetic", max_turns=10)
+    # or: hpl_envs.make_env("webshop", ...); hpl-eval / hpl-gen: --env-arg catalog='"full"'
+    ```
+
+    - ``catalog="1k"``: ``"1k"`` (WebShop's 1,000-product catalog) or ``"full"`` (all products).
+    - ``goals="synthetic"``: ``"synthetic"`` (the original's default: one goal per product option
+      combination, templated instructions) or ``"human"`` (the crowd-written instructions); shuffled
+      with the original's seed either way.
+    - ``max_turns=10``: actions before truncation (the registry's default, the HPL paper's).
+    - ``spacy_model=None``: the spaCy pipeline for the type reward's noun matching (live tagger).
+    - ``fix_option_normalisation=False``: opt-in fix of the original's colour-normalisation quirk.
+    - ``show_attrs=False``: add an ``Attributes`` button (a sub-page with the product's attributes).
+    - ``data_root=None``: the data folder (default ``$HPL_DATA_DIR``).
+    - ``split_mode="webshop"``: ``"webshop"`` (the original's split by goal position) or
+      ``"product"`` (no product in two splits).
+    - ``prices="per-product"``: range prices and goal price caps seeded per ASIN, the same in every
+      process; ``"original"`` with ``price_seed``: the original's global-random draws replayed from
+      ``random.seed(price_seed)`` (``goals.py``).
+    - ``price_seed=None``: the seed for ``prices="original"``.
+    - ``tagger=None``: POS tokens of product names for the type reward: ``"original"`` (the shipped
+      output of WebShop's pinned spaCy 3.0.8 + en_core_web_sm 3.0.0), ``"live"`` (the installed
+      pipeline), or None: ``"original"`` when its table covers the catalog and no ``spacy_model``
+      is given, else ``"live"``.
+    - ``render_mode=None``: ``"ansi"`` makes ``render()`` return the observation.
 
     ## Version History
     * v0: initial release, faithful to WebShop @ 64fa2a5 (text mode, synthetic or human goals).
@@ -162,6 +222,8 @@ class WebShopEnv(HplTextEnv):
 
     env_name = "webshop"
     splits = ("train", "dev", "test", "all")
+    state_type = WebShopState
+    _state: WebShopState | None
 
     def __init__(self, catalog: str = "1k", goals: str = "synthetic", max_turns: int = 10,
                  spacy_model: str | None = None, fix_option_normalisation: bool = False,
@@ -177,7 +239,6 @@ class WebShopEnv(HplTextEnv):
         if split_mode not in ("webshop", "product"):
             raise ValueError(f"webshop: split_mode must be 'webshop' or 'product', got {split_mode!r}")
         self.split_mode = split_mode
-        self._state: WebShopState | None = None
         self._view: tuple[list[str], dict[str, pages.Clickable]] | None = None
 
     def warm_caches(self) -> None:
@@ -206,22 +267,20 @@ class WebShopEnv(HplTextEnv):
     def task_type(self, task_id: str) -> str:
         return self.goal(task_id).category
 
-    # --- gymnasium API -------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        task_id = self._task_from_options(options)
-        if task_id is None:
-            task_id = str(self.np_random.integers(len(self.goals)))
-        self.goal(task_id)  # validates
-        self._state = WebShopState(task_id=task_id, url=f"{BASE_URL}/{task_id}")
-        self._view = None
-        return self.observation, self._info(action_valid=True)
+    def instruction(self, task_id: str) -> str:
+        return self.goal(task_id).instruction_text
 
-    def step(self, action: str):
-        s = self._require_state()
-        if s.done or s.turn >= self.max_turns:
-            raise RuntimeError("webshop: episode is over; call reset()")
-        action = action if isinstance(action, str) else str(action)
+    def _default_task_ids(self) -> range:
+        return range(len(self.goals))
+
+    # --- the episode (HplTextEnv's hooks) --------------------------------------------
+    def _reset_task(self, task_id: str) -> WebShopState:
+        self.goal(task_id)  # validates
+        self._view = None
+        return WebShopState(task_id=task_id, url=f"{BASE_URL}/{task_id}")
+
+    def _apply_action(self, action: str) -> ActionResult:
+        s = self._state
         _, clickables = self._page()
         name, arg = parse_action(action) if len(action) <= MAX_ACTION_CHARS else (action, None)
         if arg is not None:
@@ -232,28 +291,29 @@ class WebShopEnv(HplTextEnv):
             valid = True
         elif name == "click" and arg in clickables and arg != "search":
             valid = self._click(arg, clickables[arg])
-        s.turn += 1
         if valid:
             self._view = None
-        terminated = s.done
-        truncated = not terminated and s.turn >= self.max_turns
-        reward = float(s.reward) if terminated else 0.0
-        return self.observation, reward, terminated, truncated, self._info(action_valid=valid)
+        bought = s.page == "done"
+        return ActionResult(reward=s.reward if bought else 0.0, terminated=bought, action_valid=valid,
+                            won=bool(bought and s.reward == 1.0))
 
-    def render(self) -> str | None:
-        return self.observation if self.render_mode == "ansi" else None
+    def _extra_info(self) -> dict[str, Any]:
+        s = self._state
+        info: dict[str, Any] = {"page": s.page, "url": s.url}
+        if s.done:
+            info["reward_parts"] = dict(s.reward_info or {})
+            info["purchased"] = {"asin": s.asin, "options": dict(s.options)}
+        return info
 
     # --- snapshots -----------------------------------------------------------------
     def get_state(self) -> WebShopState:
-        state = self._require_state().copy()
+        state = super().get_state()
         state.view = self._page()
         return state
 
-    def set_state(self, state: WebShopState) -> None:
-        if not isinstance(state, WebShopState):
-            raise TypeError(f"webshop: set_state expects a WebShopState, got {type(state).__name__}")
+    def _restore(self, state: WebShopState) -> None:
         self.goal(state.task_id)
-        self._state = state.copy()
+        super()._restore(state)
         self._view = state.view
 
     # --- observation ---------------------------------------------------------------
@@ -289,30 +349,6 @@ class WebShopEnv(HplTextEnv):
         if s.page == "done":
             return pages.done_page(s.asin, s.options, s.reward)
         raise AssertionError(s.page)
-
-    def _info(self, action_valid: bool) -> dict[str, Any]:
-        s = self._require_state()
-        goal = self.goal(s.task_id)
-        info = {
-            "task_id": s.task_id,
-            "task_type": goal.category,
-            "instruction": goal.instruction_text,
-            "admissible_actions": self.admissible_actions(),
-            "won": bool(s.done and s.reward == 1.0),
-            "action_valid": action_valid,
-            "turn": s.turn,
-            "page": s.page,
-            "url": s.url,
-        }
-        if s.done:
-            info["reward_parts"] = dict(s.reward_info or {})
-            info["purchased"] = {"asin": s.asin, "options": dict(s.options)}
-        return info
-
-    def _require_state(self) -> WebShopState:
-        if self._state is None:
-            raise RuntimeError("webshop: call reset() before step()")
-        return self._state
 
     # --- the server's transitions (SimServer.receive) -------------------------------
     def _count(self, key: str) -> None:
@@ -407,7 +443,7 @@ class WebShopEnv(HplTextEnv):
         reward, parts = self.shared.reward.reward(cat.product(idx), self.goal(s.task_id),
                                                   self.shared.prices.price(idx), s.options)
         self._count("purchase")
-        s.done, s.reward, s.reward_info, s.page = True, reward, parts, "done"
+        s.reward, s.reward_info, s.page = reward, parts, "done"
         s.url = f"{BASE_URL}/done/{s.task_id}/{s.asin}/{s.options}"
         return True
 
