@@ -477,14 +477,27 @@ class Generation:
                               temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
         slots = asyncio.Semaphore(c.concurrency)
         gate = asyncio.Semaphore(tasks_in_flight)
+        live: Counter = Counter()  # run-wide rollouts done / in flight, for the bar
         wall0 = eng.counters.wall_s
         t_start = time.perf_counter()
         with self.progress() as bar:
             job = bar.add_task(title, total=len(todo))
 
+            def describe() -> str:
+                k, secs = eng.counters, max(time.perf_counter() - t_start, 1e-9)
+                text = f"{title} | rollouts {live['rollouts_done']} done, {live['rollouts_in_flight']} in flight"
+                if k.llm_calls:
+                    text += f" | LLM calls {k.llm_calls} ({k.llm_calls / secs:.1f}/s, {k.inflight} in flight)"
+                return text
+
+            async def refresh() -> None:  # few long tasks: the bar must move between task completions
+                while True:
+                    await asyncio.sleep(0.5)
+                    bar.update(job, description=describe())
+
             async def one(t: str) -> None:
                 async with gate:
-                    lab = TaskLabeler(eng, settings, slots, Counter())
+                    lab = TaskLabeler(eng, settings, slots, Counter(), live)
                     try:
                         await work(lab, t)
                     except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
@@ -493,12 +506,14 @@ class Generation:
                         failed[t] = f"{type(e).__name__}: {e}"
                     finally:
                         await lab.close()
-                k = eng.counters
-                secs = max(time.perf_counter() - t_start, 1e-9)
-                bar.update(job, advance=1, description=f"{title} | LLM calls {k.llm_calls} "
-                           f"({k.llm_calls / secs:.1f}/s, peak {k.peak_inflight} in flight)")
+                bar.update(job, advance=1, description=describe())
 
-            await asyncio.gather(*(one(t) for t in todo))
+            ticker = asyncio.ensure_future(refresh()) if self.config.progress else None
+            try:
+                await asyncio.gather(*(one(t) for t in todo))
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
         eng.counters.wall_s = wall0 + time.perf_counter() - t_start
         return eng.counters
 

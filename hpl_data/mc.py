@@ -174,16 +174,19 @@ class MCSettings:
 class TaskLabeler:
     """One task's expert pass, values and policy plays, on the engine's loop.
 
-    ``slots`` is the run-wide budget of rollouts (and policy plays, entropy samples) in flight.
+    ``slots`` is the run-wide budget of rollouts (and policy plays, entropy samples) in flight;
+    ``live`` is a run-wide Counter (``rollouts_done``, ``rollouts_in_flight``) for progress display.
     """
 
-    def __init__(self, engine, settings: MCSettings, slots: asyncio.Semaphore, counters: Counter | None = None):
+    def __init__(self, engine, settings: MCSettings, slots: asyncio.Semaphore, counters: Counter | None = None,
+                 live: Counter | None = None):
         from hpl_data.policies import SamplingParams, parse_spec
 
         self.engine, self.s, self.slots = engine, settings, slots
         self.env_name = engine.env_name
         self.multiline = profile(self.env_name).multiline_actions
         self.counters = counters if counters is not None else Counter()
+        self.live = live if live is not None else Counter()
         self.is_agent = parse_spec(settings.policy).is_agent
         self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
         self.handle = engine.session()
@@ -268,13 +271,18 @@ class TaskLabeler:
         async with self.slots:
             self.counters["restores"] += 1
             self.counters["rollouts"] += 1
-            if self.is_agent:
-                outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
-                                                 derive_seed(self.s.seed, *key))
-                self.counters["env_steps"] += steps
-                return outcome
-            play = await self._chat_play(state, obs, history, key, None)
-            return play.outcome
+            self.live["rollouts_in_flight"] += 1
+            try:
+                if self.is_agent:
+                    outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
+                                                     derive_seed(self.s.seed, *key))
+                    self.counters["env_steps"] += steps
+                else:
+                    outcome = (await self._chat_play(state, obs, history, key, None)).outcome
+            finally:
+                self.live["rollouts_in_flight"] -= 1
+            self.live["rollouts_done"] += 1
+            return outcome
 
     async def policy_steps(self, state: str, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
                            history: list[dict] | None = None) -> PolicyPlay | None:
