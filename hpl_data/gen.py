@@ -70,6 +70,7 @@ class GenConfig:
     mc_adaptive: bool = False
     mc_min_rollouts: int = 2
     mc_confidence: float = 0.8
+    mc_curtail: bool = False  # adaptive: also stop a pair once its fixed-M decision is certain
     entropy_samples: int = 8
     split: str = "train"
     limit: int | None = None
@@ -118,6 +119,8 @@ class GenConfig:
             raise GenError("--mc-rollouts must be >= 1")
         if not 0 < self.mc_confidence < 1 or self.mc_min_rollouts < 1:
             raise GenError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
+        if self.mc_curtail and not self.mc_adaptive:
+            raise GenError("--mc-curtail is a stopping rule of adaptive MC; add --mc-adaptive")
         if self.workers < 1 or self.concurrency < 1:
             raise GenError("--workers and --concurrency must be >= 1")
         return seg
@@ -473,7 +476,9 @@ class Generation:
         eng, tasks_in_flight = await self._mc_engine()
         settings = MCSettings(policy=c.policy, rollouts=c.mc_rollouts, seed=c.seed, adaptive=c.mc_adaptive,
                               min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
-                              outcome_range=self.profile.outcome_range(c.env_kwargs), prompts=c.prompts,
+                              outcome_range=self.profile.outcome_range(c.env_kwargs),
+                              outcome_low=self.profile.outcome_bounds(c.env_kwargs)[0], curtail=c.mc_curtail,
+                              prompts=c.prompts,
                               temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
         slots = asyncio.Semaphore(c.concurrency)
         gate = asyncio.Semaphore(tasks_in_flight)

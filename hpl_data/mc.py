@@ -9,8 +9,9 @@ rollouts from one state go to the server together (its prefix cache sees M copie
 
 Values are mean outcomes of M rollouts; rollout m of a state has its own seed
 (``derive_seed(seed, task, where, t, m)``), so results do not depend on order, worker or
-concurrency. In adaptive mode the pairs are settled one after another in a fixed order, as the
-sequential labeller did, so a shared value grows the same way in every run.
+concurrency. In adaptive mode pairs that share no estimated value are settled concurrently; pairs
+that share one are settled in a fixed order (step pairs by t, then groups), as the sequential
+labeller did, so a shared value grows the same way in every run.
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ class MCSettings:
     min_rollouts: int = 2
     confidence: float = 0.8  # 1 - δ of the Hoeffding bound
     outcome_range: float = 1.0
+    outcome_low: float = 0.0  # lowest outcome (curtailment bounds the means to the env's reward range)
+    curtail: bool = False  # adaptive: also stop once the fixed-M decision (ΔR > 0 or not) is certain
     prompts: str = "default"
     temperature: float = 1.0
     max_tokens: int = 256
@@ -342,22 +345,68 @@ class TaskLabeler:
         v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
 
     async def settle(self, chosen: Value, rejected: Value) -> None:
-        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M."""
+        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M.
+
+        Settled means: the Hoeffding bound on ΔR excludes 0 (at ``confidence``), or, with
+        ``curtail``, whatever the missing rollouts return, ΔR at M rollouts per side keeps its sign
+        (so the pair is kept or dropped exactly as a fixed-M run with the same seeds decides).
+        """
         if not self.s.adaptive:
             return
         log_term = math.log(2 / (1 - self.s.confidence)) / 2
         while True:
             inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
             half = self.s.outcome_range * math.sqrt(log_term * inv)
+            early = any(not v.exact and v.n < self.s.rollouts for v in (chosen, rejected))
             if abs(chosen.mean - rejected.mean) > half:
-                self.counters["pairs_settled_early"] += any(not v.exact and v.n < self.s.rollouts
-                                                            for v in (chosen, rejected))
+                self.counters["pairs_settled_early"] += early
+                return
+            if self.s.curtail and early and self._decided(chosen, rejected):
+                self.counters["pairs_settled_early"] += 1
+                self.counters["pairs_curtailed"] += 1
                 return
             open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.s.rollouts]
             if not open_sides:
                 return
             side = min(open_sides, key=lambda v: v.n)
             await self.extend(side, side.n + 1)
+
+    def _final_mean_bounds(self, v: Value) -> tuple[float, float]:
+        """The lowest and highest mean ``v`` can reach at M rollouts."""
+        if v.exact or v.n >= self.s.rollouts:
+            return v.mean, v.mean
+        lo, hi = self.s.outcome_low, self.s.outcome_low + self.s.outcome_range
+        total, missing = sum(v.outcomes), self.s.rollouts - v.n
+        return (total + missing * lo) / self.s.rollouts, (total + missing * hi) / self.s.rollouts
+
+    def _decided(self, chosen: Value, rejected: Value) -> bool:
+        c_lo, c_hi = self._final_mean_bounds(chosen)
+        r_lo, r_hi = self._final_mean_bounds(rejected)
+        return c_lo - r_hi > 0 or c_hi - r_lo <= 0
+
+
+async def settle_all(lab: TaskLabeler, pairs: list[tuple[Value, Value]]) -> None:
+    """Settle pairs concurrently, each after the earlier pairs (in list order) that share one of
+    its values: a shared value grows exactly as when the pairs are settled one by one."""
+    last: dict[int, asyncio.Future] = {}
+    jobs: list[asyncio.Future] = []
+
+    async def after(deps: list[asyncio.Future], chosen: Value, rejected: Value) -> None:
+        for d in deps:
+            await d
+        await lab.settle(chosen, rejected)
+
+    for chosen, rejected in pairs:
+        shared = [v for v in (chosen, rejected) if not v.exact]
+        job = asyncio.ensure_future(after([last[id(v)] for v in shared if id(v) in last], chosen, rejected))
+        last.update({id(v): job for v in shared})
+        jobs.append(job)
+    try:
+        await asyncio.gather(*jobs)
+    finally:
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
 
 
 def segment(kind: str, arg: float | None, length: int, entropies: list[float] | None,
@@ -434,6 +483,9 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
             j.cancel()
         await asyncio.gather(*step_jobs, *group_jobs, *values.values(), return_exceptions=True)
 
+    if s.adaptive:  # settle every valued pair (shared values in the fixed order), then write rows
+        await settle_all(lab, [(v_exp, v_alt) for alt, v_alt, v_exp in step_results if alt is not None]
+                         + [(v_exp, v_pol) for pol, v_pol, v_exp in group_results if pol is not None])
     base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": s.policy,
             "expert_id": expert, "seed": s.seed, "n_rollouts": s.rollouts}
     step_rows, group_rows = [], []
@@ -441,7 +493,6 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         if alt is None:
             counters["step_no_alternative"] += 1
             continue
-        await lab.settle(v_exp, v_alt)
         counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
         delta = v_exp.mean - v_alt.mean
         if delta <= 0:
@@ -459,7 +510,6 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         if pol is None:  # the policy could not act here (its context overflowed)
             counters["group_no_policy_play"] += 1
             continue
-        await lab.settle(v_exp, v_pol)
         counters["pairs_labelled"] += 1
         delta = v_exp.mean - v_pol.mean
         if delta <= 0:
