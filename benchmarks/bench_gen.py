@@ -5,7 +5,8 @@
 
 Default (built-in heuristic policy, no model): the same tasks and seeds labelled (a) IPR-style, each
 level on its own with fixed M (step-only run + group-only run), (b) hpl's one rollout tree for both
-levels (expert values shared) with fixed M, (c) as (b) with adaptive MC. Prints policy actions (= the
+levels (expert values shared) with fixed M, (c) as (b) with adaptive MC, (d) as (c) with
+``--mc-curtail``. Prints policy actions (= the
 LLM calls an LLM policy would make) per valued step+group comparison, and wall time.
 
 ``--llm-throughput``: a tiny model built locally (:mod:`hpl_data.tiny_model`), served by vLLM's
@@ -55,10 +56,12 @@ def compare_labelling(tmp: Path, reuse: Path | None = None, **kw) -> dict[str, d
     runs = {} if reuse else {"tree": label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)}
     reuse = reuse or tmp / "tree"
     return {
-        "ipr_step": label(tmp / "ipr_step", reuse, levels=("step",), **kw),
-        "ipr_group": label(tmp / "ipr_group", reuse, levels=("group",), **kw),
+        "ipr_step": label(tmp / "ipr_step", reuse, levels=("step",), mc_share_rollouts=False, **kw),
+        "ipr_group": label(tmp / "ipr_group", reuse, levels=("group",), mc_share_rollouts=False, **kw),
         **runs,
         "tree_adaptive": label(tmp / "tree_adaptive", reuse, levels=("step", "group"), mc_adaptive=True, **kw),
+        "tree_curtail": label(tmp / "tree_curtail", reuse, levels=("step", "group"), mc_adaptive=True,
+                              mc_curtail=True, **kw),
     }
 
 
@@ -77,11 +80,13 @@ def report_calls_per_pair(runs: dict[str, dict], key: str, what: str) -> float:
         print(f"  {name:14s} {c.get(key, 0):7d} {what}, {c.get('pairs_labelled', 0):4d} valued comparisons "
               f"({c['pairs']} kept), {per_pair(c, key):.1f} per comparison, {c.get('rollouts', 0)} rollouts "
               f"({c.get('rollouts_saved', 0)} saved), {c['wall']:.1f}s")
-    hpl = per_pair(runs["tree_adaptive"], key)
-    ratio = ipr / hpl if hpl else float("nan")
-    print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
-          f"hpl tree + adaptive {hpl:.1f} -> {ratio:.2f}x fewer")
-    return ratio
+    for name, label_ in (("tree", "hpl tree, fixed M"), ("tree_adaptive", "hpl tree + adaptive"),
+                         ("tree_curtail", "hpl tree + adaptive + curtail")):
+        hpl = per_pair(runs[name], key)
+        print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
+              f"{label_} {hpl:.1f} -> {ipr / hpl if hpl else float('nan'):.2f}x fewer")
+    hpl = per_pair(runs["tree_curtail"], key)
+    return ipr / hpl if hpl else float("nan")
 
 
 async def eval_throughput(url: str, tasks: list[str], concurrency: int, max_tokens: int, workers: int) -> dict:

@@ -71,6 +71,7 @@ class GenConfig:
     mc_min_rollouts: int = 2
     mc_confidence: float = 0.8
     mc_curtail: bool = False  # adaptive: also stop a pair once its fixed-M decision is certain
+    mc_share_rollouts: bool = True  # chat policies: rollout 0 from an expert state also gives its plays
     entropy_samples: int = 8
     split: str = "train"
     limit: int | None = None
@@ -478,6 +479,7 @@ class Generation:
                               min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
                               outcome_range=self.profile.outcome_range(c.env_kwargs),
                               outcome_low=self.profile.outcome_bounds(c.env_kwargs)[0], curtail=c.mc_curtail,
+                              share_rollouts=c.mc_share_rollouts,
                               prompts=c.prompts,
                               temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
         slots = asyncio.Semaphore(c.concurrency)

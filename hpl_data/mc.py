@@ -50,6 +50,14 @@ class Value:
         return self.source is None
 
 
+def add(v: Value, outcomes: list[float]) -> None:
+    """Add rollout outcomes to an estimated value."""
+    v.outcomes.extend(outcomes)
+    v.n += len(outcomes)
+    v.mean = sum(v.outcomes) / v.n
+    v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
+
+
 @dataclass
 class PolicyPlay:
     actions: list[str]
@@ -60,6 +68,7 @@ class PolicyPlay:
     info: dict
     history: list[dict] | None  # the LLM policy's conversation up to ``obs``
     state: str | None = None  # name of the snapshot where the play stopped (unfinished plays)
+    marks: dict[int, tuple] = field(default_factory=dict)  # k -> (snapshot, obs, info, history) after k actions
 
 
 # ----------------------------------------------------------------------------- next to the env (worker)
@@ -169,6 +178,7 @@ class MCSettings:
     outcome_range: float = 1.0
     outcome_low: float = 0.0  # lowest outcome (curtailment bounds the means to the env's reward range)
     curtail: bool = False  # adaptive: also stop once the fixed-M decision (ΔR > 0 or not) is certain
+    share_rollouts: bool = True  # chat policies: rollout 0 from an expert state also gives the plays from it
     prompts: str = "default"
     temperature: float = 1.0
     max_tokens: int = 256
@@ -216,8 +226,9 @@ class TaskLabeler:
 
     # ---------------------------------------------------------------- chat policy plays
     async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
-                         avoid: str | None = None) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot: n actions (None: to the end)."""
+                         avoid: str | None = None, marks: frozenset[int] = frozenset()) -> PolicyPlay | None:
+        """The chat policy plays from a named snapshot: n actions (None: to the end); after k
+        actions for each k in ``marks`` (if the episode goes on) the snapshot is kept by name."""
         from hpl_data.policies import ContextLengthError
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
@@ -247,6 +258,7 @@ class TaskLabeler:
             await self.engine.call(h, "fork", state)
             actions, observations, turns = [], [], []
             info: dict = {}
+            found: dict[int, tuple] = {}
             while True:
                 messages.append({"role": "assistant", "content": text})
                 turns.append(text)
@@ -255,8 +267,12 @@ class TaskLabeler:
                 actions.append(action)
                 observations.append(obs)
                 if term or trunc:
-                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
+                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None, marks=found)
                 messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
+                if len(actions) in marks:
+                    name = self._name()
+                    await self.engine.call(h, "save", name)
+                    found[len(actions)] = (name, obs, info, list(messages))
                 if n is not None and len(actions) >= n:
                     name = self._name()
                     await self.engine.call(h, "save", name)
@@ -265,12 +281,18 @@ class TaskLabeler:
                     action, text = await turn(messages, agent_seed, len(actions))
                 except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
                     self.counters["rollouts_context_length"] += 1
-                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
+                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None, marks=found)
         finally:
             self.engine.release(h)
 
     # ---------------------------------------------------------------- the three primitives
     async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:
+        return (await self.rollout_play(state, obs, info, key, history)).outcome
+
+    async def rollout_play(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None,
+                           marks: frozenset[int] = frozenset()) -> PolicyPlay:
+        """One rollout to the end; a chat policy's play is returned whole (an agent's: the outcome
+        only), with the snapshots after k actions for k in ``marks``."""
         async with self.slots:
             self.counters["restores"] += 1
             self.counters["rollouts"] += 1
@@ -280,12 +302,13 @@ class TaskLabeler:
                     outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
                                                      derive_seed(self.s.seed, *key))
                     self.counters["env_steps"] += steps
+                    play = PolicyPlay([], [], [], outcome, obs, info, None)
                 else:
-                    outcome = (await self._chat_play(state, obs, history, key, None)).outcome
+                    play = await self._chat_play(state, obs, history, key, None, marks=marks)
             finally:
                 self.live["rollouts_in_flight"] -= 1
             self.live["rollouts_done"] += 1
-            return outcome
+            return play
 
     async def policy_steps(self, state: str, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
                            history: list[dict] | None = None) -> PolicyPlay | None:
@@ -338,11 +361,7 @@ class TaskLabeler:
             return
         state, obs, info, key, history = v.source
         ms = range(v.n, min(n, self.s.rollouts))
-        outcomes = await asyncio.gather(*(self.rollout(state, obs, info, (*key, m), history) for m in ms))
-        v.outcomes.extend(outcomes)
-        v.n += len(outcomes)
-        v.mean = sum(v.outcomes) / v.n
-        v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
+        add(v, await asyncio.gather(*(self.rollout(state, obs, info, (*key, m), history) for m in ms)))
 
     async def settle(self, chosen: Value, rejected: Value) -> None:
         """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M.
@@ -442,18 +461,75 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
     tid = ex["task_id"]
     values: dict[int, asyncio.Task] = {T: _done(Value(ex["reward"], 0.0, 0))}
     estimated: list[Value] = []
+    first: dict[int, asyncio.Task] = {}  # t -> rollout 0 from expert state t, whole (shared plays)
+    n0 = lab.min_rollouts if s.adaptive else s.rollouts
+    # One rollout tree (chat policies): rollout 0 from expert state t starts with a policy action
+    # at t, so its first action is the step alternative at t (when it differs from the expert's)
+    # and its first n actions are the policy's play of a group starting at t; the rest of it is
+    # one rollout of that play's value. Same distributions, fewer LLM calls.
+    share = s.share_rollouts and not lab.is_agent
+    planned = ({t + 1 for t in range(T)} if "step" in levels else set()) | (
+        {b for _, b in groups} if "group" in levels else set())
+    planned.discard(T)
+    marks_at = {t: frozenset(({1} if "step" in levels else set())
+                             | {b - a for a, b in groups if a == t and "group" in levels}) for t in planned}
 
-    def v_expert(t: int) -> asyncio.Task:
+    def source(t: int) -> tuple:
+        return ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t), messages[: 1 + 2 * t]
+
+    async def shared_value(t: int) -> Value:
+        state, obs, info, key, history = src = source(t)
+        plays = await asyncio.gather(first[t], *(lab.rollout(state, obs, info, (*key, m), history)
+                                                 for m in range(1, n0)))
+        v = Value(0.0, 0.0, 0, [], src)
+        add(v, [plays[0].outcome, *plays[1:]])
+        return v
+
+    requested: set[int] = set()
+
+    def v_expert(t: int, count: bool = True) -> asyncio.Task:
+        if count:
+            counters["values_reused"] += t in requested
+            requested.add(t)
         if t not in values:
-            values[t] = asyncio.ensure_future(lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t],
-                                                        (tid, "exp", t), messages[: 1 + 2 * t]))
+            if share and t in planned:
+                state, obs, info, key, history = source(t)
+                first[t] = asyncio.ensure_future(lab.rollout_play(state, obs, info, (*key, 0), history, marks_at[t]))
+                values[t] = asyncio.ensure_future(shared_value(t))
+            else:
+                values[t] = asyncio.ensure_future(lab.value(*source(t)))
             values[t].add_done_callback(
                 lambda f: estimated.append(f.result()) if not f.cancelled() and f.exception() is None else None)
-        else:
-            counters["values_reused"] += 1
         return values[t]
 
+    async def shared_play(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay, Value] | None:
+        """The first n actions of rollout 0 from expert state ``start`` as a policy play, and its value
+        (that rollout's outcome plus fresh rollouts from the play's end); None if it cannot serve."""
+        if start not in first:
+            return None
+        p0 = await first[start]
+        if not p0.actions or (avoid is not None and p0.actions[0].strip() == avoid.strip()):
+            return None
+        if len(p0.actions) <= n and n not in p0.marks:  # the episode ended within the play
+            counters["plays_shared"] += 1
+            return PolicyPlay(p0.actions, p0.observations, p0.turns, p0.outcome, p0.obs, p0.info, None), Value(
+                p0.outcome, 0.0, 0)
+        if n not in p0.marks:
+            return None
+        name, obs, info, history = p0.marks[n]
+        play = PolicyPlay(p0.actions[:n], p0.observations[:n], p0.turns[:n], None, obs, info, history, name)
+        v = Value(0.0, 0.0, 0, [], (name, obs, info, (*key, "v"), history))
+        add(v, [p0.outcome])
+        counters["plays_shared"] += 1
+        counters["rollouts_shared"] += 1
+        await lab.extend(v, n0)
+        estimated.append(v)
+        return play, v
+
     async def play_and_value(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay | None, Value]:
+        shared = await shared_play(start, n, key, avoid) if share else None
+        if shared is not None:
+            return shared
         play = await lab.policy_steps(ex["states"][start], ex["steps"][start]["observation"], ex["infos"][start], n,
                                       key, avoid=avoid, history=messages[: 1 + 2 * start])
         if play is None:
@@ -473,15 +549,18 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         play, v = await play_and_value(start, end - start, (tid, "grp", start, end), None)
         return play, v, await v_exp
 
+    if share:  # the expert values the pairs will ask for, started first: their rollouts 0 feed the plays
+        for t in sorted(planned):
+            v_expert(t, count=False)
     step_jobs = [asyncio.ensure_future(step_pair(t)) for t in range(T)] if "step" in levels else []
     group_jobs = [asyncio.ensure_future(group_pair(a, b)) for a, b in groups] if "group" in levels else []
     try:
         step_results = [await j for j in step_jobs]
         group_results = [await j for j in group_jobs]
     finally:
-        for j in [*step_jobs, *group_jobs, *values.values()]:
+        for j in [*step_jobs, *group_jobs, *values.values(), *first.values()]:
             j.cancel()
-        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), return_exceptions=True)
+        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), *first.values(), return_exceptions=True)
 
     if s.adaptive:  # settle every valued pair (shared values in the fixed order), then write rows
         await settle_all(lab, [(v_exp, v_alt) for alt, v_alt, v_exp in step_results if alt is not None]
