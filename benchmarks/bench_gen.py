@@ -85,7 +85,17 @@ def report_calls_per_pair(runs: dict[str, dict], key: str, what: str) -> float:
         hpl = per_pair(runs[name], key)
         print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
               f"{label_} {hpl:.1f} -> {ipr / hpl if hpl else float('nan'):.2f}x fewer")
+    # IPR's own scripts also play every alternative to the end once (its explore stage, whose final
+    # reward its pair filter reads) besides the M Monte-Carlo rollouts: about one more rollout each
+    step = runs["ipr_step"]
+    per_rollout = step.get(key, 0) / max(step.get("rollouts", 0), 1)
+    extra = step.get("pairs_labelled", 0) * per_rollout
+    ipr_full = (runs["ipr_step"].get(key, 0) + extra + runs["ipr_group"].get(key, 0)) / max(
+        runs["ipr_step"].get("pairs_labelled", 0) + runs["ipr_group"].get("pairs_labelled", 0), 1)
     hpl = per_pair(runs["tree_curtail"], key)
+    print(f"  (estimate) IPR as its scripts run it, + one explore continuation per step alternative "
+          f"(~{per_rollout:.1f} {what} each): {ipr_full:.1f} per comparison -> "
+          f"{ipr_full / hpl if hpl else float('nan'):.2f}x hpl tree + adaptive + curtail")
     return ipr / hpl if hpl else float("nan")
 
 

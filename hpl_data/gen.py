@@ -44,6 +44,7 @@ from hpl_envs.registry import canonical, make_env, profile
 
 LEVELS = ("traj", "step", "group")
 RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress")  # may differ between a run and its resumption
+TASK_RETRIES_AFTER_WORKER_DEATH = 2  # a task's labelling starts over (same seeds) on a restarted worker
 TABLE_NAMES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
 
 
@@ -471,6 +472,7 @@ class Generation:
         in flight share ``concurrency``. Returns the engine's counters."""
         if not todo:
             return None
+        from hpl_data.engine import WorkerDied
         from hpl_data.mc import MCSettings, TaskLabeler
 
         c = self.config
@@ -504,15 +506,25 @@ class Generation:
 
             async def one(t: str) -> None:
                 async with gate:
-                    lab = TaskLabeler(eng, settings, slots, Counter(), live)
-                    try:
-                        await work(lab, t)
-                    except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
-                        if failed is None:
-                            raise
-                        failed[t] = f"{type(e).__name__}: {e}"
-                    finally:
-                        await lab.close()
+                    for attempt in range(1 + TASK_RETRIES_AFTER_WORKER_DEATH):
+                        lab = TaskLabeler(eng, settings, slots, Counter(), live)
+                        try:
+                            await work(lab, t)
+                            break
+                        except WorkerDied:  # its expert snapshots died with the worker: label it again
+                            if attempt == TASK_RETRIES_AFTER_WORKER_DEATH:
+                                if failed is None:
+                                    raise
+                                failed[t] = f"WorkerDied {attempt + 1} times"
+                            else:
+                                self.counters["mc_task_retries"] = self.counters.get("mc_task_retries", 0) + 1
+                        except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
+                            if failed is None:
+                                raise
+                            failed[t] = f"{type(e).__name__}: {e}"
+                            break
+                        finally:
+                            await lab.close()
                 bar.update(job, advance=1, description=describe())
 
             ticker = asyncio.ensure_future(refresh()) if self.config.progress else None

@@ -148,3 +148,21 @@ def test_curtailed_adaptive_mc_keeps_the_fixed_m_decisions(tmp_path):
     assert c_cut["pairs_curtailed"] > 0 and c_cut["rollouts"] < c_fixed["rollouts"]
     p = gen(tmp_path / "bad", "--env", "webshop", "--limit", "1", "--mc-curtail")
     assert p.returncode == 2 and "--mc-adaptive" in p.stderr
+
+
+def test_a_task_whose_worker_dies_is_labelled_again(tmp_path, monkeypatch):
+    """A worker killed mid-labelling takes the task's expert snapshots with it: the task starts over
+    on the restarted worker (same seeds), so the tables equal those of an undisturbed run."""
+    common = ["--env", "webshop", "--limit", "2", "--mc-rollouts", "2", "--levels", "step,group", "--workers", "2",
+              "--policy", "tests.dying_agent:make"]
+    p = gen(tmp_path / "clean", *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    monkeypatch.setenv("HPL_TEST_GEN_OUT", str(tmp_path / "killed"))
+    monkeypatch.setenv("HPL_TEST_KILL_MARKER", str(tmp_path / "killed.marker"))
+    p = gen(tmp_path / "killed", *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "killed.marker").exists()  # a worker did die during MC labelling
+    counters = json.loads((tmp_path / "killed" / "manifest.json").read_text())["counters"]
+    assert counters["mc_failed_tasks"] == 0 and counters["mc_task_retries"] >= 1
+    assert counters["mc_worker_restarts"] >= 1
+    assert table_digests(tmp_path / "killed") == table_digests(tmp_path / "clean")
