@@ -20,6 +20,7 @@ import asyncio
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,6 @@ class PolicyPlay:
     info: dict
     history: list[dict] | None  # the LLM policy's conversation up to ``obs``
     state: str | None = None  # name of the snapshot where the play stopped (unfinished plays)
-    marks: dict[int, tuple] = field(default_factory=dict)  # k -> (snapshot, obs, info, history) after k actions
 
 
 # ----------------------------------------------------------------------------- next to the env (worker)
@@ -226,9 +226,11 @@ class TaskLabeler:
 
     # ---------------------------------------------------------------- chat policy plays
     async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
-                         avoid: str | None = None, marks: frozenset[int] = frozenset()) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot: n actions (None: to the end); after k
-        actions for each k in ``marks`` (if the episode goes on) the snapshot is kept by name."""
+                         avoid: str | None = None, marks: frozenset[int] = frozenset(),
+                         on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay | None:
+        """The chat policy plays from a named snapshot: n actions (None: to the end). After k
+        actions, for each k in ``marks`` (if the episode goes on), the snapshot is kept by name and
+        ``on_mark(k, the play so far)`` is called, so others can start from there at once."""
         from hpl_data.policies import ContextLengthError
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
@@ -258,7 +260,6 @@ class TaskLabeler:
             await self.engine.call(h, "fork", state)
             actions, observations, turns = [], [], []
             info: dict = {}
-            found: dict[int, tuple] = {}
             while True:
                 messages.append({"role": "assistant", "content": text})
                 turns.append(text)
@@ -267,12 +268,13 @@ class TaskLabeler:
                 actions.append(action)
                 observations.append(obs)
                 if term or trunc:
-                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None, marks=found)
+                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
                 messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
-                if len(actions) in marks:
+                if len(actions) in marks and on_mark is not None:
                     name = self._name()
                     await self.engine.call(h, "save", name)
-                    found[len(actions)] = (name, obs, info, list(messages))
+                    on_mark(len(actions), PolicyPlay(list(actions), list(observations), list(turns), None, obs, info,
+                                                     list(messages), name))
                 if n is not None and len(actions) >= n:
                     name = self._name()
                     await self.engine.call(h, "save", name)
@@ -281,7 +283,7 @@ class TaskLabeler:
                     action, text = await turn(messages, agent_seed, len(actions))
                 except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
                     self.counters["rollouts_context_length"] += 1
-                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None, marks=found)
+                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
         finally:
             self.engine.release(h)
 
@@ -290,9 +292,10 @@ class TaskLabeler:
         return (await self.rollout_play(state, obs, info, key, history)).outcome
 
     async def rollout_play(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None,
-                           marks: frozenset[int] = frozenset()) -> PolicyPlay:
+                           marks: frozenset[int] = frozenset(),
+                           on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay:
         """One rollout to the end; a chat policy's play is returned whole (an agent's: the outcome
-        only), with the snapshots after k actions for k in ``marks``."""
+        only); ``marks``/``on_mark`` as in :meth:`_chat_play`."""
         async with self.slots:
             self.counters["restores"] += 1
             self.counters["rollouts"] += 1
@@ -304,7 +307,7 @@ class TaskLabeler:
                     self.counters["env_steps"] += steps
                     play = PolicyPlay([], [], [], outcome, obs, info, None)
                 else:
-                    play = await self._chat_play(state, obs, history, key, None, marks=marks)
+                    play = await self._chat_play(state, obs, history, key, None, marks=marks, on_mark=on_mark)
             finally:
                 self.live["rollouts_in_flight"] -= 1
             self.live["rollouts_done"] += 1
@@ -487,14 +490,31 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
 
     requested: set[int] = set()
 
+    marked: dict[int, dict[int, asyncio.Future]] = {}  # t -> k -> rollout 0's play after k actions (or None)
+
+    def start_first_rollout(t: int) -> None:
+        state, obs, info, key, history = source(t)
+        futs = marked[t] = {k: asyncio.get_running_loop().create_future() for k in marks_at[t]}
+
+        def on_mark(k: int, play: PolicyPlay) -> None:
+            if not futs[k].done():
+                futs[k].set_result(play)
+
+        def ended(_: asyncio.Future) -> None:  # marks not reached (episode over, or failed): None
+            for f in futs.values():
+                if not f.done():
+                    f.set_result(None)
+
+        first[t] = asyncio.ensure_future(lab.rollout_play(state, obs, info, (*key, 0), history, marks_at[t], on_mark))
+        first[t].add_done_callback(ended)
+
     def v_expert(t: int, count: bool = True) -> asyncio.Task:
         if count:
             counters["values_reused"] += t in requested
             requested.add(t)
         if t not in values:
             if share and t in planned:
-                state, obs, info, key, history = source(t)
-                first[t] = asyncio.ensure_future(lab.rollout_play(state, obs, info, (*key, 0), history, marks_at[t]))
+                start_first_rollout(t)
                 values[t] = asyncio.ensure_future(shared_value(t))
             else:
                 values[t] = asyncio.ensure_future(lab.value(*source(t)))
@@ -504,25 +524,25 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
 
     async def shared_play(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay, Value] | None:
         """The first n actions of rollout 0 from expert state ``start`` as a policy play, and its value
-        (that rollout's outcome plus fresh rollouts from the play's end); None if it cannot serve."""
-        if start not in first:
+        (that rollout's outcome plus fresh rollouts from the play's end, started as soon as rollout 0
+        gets there); None if it cannot serve."""
+        if start not in marked or n not in marked[start]:
             return None
-        p0 = await first[start]
-        if not p0.actions or (avoid is not None and p0.actions[0].strip() == avoid.strip()):
-            return None
-        if len(p0.actions) <= n and n not in p0.marks:  # the episode ended within the play
+        play = await marked[start][n]
+        if play is None:  # rollout 0 ended (or failed) within n actions: the whole of it is the play
+            p0 = await first[start]
+            if not p0.actions or len(p0.actions) > n or (avoid is not None and p0.actions[0].strip() == avoid.strip()):
+                return None
             counters["plays_shared"] += 1
-            return PolicyPlay(p0.actions, p0.observations, p0.turns, p0.outcome, p0.obs, p0.info, None), Value(
-                p0.outcome, 0.0, 0)
-        if n not in p0.marks:
+            return p0, Value(p0.outcome, 0.0, 0)
+        if avoid is not None and play.actions[0].strip() == avoid.strip():
             return None
-        name, obs, info, history = p0.marks[n]
-        play = PolicyPlay(p0.actions[:n], p0.observations[:n], p0.turns[:n], None, obs, info, history, name)
-        v = Value(0.0, 0.0, 0, [], (name, obs, info, (*key, "v"), history))
-        add(v, [p0.outcome])
         counters["plays_shared"] += 1
         counters["rollouts_shared"] += 1
-        await lab.extend(v, n0)
+        v = Value(0.0, 0.0, 0, [], (play.state, play.obs, play.info, (*key, "v"), play.history))
+        outcomes = await asyncio.gather(first[start], *(lab.rollout(play.state, play.obs, play.info, (*key, "v", m),
+                                                                    play.history) for m in range(1, n0)))
+        add(v, [outcomes[0].outcome, *outcomes[1:]])
         estimated.append(v)
         return play, v
 
