@@ -129,7 +129,7 @@ def llm_throughput(args) -> int:
         with VLLMServer(model, log_path=tmp / "vllm.log") as srv:
             eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
 
-            def run_eval(when: str) -> float:
+            def run_eval(when: str) -> tuple[float, float]:
                 ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens,
                                                  args.workers))
                 rate = ev["llm_calls"] / ev["wall_s"]
@@ -137,7 +137,7 @@ def llm_throughput(args) -> int:
                       f"{ev['wall_s']:.1f}s = {rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean "
                       f"{ev['mean_inflight']:.1f}, {ev['prompt_tokens'] / max(ev['llm_calls'], 1):.0f} prompt "
                       f"tokens/call (--concurrency {args.concurrency}; load {load()})")
-                return rate
+                return rate, ev["prompt_tokens"] / ev["wall_s"]
 
             # the machine may be shared: hpl-eval runs before and after hpl-gen, the ratio uses their mean
             ev_before = run_eval("before")
@@ -151,10 +151,15 @@ def llm_throughput(args) -> int:
                   f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM {tree['mc_outside_llm_fraction']:.1%} of its "
                   f"wall time, {tree['mc_prompt_tokens'] / max(tree['mc_llm_calls'], 1):.0f} prompt tokens/call "
                   f"(load {load()})")
-            ev_rate = (ev_before + run_eval("after")) / 2
+            ev_after = run_eval("after")
+            ev_rate, ev_tokens = (ev_before[0] + ev_after[0]) / 2, (ev_before[1] + ev_after[1]) / 2
+            gen_tokens = tree["mc_prompt_tokens"] * gen_rate / max(tree["mc_llm_calls"], 1)  # over the same wall time
             if not args.no_ipr:
                 runs = {"tree": tree, **compare_labelling(tmp / "gen", reuse=tmp / "gen" / "tree", **kw)}
                 report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
+            # an MC rollout starts mid-episode, so its prompts are longer than hpl-eval's: the server does
+            # more work per call; prompt tokens/s compares the load each puts on the server
+            print(f"hpl-gen/hpl-eval prompt tokens/s ratio {gen_tokens / ev_tokens:.2f}")
             print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
                   f"(peak in flight {tree['mc_llm_peak_in_flight']}, mean {tree['mc_llm_mean_in_flight']:.1f})")
     finally:
