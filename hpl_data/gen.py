@@ -70,6 +70,8 @@ class GenConfig:
     mc_adaptive: bool = False
     mc_min_rollouts: int = 2
     mc_confidence: float = 0.8
+    mc_curtail: bool = False  # adaptive: also stop a pair once its fixed-M decision is certain
+    mc_share_rollouts: bool = True  # chat policies: rollout 0 from an expert state also gives its plays
     entropy_samples: int = 8
     split: str = "train"
     limit: int | None = None
@@ -120,6 +122,8 @@ class GenConfig:
             raise GenError("--mc-rollouts must be >= 1")
         if not 0 < self.mc_confidence < 1 or self.mc_min_rollouts < 1:
             raise GenError("--mc-confidence must be in (0, 1) and --mc-min-rollouts >= 1")
+        if self.mc_curtail and not self.mc_adaptive:
+            raise GenError("--mc-curtail is a stopping rule of adaptive MC; add --mc-adaptive")
         if self.workers < 1 or self.concurrency < 1:
             raise GenError("--workers and --concurrency must be >= 1")
         if self.ray is not None:
@@ -490,29 +494,45 @@ class Generation:
         eng, tasks_in_flight = await self._mc_engine()
         settings = MCSettings(policy=c.policy, rollouts=c.mc_rollouts, seed=c.seed, adaptive=c.mc_adaptive,
                               min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
-                              outcome_range=self.profile.outcome_range(c.env_kwargs), prompts=c.prompts,
+                              outcome_range=self.profile.outcome_range(c.env_kwargs),
+                              outcome_low=self.profile.outcome_bounds(c.env_kwargs)[0], curtail=c.mc_curtail,
+                              share_rollouts=c.mc_share_rollouts,
+                              prompts=c.prompts,
                               temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
         slots = asyncio.Semaphore(c.concurrency)
         gate = asyncio.Semaphore(tasks_in_flight)
+        live: Counter = Counter()  # run-wide rollouts done / in flight, for the bar
         wall0 = eng.counters.wall_s
         t_start = time.perf_counter()
         with self.progress() as bar:
             job = bar.add_task(title, total=len(todo))
 
+            def describe() -> str:
+                k, secs = eng.counters, max(time.perf_counter() - t_start, 1e-9)
+                text = f"{title} | rollouts {live['rollouts_done']} done, {live['rollouts_in_flight']} in flight"
+                if k.llm_calls:
+                    text += f" | LLM calls {k.llm_calls} ({k.llm_calls / secs:.1f}/s, {k.inflight} in flight)"
+                return text
+
+            async def refresh() -> None:  # few long tasks: the bar must move between task completions
+                while True:
+                    await asyncio.sleep(0.5)
+                    bar.update(job, description=describe())
+
             async def one(t: str) -> None:
                 async with gate:
                     for attempt in range(1 + eng.config.max_restarts):
-                        lab = TaskLabeler(eng, settings, slots, Counter())
+                        lab = TaskLabeler(eng, settings, slots, Counter(), live)
                         try:
                             await work(lab, t)
                             break
-                        except WorkerDied:  # its worker (or node) was lost: the task again, elsewhere
+                        except WorkerDied:  # its worker (or node) died, and its expert snapshots with it: label it again
                             if attempt == eng.config.max_restarts:
                                 if failed is None:
                                     raise
-                                failed[t] = "WorkerDied: the task's env worker died on every attempt"
+                                failed[t] = f"WorkerDied {attempt + 1} times"
                             else:
-                                self.counters["mc_task_restarts"] = self.counters.get("mc_task_restarts", 0) + 1
+                                self.counters["mc_task_retries"] = self.counters.get("mc_task_retries", 0) + 1
                         except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
                             if failed is None:
                                 raise
@@ -520,12 +540,14 @@ class Generation:
                             break
                         finally:
                             await lab.close()
-                k = eng.counters
-                secs = max(time.perf_counter() - t_start, 1e-9)
-                bar.update(job, advance=1, description=f"{title} | LLM calls {k.llm_calls} "
-                           f"({k.llm_calls / secs:.1f}/s, peak {k.peak_inflight} in flight)")
+                bar.update(job, advance=1, description=describe())
 
-            await asyncio.gather(*(one(t) for t in todo))
+            ticker = asyncio.ensure_future(refresh()) if self.config.progress else None
+            try:
+                await asyncio.gather(*(one(t) for t in todo))
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
         eng.counters.wall_s = wall0 + time.perf_counter() - t_start
         return eng.counters
 

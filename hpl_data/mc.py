@@ -9,8 +9,9 @@ rollouts from one state go to the server together (its prefix cache sees M copie
 
 Values are mean outcomes of M rollouts; rollout m of a state has its own seed
 (``derive_seed(seed, task, where, t, m)``), so results do not depend on order, worker or
-concurrency. In adaptive mode the pairs are settled one after another in a fixed order, as the
-sequential labeller did, so a shared value grows the same way in every run.
+concurrency. In adaptive mode pairs that share no estimated value are settled concurrently; pairs
+that share one are settled in a fixed order (step pairs by t, then groups), as the sequential
+labeller did, so a shared value grows the same way in every run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,14 @@ class Value:
     @property
     def exact(self) -> bool:
         return self.source is None
+
+
+def add(v: Value, outcomes: list[float]) -> None:
+    """Add rollout outcomes to an estimated value."""
+    v.outcomes.extend(outcomes)
+    v.n += len(outcomes)
+    v.mean = sum(v.outcomes) / v.n
+    v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
 
 
 @dataclass
@@ -166,6 +176,9 @@ class MCSettings:
     min_rollouts: int = 2
     confidence: float = 0.8  # 1 - δ of the Hoeffding bound
     outcome_range: float = 1.0
+    outcome_low: float = 0.0  # lowest outcome (curtailment bounds the means to the env's reward range)
+    curtail: bool = False  # adaptive: also stop once the fixed-M decision (ΔR > 0 or not) is certain
+    share_rollouts: bool = True  # chat policies: rollout 0 from an expert state also gives the plays from it
     prompts: str = "default"
     temperature: float = 1.0
     max_tokens: int = 256
@@ -174,16 +187,19 @@ class MCSettings:
 class TaskLabeler:
     """One task's expert pass, values and policy plays, on the engine's loop.
 
-    ``slots`` is the run-wide budget of rollouts (and policy plays, entropy samples) in flight.
+    ``slots`` is the run-wide budget of rollouts (and policy plays, entropy samples) in flight;
+    ``live`` is a run-wide Counter (``rollouts_done``, ``rollouts_in_flight``) for progress display.
     """
 
-    def __init__(self, engine, settings: MCSettings, slots: asyncio.Semaphore, counters: Counter | None = None):
+    def __init__(self, engine, settings: MCSettings, slots: asyncio.Semaphore, counters: Counter | None = None,
+                 live: Counter | None = None):
         from hpl_data.policies import SamplingParams, parse_spec
 
         self.engine, self.s, self.slots = engine, settings, slots
         self.env_name = engine.env_name
         self.multiline = profile(self.env_name).multiline_actions
         self.counters = counters if counters is not None else Counter()
+        self.live = live if live is not None else Counter()
         self.is_agent = parse_spec(settings.policy).is_agent
         self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
         self.handle = engine.session()
@@ -210,8 +226,11 @@ class TaskLabeler:
 
     # ---------------------------------------------------------------- chat policy plays
     async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
-                         avoid: str | None = None) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot: n actions (None: to the end)."""
+                         avoid: str | None = None, marks: frozenset[int] = frozenset(),
+                         on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay | None:
+        """The chat policy plays from a named snapshot: n actions (None: to the end). After k
+        actions, for each k in ``marks`` (if the episode goes on), the snapshot is kept by name and
+        ``on_mark(k, the play so far)`` is called, so others can start from there at once."""
         from hpl_data.policies import ContextLengthError
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
@@ -251,6 +270,11 @@ class TaskLabeler:
                 if term or trunc:
                     return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
                 messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
+                if len(actions) in marks and on_mark is not None:
+                    name = self._name()
+                    await self.engine.call(h, "save", name)
+                    on_mark(len(actions), PolicyPlay(list(actions), list(observations), list(turns), None, obs, info,
+                                                     list(messages), name))
                 if n is not None and len(actions) >= n:
                     name = self._name()
                     await self.engine.call(h, "save", name)
@@ -265,16 +289,29 @@ class TaskLabeler:
 
     # ---------------------------------------------------------------- the three primitives
     async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:
+        return (await self.rollout_play(state, obs, info, key, history)).outcome
+
+    async def rollout_play(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None,
+                           marks: frozenset[int] = frozenset(),
+                           on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay:
+        """One rollout to the end; a chat policy's play is returned whole (an agent's: the outcome
+        only); ``marks``/``on_mark`` as in :meth:`_chat_play`."""
         async with self.slots:
             self.counters["restores"] += 1
             self.counters["rollouts"] += 1
-            if self.is_agent:
-                outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
-                                                 derive_seed(self.s.seed, *key))
-                self.counters["env_steps"] += steps
-                return outcome
-            play = await self._chat_play(state, obs, history, key, None)
-            return play.outcome
+            self.live["rollouts_in_flight"] += 1
+            try:
+                if self.is_agent:
+                    outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
+                                                     derive_seed(self.s.seed, *key))
+                    self.counters["env_steps"] += steps
+                    play = PolicyPlay([], [], [], outcome, obs, info, None)
+                else:
+                    play = await self._chat_play(state, obs, history, key, None, marks=marks, on_mark=on_mark)
+            finally:
+                self.live["rollouts_in_flight"] -= 1
+            self.live["rollouts_done"] += 1
+            return play
 
     async def policy_steps(self, state: str, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
                            history: list[dict] | None = None) -> PolicyPlay | None:
@@ -327,29 +364,71 @@ class TaskLabeler:
             return
         state, obs, info, key, history = v.source
         ms = range(v.n, min(n, self.s.rollouts))
-        outcomes = await asyncio.gather(*(self.rollout(state, obs, info, (*key, m), history) for m in ms))
-        v.outcomes.extend(outcomes)
-        v.n += len(outcomes)
-        v.mean = sum(v.outcomes) / v.n
-        v.std = statistics.pstdev(v.outcomes) if v.n > 1 else 0.0
+        add(v, await asyncio.gather(*(self.rollout(state, obs, info, (*key, m), history) for m in ms)))
 
     async def settle(self, chosen: Value, rejected: Value) -> None:
-        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M."""
+        """Adaptive mode: add rollouts until the sign of ΔR is settled or both sides have M.
+
+        Settled means: the Hoeffding bound on ΔR excludes 0 (at ``confidence``), or, with
+        ``curtail``, whatever the missing rollouts return, ΔR at M rollouts per side keeps its sign
+        (so the pair is kept or dropped exactly as a fixed-M run with the same seeds decides).
+        """
         if not self.s.adaptive:
             return
         log_term = math.log(2 / (1 - self.s.confidence)) / 2
         while True:
             inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
             half = self.s.outcome_range * math.sqrt(log_term * inv)
+            early = any(not v.exact and v.n < self.s.rollouts for v in (chosen, rejected))
             if abs(chosen.mean - rejected.mean) > half:
-                self.counters["pairs_settled_early"] += any(not v.exact and v.n < self.s.rollouts
-                                                            for v in (chosen, rejected))
+                self.counters["pairs_settled_early"] += early
+                return
+            if self.s.curtail and early and self._decided(chosen, rejected):
+                self.counters["pairs_settled_early"] += 1
+                self.counters["pairs_curtailed"] += 1
                 return
             open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.s.rollouts]
             if not open_sides:
                 return
             side = min(open_sides, key=lambda v: v.n)
             await self.extend(side, side.n + 1)
+
+    def _final_mean_bounds(self, v: Value) -> tuple[float, float]:
+        """The lowest and highest mean ``v`` can reach at M rollouts."""
+        if v.exact or v.n >= self.s.rollouts:
+            return v.mean, v.mean
+        lo, hi = self.s.outcome_low, self.s.outcome_low + self.s.outcome_range
+        total, missing = sum(v.outcomes), self.s.rollouts - v.n
+        return (total + missing * lo) / self.s.rollouts, (total + missing * hi) / self.s.rollouts
+
+    def _decided(self, chosen: Value, rejected: Value) -> bool:
+        c_lo, c_hi = self._final_mean_bounds(chosen)
+        r_lo, r_hi = self._final_mean_bounds(rejected)
+        return c_lo - r_hi > 0 or c_hi - r_lo <= 0
+
+
+async def settle_all(lab: TaskLabeler, pairs: list[tuple[Value, Value]]) -> None:
+    """Settle pairs concurrently, each after the earlier pairs (in list order) that share one of
+    its values: a shared value grows exactly as when the pairs are settled one by one."""
+    last: dict[int, asyncio.Future] = {}
+    jobs: list[asyncio.Future] = []
+
+    async def after(deps: list[asyncio.Future], chosen: Value, rejected: Value) -> None:
+        for d in deps:
+            await d
+        await lab.settle(chosen, rejected)
+
+    for chosen, rejected in pairs:
+        shared = [v for v in (chosen, rejected) if not v.exact]
+        job = asyncio.ensure_future(after([last[id(v)] for v in shared if id(v) in last], chosen, rejected))
+        last.update({id(v): job for v in shared})
+        jobs.append(job)
+    try:
+        await asyncio.gather(*jobs)
+    finally:
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
 
 
 def segment(kind: str, arg: float | None, length: int, entropies: list[float] | None,
@@ -385,18 +464,92 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
     tid = ex["task_id"]
     values: dict[int, asyncio.Task] = {T: _done(Value(ex["reward"], 0.0, 0))}
     estimated: list[Value] = []
+    first: dict[int, asyncio.Task] = {}  # t -> rollout 0 from expert state t, whole (shared plays)
+    n0 = lab.min_rollouts if s.adaptive else s.rollouts
+    # One rollout tree (chat policies): rollout 0 from expert state t starts with a policy action
+    # at t, so its first action is the step alternative at t (when it differs from the expert's)
+    # and its first n actions are the policy's play of a group starting at t; the rest of it is
+    # one rollout of that play's value. Same distributions, fewer LLM calls.
+    share = s.share_rollouts and not lab.is_agent
+    planned = ({t + 1 for t in range(T)} if "step" in levels else set()) | (
+        {b for _, b in groups} if "group" in levels else set())
+    planned.discard(T)
+    marks_at = {t: frozenset(({1} if "step" in levels else set())
+                             | {b - a for a, b in groups if a == t and "group" in levels}) for t in planned}
 
-    def v_expert(t: int) -> asyncio.Task:
+    def source(t: int) -> tuple:
+        return ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t), messages[: 1 + 2 * t]
+
+    async def shared_value(t: int) -> Value:
+        state, obs, info, key, history = src = source(t)
+        plays = await asyncio.gather(first[t], *(lab.rollout(state, obs, info, (*key, m), history)
+                                                 for m in range(1, n0)))
+        v = Value(0.0, 0.0, 0, [], src)
+        add(v, [plays[0].outcome, *plays[1:]])
+        return v
+
+    requested: set[int] = set()
+
+    marked: dict[int, dict[int, asyncio.Future]] = {}  # t -> k -> rollout 0's play after k actions (or None)
+
+    def start_first_rollout(t: int) -> None:
+        state, obs, info, key, history = source(t)
+        futs = marked[t] = {k: asyncio.get_running_loop().create_future() for k in marks_at[t]}
+
+        def on_mark(k: int, play: PolicyPlay) -> None:
+            if not futs[k].done():
+                futs[k].set_result(play)
+
+        def ended(_: asyncio.Future) -> None:  # marks not reached (episode over, or failed): None
+            for f in futs.values():
+                if not f.done():
+                    f.set_result(None)
+
+        first[t] = asyncio.ensure_future(lab.rollout_play(state, obs, info, (*key, 0), history, marks_at[t], on_mark))
+        first[t].add_done_callback(ended)
+
+    def v_expert(t: int, count: bool = True) -> asyncio.Task:
+        if count:
+            counters["values_reused"] += t in requested
+            requested.add(t)
         if t not in values:
-            values[t] = asyncio.ensure_future(lab.value(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t],
-                                                        (tid, "exp", t), messages[: 1 + 2 * t]))
+            if share and t in planned:
+                start_first_rollout(t)
+                values[t] = asyncio.ensure_future(shared_value(t))
+            else:
+                values[t] = asyncio.ensure_future(lab.value(*source(t)))
             values[t].add_done_callback(
                 lambda f: estimated.append(f.result()) if not f.cancelled() and f.exception() is None else None)
-        else:
-            counters["values_reused"] += 1
         return values[t]
 
+    async def shared_play(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay, Value] | None:
+        """The first n actions of rollout 0 from expert state ``start`` as a policy play, and its value
+        (that rollout's outcome plus fresh rollouts from the play's end, started as soon as rollout 0
+        gets there); None if it cannot serve."""
+        if start not in marked or n not in marked[start]:
+            return None
+        play = await marked[start][n]
+        if play is None:  # rollout 0 ended (or failed) within n actions: the whole of it is the play
+            p0 = await first[start]
+            if not p0.actions or len(p0.actions) > n or (avoid is not None and p0.actions[0].strip() == avoid.strip()):
+                return None
+            counters["plays_shared"] += 1
+            return p0, Value(p0.outcome, 0.0, 0)
+        if avoid is not None and play.actions[0].strip() == avoid.strip():
+            return None
+        counters["plays_shared"] += 1
+        counters["rollouts_shared"] += 1
+        v = Value(0.0, 0.0, 0, [], (play.state, play.obs, play.info, (*key, "v"), play.history))
+        outcomes = await asyncio.gather(first[start], *(lab.rollout(play.state, play.obs, play.info, (*key, "v", m),
+                                                                    play.history) for m in range(1, n0)))
+        add(v, [outcomes[0].outcome, *outcomes[1:]])
+        estimated.append(v)
+        return play, v
+
     async def play_and_value(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay | None, Value]:
+        shared = await shared_play(start, n, key, avoid) if share else None
+        if shared is not None:
+            return shared
         play = await lab.policy_steps(ex["states"][start], ex["steps"][start]["observation"], ex["infos"][start], n,
                                       key, avoid=avoid, history=messages[: 1 + 2 * start])
         if play is None:
@@ -416,16 +569,22 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         play, v = await play_and_value(start, end - start, (tid, "grp", start, end), None)
         return play, v, await v_exp
 
+    if share:  # the expert values the pairs will ask for, started first: their rollouts 0 feed the plays
+        for t in sorted(planned):
+            v_expert(t, count=False)
     step_jobs = [asyncio.ensure_future(step_pair(t)) for t in range(T)] if "step" in levels else []
     group_jobs = [asyncio.ensure_future(group_pair(a, b)) for a, b in groups] if "group" in levels else []
     try:
         step_results = [await j for j in step_jobs]
         group_results = [await j for j in group_jobs]
     finally:
-        for j in [*step_jobs, *group_jobs, *values.values()]:
+        for j in [*step_jobs, *group_jobs, *values.values(), *first.values()]:
             j.cancel()
-        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), return_exceptions=True)
+        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), *first.values(), return_exceptions=True)
 
+    if s.adaptive:  # settle every valued pair (shared values in the fixed order), then write rows
+        await settle_all(lab, [(v_exp, v_alt) for alt, v_alt, v_exp in step_results if alt is not None]
+                         + [(v_exp, v_pol) for pol, v_pol, v_exp in group_results if pol is not None])
     base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": s.policy,
             "expert_id": expert, "seed": s.seed, "n_rollouts": s.rollouts}
     step_rows, group_rows = [], []
@@ -433,7 +592,6 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         if alt is None:
             counters["step_no_alternative"] += 1
             continue
-        await lab.settle(v_exp, v_alt)
         counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
         delta = v_exp.mean - v_alt.mean
         if delta <= 0:
@@ -451,7 +609,6 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
         if pol is None:  # the policy could not act here (its context overflowed)
             counters["group_no_policy_play"] += 1
             continue
-        await lab.settle(v_exp, v_pol)
         counters["pairs_labelled"] += 1
         delta = v_exp.mean - v_pol.mean
         if delta <= 0:

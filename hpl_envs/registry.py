@@ -31,12 +31,17 @@ class EnvProfile:
     episode_cache_kwarg: str | None = None  # constructor kwarg sizing the per-process game cache
     reward_range_when: dict[str, dict[Any, tuple[float, float]]] = field(default_factory=dict)
 
-    def outcome_range(self, env_kwargs: dict | None = None) -> float:
-        """max - min outcome for these constructor arguments (Hoeffding bounds of adaptive MC)."""
+    def outcome_bounds(self, env_kwargs: dict | None = None) -> tuple[float, float]:
+        """(min, max) episode outcome for these constructor arguments."""
         lo, hi = self.reward_range
         for key, by_value in self.reward_range_when.items():
             if env_kwargs and key in env_kwargs and env_kwargs[key] in by_value:
                 lo, hi = by_value[env_kwargs[key]]
+        return lo, hi
+
+    def outcome_range(self, env_kwargs: dict | None = None) -> float:
+        """max - min outcome for these constructor arguments (Hoeffding bounds of adaptive MC)."""
+        lo, hi = self.outcome_bounds(env_kwargs)
         return hi - lo
 
     def succeeded(self, episode: dict) -> bool:

@@ -125,3 +125,44 @@ def test_sql_env_args(tmp_path):
     assert pairs and all(r["env"] == "intercode-sql" for r in pairs)
     p = gen(tmp_path / "bad", "--env", "intercode-sql", "--env-arg", 'backend="nope"', "--limit", "1")
     assert p.returncode == 2 and "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_curtailed_adaptive_mc_keeps_the_fixed_m_decisions(tmp_path):
+    """--mc-curtail stops a pair only once the remaining rollouts cannot change whether ΔR > 0 at M:
+    the pairs kept are exactly those of the fixed-M run with the same seeds, for fewer rollouts.
+    (A near-1 confidence switches the Hoeffding stop off, so only curtailment stops early.)"""
+    common = ["--env", "webshop", "--limit", "3", "--policy", "random", "--mc-rollouts", "4", "--seed", "3",
+              "--levels", "step,group", "--workers", "2"]
+    fixed, curtailed = tmp_path / "fixed", tmp_path / "curtailed"
+    for out, extra in ((fixed, []), (curtailed, ["--mc-adaptive", "--mc-curtail", "--mc-confidence", "0.999999"])):
+        p = gen(out, *common, *extra)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    def kept(out):
+        return sorted((r["task_id"], r["level"], r["group_start"], r["group_length"], json.dumps(r["rejected"]))
+                      for lv in ("step", "group") for r in pq.read_table(out / f"{lv}_pairs.parquet").to_pylist())
+
+    assert kept(curtailed) == kept(fixed) and kept(fixed)
+    c_fixed, c_cut = (json.loads((o / "manifest.json").read_text())["counters"] for o in (fixed, curtailed))
+    assert c_cut["pairs_labelled"] == c_fixed["pairs_labelled"]
+    assert c_cut["pairs_curtailed"] > 0 and c_cut["rollouts"] < c_fixed["rollouts"]
+    p = gen(tmp_path / "bad", "--env", "webshop", "--limit", "1", "--mc-curtail")
+    assert p.returncode == 2 and "--mc-adaptive" in p.stderr
+
+
+def test_a_task_whose_worker_dies_is_labelled_again(tmp_path, monkeypatch):
+    """A worker killed mid-labelling takes the task's expert snapshots with it: the task starts over
+    on the restarted worker (same seeds), so the tables equal those of an undisturbed run."""
+    common = ["--env", "webshop", "--limit", "2", "--mc-rollouts", "2", "--levels", "step,group", "--workers", "2",
+              "--policy", "tests.dying_agent:make"]
+    p = gen(tmp_path / "clean", *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    monkeypatch.setenv("HPL_TEST_GEN_OUT", str(tmp_path / "killed"))
+    monkeypatch.setenv("HPL_TEST_KILL_MARKER", str(tmp_path / "killed.marker"))
+    p = gen(tmp_path / "killed", *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "killed.marker").exists()  # a worker did die during MC labelling
+    counters = json.loads((tmp_path / "killed" / "manifest.json").read_text())["counters"]
+    assert counters["mc_failed_tasks"] == 0 and counters["mc_task_retries"] >= 1
+    assert counters["mc_worker_restarts"] >= 1
+    assert table_digests(tmp_path / "killed") == table_digests(tmp_path / "clean")

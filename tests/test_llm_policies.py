@@ -183,6 +183,7 @@ def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     c = json.loads((out / "manifest.json").read_text())["counters"]
     assert c["mc_failed_tasks"] == 0 and c["rollouts"] > 0 and c["traj_pairs"] == 1, p.stderr[-3000:]
+    assert c["plays_shared"] > 0  # one rollout tree: step alternatives / group plays taken from value rollouts
     pol = pq.read_table(out / "trajectories_policy.parquet").to_pylist()[0]
     assert pol["agent"].startswith("openai:") and all(lp is not None for lp in pol["logprobs"])
     rows = pq.read_table(out / "step_pairs.parquet").to_pylist() + pq.read_table(out / "group_pairs.parquet").to_pylist()
