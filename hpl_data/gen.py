@@ -530,6 +530,10 @@ class Generation:
         self.counters[prefix + "outside_llm_fraction"] = d["outside_llm_fraction"]
         self.counters[prefix + "llm_mean_in_flight"] = d["mean_inflight"]
         self.counters[prefix + "llm_calls_per_s"] = d["llm_calls"] / d["wall_s"] if d["wall_s"] else None
+        for url, stats in (d.get("llm_endpoints") or {}).items():  # openai: calls, errors, ejections per server
+            mine = self.counters.setdefault(prefix + "llm_endpoints", {}).setdefault(url, {})
+            for k, v in stats.items():
+                mine[k] = mine.get(k, 0) + v
 
 
 def generate(**kwargs: Any) -> GenResult:
