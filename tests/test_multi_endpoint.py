@@ -250,3 +250,71 @@ def test_hpl_eval_with_a_dead_endpoint_records_it_per_endpoint(a_b, tmp_path):
         assert endpoints[url]["ejections"] >= 1 and endpoints[url]["errors"] == endpoints[url]["calls"] >= 2
     assert endpoints[b.url]["errors"] == 0 and endpoints[b.url]["calls"] == summary["counters"]["llm_calls"] == 12
     assert "endpoint " in p.stdout and "ejections" in p.stdout
+
+
+# ------------------------------------------------------------------ two real vLLM servers
+@pytest.fixture(scope="module")
+def two_vllm_servers(tmp_path_factory):
+    pytest.importorskip("vllm")
+    import os
+
+    from hpl_data.policies.vllm_server import VLLMServer
+    from hpl_data.tiny_model import build_tiny_model
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+    model = build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+    logs = tmp_path_factory.mktemp("srv")
+    servers = [VLLMServer(model, log_path=logs / f"vllm{i}.log", extra_args=["--max-model-len", "4096"],
+                          startup_timeout_s=900)
+               for i in range(2)]
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:  # vLLM's start is mostly imports: start both at once
+            list(pool.map(VLLMServer.start, servers))
+        yield servers, model
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.mark.slow
+def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
+    """Episodes spread over two real vLLM servers; server A is SIGKILLed when the first episode
+    ends: the episodes it was serving go on at B, none fails, A's errors and ejection are counted.
+    Then ``hpl-gen`` (MC labelling on the LLM) runs with A still dead and records it in the manifest."""
+    from hpl_data.engine import EngineConfig, run_rollouts
+    from hpl_envs import make_env
+
+    (a, b), model = two_vllm_servers
+    spec = f"openai:{a.url},{b.url}#{model}"
+    ids = make_env("webshop").task_ids("test")[:8]
+    killed = []
+
+    def on_episode(ep: dict) -> None:
+        if not killed:
+            a.kill()
+            killed.append(ep["task_id"])
+
+    cfg = EngineConfig(workers=1, concurrency=8, sampling=SamplingParams(temperature=1.0, max_tokens=16))
+    episodes, counters = run_rollouts("webshop", ids, spec, env_kwargs={"max_turns": 4}, config=cfg,
+                                      policy_options={"eject_after": 2, "backoff_s": 0.05}, on_episode=on_episode)
+    assert killed and len(episodes) == 8
+    assert [e["error"] for e in episodes] == [None] * 8
+    assert all(e["llm_calls"] == len(e["steps"]) >= 1 for e in episodes)
+    ends = counters["llm_endpoints"]
+    assert ends[a.url]["calls"] > ends[a.url]["errors"] >= 2 and ends[a.url]["ejections"] >= 1
+    assert ends[b.url]["errors"] == 0
+    assert ends[a.url]["calls"] - ends[a.url]["errors"] + ends[b.url]["calls"] == counters["llm_calls"]
+
+    out = tmp_path / "gen"
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--split", "test",
+                        "--limit", "2", "--policy", spec, "--levels", "step", "--mc-rollouts", "2",
+                        "--max-turns", "3", "--policy-max-tokens", "16", "--policy-arg", "eject_after=2",
+                        "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    counters = json.loads((out / "manifest.json").read_text())["counters"]
+    assert counters["mc_failed_tasks"] == 0 and counters["mc_llm_calls"] > 0
+    dead, alive = counters["mc_llm_endpoints"][a.url], counters["mc_llm_endpoints"][b.url]
+    assert dead["calls"] == dead["errors"] >= 2 and dead["ejections"] >= 1 and alive["errors"] == 0
+    assert alive["calls"] == counters["mc_llm_calls"]
