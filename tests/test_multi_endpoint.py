@@ -280,10 +280,11 @@ def two_vllm_servers(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
-    """Episodes spread over two real vLLM servers; server A is SIGKILLed when the first episode
-    ends: the episodes it was serving go on at B, none fails, A's errors and ejection are counted.
-    Then ``hpl-gen`` (MC labelling on the LLM) runs with A still dead and records it in the manifest."""
-    from hpl_data.engine import EngineConfig, run_rollouts
+    """Episodes spread over two real vLLM servers; server A is SIGKILLed once every episode has
+    had its first answer: the episodes it was serving go on at B, none fails, A's errors and
+    ejection are counted. Then ``hpl-gen`` (MC labelling on the LLM) runs with A still dead and
+    records it in the manifest."""
+    from hpl_data.engine import EngineConfig, RolloutEngine
     from hpl_envs import make_env
 
     (a, b), model = two_vllm_servers
@@ -291,19 +292,23 @@ def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
     ids = make_env("webshop").task_ids("test")[:8]
     killed = []
 
-    def on_episode(ep: dict) -> None:
-        if not killed:
-            a.kill()
-            killed.append(ep["task_id"])
+    async def run():
+        cfg = EngineConfig(workers=1, concurrency=8, sampling=SamplingParams(temperature=1.0, max_tokens=16))
+        async with RolloutEngine("webshop", spec, env_kwargs={"max_turns": 5}, config=cfg,
+                                 policy_options={"eject_after": 2, "backoff_s": 0.05}) as eng:
+            episodes = asyncio.create_task(eng.run(ids))
+            while eng.counters.llm_calls < len(ids) and not episodes.done():
+                await asyncio.sleep(0.05)
+            a.kill()  # mid-run: 8 episodes, each with turns left, half of them on A
+            killed.append(eng.counters.llm_calls)
+            return await episodes, eng.counters.as_dict()
 
-    cfg = EngineConfig(workers=1, concurrency=8, sampling=SamplingParams(temperature=1.0, max_tokens=16))
-    episodes, counters = run_rollouts("webshop", ids, spec, env_kwargs={"max_turns": 4}, config=cfg,
-                                      policy_options={"eject_after": 2, "backoff_s": 0.05}, on_episode=on_episode)
+    episodes, counters = asyncio.run(run())
     assert killed and len(episodes) == 8
     assert [e["error"] for e in episodes] == [None] * 8
     assert all(e["llm_calls"] == len(e["steps"]) >= 1 for e in episodes)
     ends = counters["llm_endpoints"]
-    assert ends[a.url]["calls"] > ends[a.url]["errors"] >= 2 and ends[a.url]["ejections"] >= 1
+    assert ends[a.url]["errors"] >= 2 and ends[a.url]["ejections"] >= 1  # A's episodes moved to B
     assert ends[b.url]["errors"] == 0
     assert ends[a.url]["calls"] - ends[a.url]["errors"] + ends[b.url]["calls"] == counters["llm_calls"]
 
@@ -315,6 +320,9 @@ def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     counters = json.loads((out / "manifest.json").read_text())["counters"]
     assert counters["mc_failed_tasks"] == 0 and counters["mc_llm_calls"] > 0
-    dead, alive = counters["mc_llm_endpoints"][a.url], counters["mc_llm_endpoints"][b.url]
-    assert dead["calls"] == dead["errors"] >= 2 and dead["ejections"] >= 1 and alive["errors"] == 0
-    assert alive["calls"] == counters["mc_llm_calls"]
+    for stage in ("policy", "mc"):  # the collect-policy episodes and the MC rollouts: all served by B
+        alive = counters[f"{stage}_llm_endpoints"][b.url]
+        assert alive["errors"] == 0 and alive["calls"] == counters[f"{stage}_llm_calls"] > 0
+    dead = [counters[f"{stage}_llm_endpoints"][a.url] for stage in ("policy", "mc")]
+    assert sum(d["calls"] for d in dead) == sum(d["errors"] for d in dead) >= 2  # ejected, then probed
+    assert sum(d["ejections"] for d in dead) >= 1

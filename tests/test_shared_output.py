@@ -118,3 +118,18 @@ def test_hpl_gen_on_s3_equals_the_release_and_resumes_there(s3, tmp_path):
 def test_bad_out_uri_is_one_line(tmp_path):
     p = gen("nosuchscheme://bucket/x", "--env", "webshop", "--limit", "1")
     assert p.returncode == 2 and "--out" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_mc_reads_the_expert_table_from_the_shared_output(where, s3, tmp_path):
+    """MC labelling with a file/teacher expert replays ``trajectories_expert.parquet`` from ``--out``."""
+    from hpl_data.experts import load_expert_file
+
+    _, options = s3
+    out = Output(f"file://{tmp_path}" if where == "file" else f"s3://hpl/experts-{os.getpid()}?{options}")
+    rows = [{"task_id": "7", "error": None, "actions": ["search[x]", "click[y]"],
+             "messages": [{"role": "user", "content": "i"}, {"role": "assistant", "content": "Thought: a\nAction: search[x]"},
+                          {"role": "user", "content": "o"}, {"role": "assistant", "content": "Action: click[y]"}]}]
+    out.write_table("trajectories_expert.parquet", pa.Table.from_pylist(rows))
+    recorded = load_expert_file(out.uri("trajectories_expert.parquet"))
+    assert recorded == {"7": [("a", "search[x]"), ("", "click[y]")]}
