@@ -279,6 +279,7 @@ def two_vllm_servers(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two vLLM servers start on a shared 2-core machine
 def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
     """Episodes spread over two real vLLM servers; server A is SIGKILLed once every episode has
     had its first answer: the episodes it was serving go on at B, none fails, A's errors and
@@ -314,15 +315,16 @@ def test_two_vllm_servers_one_killed_mid_run(two_vllm_servers, tmp_path):
 
     out = tmp_path / "gen"
     p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--split", "test",
-                        "--limit", "2", "--policy", spec, "--levels", "step", "--mc-rollouts", "2",
-                        "--max-turns", "3", "--policy-max-tokens", "16", "--policy-arg", "eject_after=2",
+                        "--limit", "1", "--policy", spec, "--levels", "step", "--mc-rollouts", "1",
+                        "--max-turns", "7", "--policy-max-tokens", "16", "--policy-arg", "eject_after=2",
                         "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     counters = json.loads((out / "manifest.json").read_text())["counters"]
-    assert counters["mc_failed_tasks"] == 0 and counters["mc_llm_calls"] > 0
+    assert counters["expert_kept"] == 1 and counters["mc_failed_tasks"] == 0 and counters["mc_llm_calls"] > 0
     for stage in ("policy", "mc"):  # the collect-policy episodes and the MC rollouts: all served by B
         alive = counters[f"{stage}_llm_endpoints"][b.url]
-        assert alive["errors"] == 0 and alive["calls"] == counters[f"{stage}_llm_calls"] > 0
+        # calls: every request B answered (a context-length refusal too, which is no LLM call)
+        assert alive["errors"] == 0 and alive["calls"] >= counters[f"{stage}_llm_calls"] > 0
     dead = [counters[f"{stage}_llm_endpoints"][a.url] for stage in ("policy", "mc")]
     assert sum(d["calls"] for d in dead) == sum(d["errors"] for d in dead) >= 2  # ejected, then probed
     assert sum(d["ejections"] for d in dead) >= 1
