@@ -232,6 +232,7 @@ def test_two_process_cpu_run_trains_and_checkpoints(two_process_run):
     assert (two_process_run / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_two_machines_train_in_sync_without_a_shared_folder(tiny, gen_data, two_process_run, tmp_path):
     """The multi-node launch (num_machines=2, machine_rank 0/1, main_process_ip 127.0.0.1), one
     process per "machine", each with its own copy of the data and its own output folder: the run
