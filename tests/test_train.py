@@ -201,67 +201,18 @@ def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_dat
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["phase"] == b["phase"]
 
 
-TWO_PROCESS_ARGS = ["--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hpl_train", "--config", "ipr"]
-TWO_PROCESS_OVERRIDES = ["max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4"]
-
-
-def launch(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
-def losses(out) -> list[float]:
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def two_process_run(tiny, gen_data, tmp_path_factory):
-    """hpl-train on one machine, 2 processes (gloo): the output folder."""
-    out = tmp_path_factory.mktemp("two-process")
-    p = launch("--num_processes", "2", "--num_machines", "1", *TWO_PROCESS_ARGS, "--model", str(tiny),
-               "--data", str(gen_data), "--output-dir", str(out), *TWO_PROCESS_OVERRIDES)
-    _, err = p.communicate(timeout=900)
-    assert p.returncode == 0, err[-4000:]
-    return out
-
-
-def test_two_process_cpu_run_trains_and_checkpoints(two_process_run):
-    rows = [json.loads(x) for x in (two_process_run / "metrics.jsonl").read_text().splitlines()]
+def test_two_process_cpu_run_trains_and_checkpoints(tiny, gen_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hpl_train", "--config", "ipr",
+           "--model", str(tiny), "--data", str(gen_data), "--output-dir", str(tmp_path),
+           "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("loss/step" in r for r in rows)
-    assert (two_process_run / "checkpoints" / "step-000002" / "hpl_state.json").exists()
-    assert (two_process_run / "final" / "model.safetensors").exists()
-
-
-@pytest.mark.slow
-def test_two_machines_train_in_sync_without_a_shared_folder(tiny, gen_data, two_process_run, tmp_path):
-    """The multi-node launch (num_machines=2, machine_rank 0/1, main_process_ip 127.0.0.1), one
-    process per "machine", each with its own copy of the data and its own output folder: the run
-    is the one-machine 2-process run, loss for loss."""
-    import shutil
-
-    from hpl_data.policies.vllm_server import free_port
-
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        data = tmp_path / f"machine{rank}" / "data"
-        shutil.copytree(gen_data, data, ignore=shutil.ignore_patterns("ref_logps-*", ".shards"))
-        procs.append(launch("--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-                            "--main_process_ip", "127.0.0.1", "--main_process_port", port, *TWO_PROCESS_ARGS,
-                            "--model", str(tiny), "--data", str(data), "--output-dir",
-                            str(tmp_path / f"machine{rank}" / "run"), *TWO_PROCESS_OVERRIDES))
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=900)
-            assert p.returncode == 0, err[-4000:]
-    finally:
-        for p in procs:  # one machine failed: the other waits for it forever
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert losses(tmp_path / "machine0" / "run") == pytest.approx(losses(two_process_run), abs=1e-6)
-    assert (tmp_path / "machine0" / "run" / "final" / "model.safetensors").exists()
-    assert not (tmp_path / "machine1" / "run" / "metrics.jsonl").exists()  # only the global rank 0 logs
+    assert (tmp_path / "checkpoints" / "step-000002" / "hpl_state.json").exists()
+    assert (tmp_path / "final" / "model.safetensors").exists()
 
 
 def test_bad_inputs_exit_cleanly(tiny, tmp_path):
