@@ -253,6 +253,11 @@ def print_summary(console: Console, s: dict) -> None:
         line += (f" | LLM calls {c['llm_calls']} | tokens {c['prompt_tokens']}+{c['completion_tokens']}"
                  f" | outside LLM {c['outside_llm_fraction']:.1%}")
     console.print(line)
+    endpoints = c.get("llm_endpoints") or {}
+    if len(endpoints) > 1:
+        for url, e in endpoints.items():
+            console.print(f"  endpoint {url}: {e['calls']} requests, {e['errors']} errors, "
+                          f"{e['ejections']} ejections, {e['recoveries']} recoveries")
     reasons: dict[str, int] = {}
     for e in s.get("per_episode", []):
         if e["error"]:

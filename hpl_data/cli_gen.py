@@ -85,10 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_flags(p)
     p.add_argument("--concurrency", type=concurrency, default=256, help="MC rollouts (LLM requests) in flight")
     p.add_argument("--prompts", default="default", choices=["default", "ipr", "eto"])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=out_location, required=True,
+                   help="a folder (local or NFS) or a pyarrow.fs URI: s3://bucket/prefix, file:///path, gs://...")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
+
+
+def out_location(value: str) -> Path | str:
+    """A URI stays a string (a Path would fold its '//'); anything else is a folder."""
+    from hpl_data.storage import Output, is_uri
+
+    if is_uri(value):
+        try:
+            Output(value)  # a one-line error now for a scheme pyarrow does not know
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+        return value
+    return Path(value)
 
 
 def config_from_args(args: argparse.Namespace) -> GenConfig:
@@ -109,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    from hpl_data.storage import Output
+
     args = build_parser().parse_args(argv)
     check_ray(args)
-    check_output(args.out, "dir")
+    if isinstance(args.out, Path):
+        check_output(args.out, "dir")
     console = Console(stderr=True, soft_wrap=True)
     result = Generation(config_from_args(args), console).run()
-    pairs = result.out / "traj_pairs.parquet"
+    pairs = Output(result.out).uri("traj_pairs.parquet")
     console.print(f"load with: datasets.load_dataset('parquet', data_files='{pairs}')  or  pandas.read_parquet('{pairs}')")
     return 0
 

@@ -442,8 +442,19 @@ class Counters:
         """LLM requests in flight now."""
         return self._inflight
 
+    def track_endpoints(self, stats: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Report a multi-endpoint policy's per-endpoint counters (calls, errors, ejections,
+        recoveries) as ``llm_endpoints``: what changed since now, as the policy may serve
+        several engines."""
+        self._endpoint_stats, self._endpoint_base = stats, stats()
+
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        stats = getattr(self, "_endpoint_stats", None)
+        if stats is not None:
+            base = self._endpoint_base
+            d["llm_endpoints"] = {url: {k: v - base.get(url, {}).get(k, 0) for k, v in s.items()}
+                                  for url, s in stats().items()}
         d["outside_llm_fraction"] = (1 - self.llm_busy_s / self.wall_s) if self.wall_s > 0 and self.llm_calls else None
         d["mean_inflight"] = self.inflight_request_s / self.wall_s if self.wall_s > 0 else None
         return d
@@ -506,6 +517,8 @@ class RolloutEngine:
             from hpl_data.policies import make_chat_policy
 
             self.policy = make_chat_policy(self.spec, **self.policy_options)
+        if hasattr(self.policy, "endpoint_stats"):
+            self.counters.track_endpoints(self.policy.endpoint_stats)
         await asyncio.to_thread(self._warm_caches)
         await self.pool.start()
 
@@ -625,7 +638,7 @@ class RolloutEngine:
         while not done:
             params = base.replace(seed=derive_seed(ep.seed, len(ep.steps)))
             try:
-                comp = await self.chat(messages, params)
+                comp = await self.chat(messages, params, affinity=f"ep{handle.id}")
             except ContextLengthError:
                 ep.truncated, ep.stop_reason = True, "context_length"
                 break
@@ -652,11 +665,12 @@ class RolloutEngine:
             messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
         self._finish(ep, obs, info)
 
-    async def chat(self, messages: list[dict], params: SamplingParams):
-        """One completion from the chat policy, counted (calls, tokens, requests in flight)."""
+    async def chat(self, messages: list[dict], params: SamplingParams, affinity: str | None = None):
+        """One completion from the chat policy, counted (calls, tokens, requests in flight);
+        ``affinity``: see :meth:`hpl_data.policies.ChatPolicy.chat`."""
         self.counters.llm_started()
         try:
-            comp = (await self.policy.chat(messages, params))[0]
+            comp = (await self.policy.chat(messages, params, affinity=affinity))[0]
         except ContextLengthError:
             raise
         except PolicyError:

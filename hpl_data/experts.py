@@ -57,16 +57,28 @@ def _task_key(item: dict) -> str | None:
 
 
 @lru_cache(maxsize=8)
+def _read_uri_table(uri: str):
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return pq.read_table(path, filesystem=fs)
+
+
 def load_expert_file(path: str, multiline: bool = False) -> dict[str, list[tuple[str, str]]]:
-    """task id -> [(thought, action)] from any supported file."""
+    """task id -> [(thought, action)] from any supported file (a Parquet table may also be a
+    ``pyarrow.fs`` URI: hpl-gen's own expert table on a shared ``--out``)."""
+    from hpl_data.storage import is_uri
+
     p = Path(path)
-    if not p.exists():
+    if not is_uri(path) and not p.exists():
         raise ValueError(f"expert file {p} does not exist")
-    if p.suffix == ".parquet":
+    if p.suffix == ".parquet" or is_uri(path):
         import pyarrow.parquet as pq
 
+        table = pq.read_table(p) if not is_uri(path) else _read_uri_table(path)
         out = {}
-        for r in pq.read_table(p).to_pylist():
+        for r in table.to_pylist():
             if r.get("error") or not r.get("actions"):
                 continue
             thoughts = [parse_react(m["content"], multiline).thought for m in r.get("messages") or []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
 import time
 from collections import Counter
@@ -40,6 +39,7 @@ from hpl_data.protocol import compute as compute_protocol
 from hpl_data.protocol import describe as describe_protocol
 from hpl_data.protocol import differences as protocol_differences
 from hpl_data.shards import ShardStore
+from hpl_data.storage import Output, is_uri
 from hpl_envs.registry import canonical, make_env, profile
 
 LEVELS = ("traj", "step", "group")
@@ -56,7 +56,7 @@ class GenConfig:
     """Everything that decides what ``hpl-gen`` writes (and a few runtime knobs)."""
 
     env: str
-    out: Path
+    out: Path | str  # a folder, or a pyarrow.fs URI (s3://bucket/prefix, file:///...): hpl_data.storage
     policy: str = "heuristic"
     policy_temperature: float = 1.0
     policy_max_tokens: int = 256
@@ -85,7 +85,7 @@ class GenConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "out", self.out if is_uri(self.out) else Path(self.out))
         object.__setattr__(self, "levels", tuple(self.levels))
 
     @property
@@ -204,6 +204,7 @@ class Generation:
         self.profile = profile(self.env_name)
         self.counters: dict[str, Any] = {}
         self.meta = run_metadata(config)
+        self.output = Output(config.out)
         self._policy = None  # the shared chat policy, built on the run's event loop
         self._engine = None  # the MC stages' engine (entropy, label): env workers started once
 
@@ -226,10 +227,9 @@ class Generation:
         return task_ids
 
     def _open_manifest(self) -> None:
-        c, out = self.config, self.config.out
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "manifest.json"
-        manifest = json.loads(path.read_text()) if path.exists() and not c.overwrite else {}
+        c, out = self.config, self.output
+        out.makedirs()
+        manifest = out.read_json("manifest.json") if out.exists("manifest.json") and not c.overwrite else {}
 
         def data_config(d: dict) -> dict:
             return {k: v for k, v in d.items() if k not in RUNTIME_ONLY}
@@ -241,18 +241,21 @@ class Generation:
             raise GenError(f"--out was written under another protocol ({describe_protocol(changed)}); "
                            "use --overwrite or another --out")
         if c.overwrite:
-            shutil.rmtree(out / ".shards", ignore_errors=True)
-            for f in out.glob("*.parquet"):
-                f.unlink()
+            out.remove(".shards")
+            for name in out.names():
+                if name.endswith(".parquet"):
+                    out.remove(name)
         self.counters = dict(manifest.get("counters", {}))
         if not manifest:  # record the config first, so a killed run is resumed only with the same one
             self._write_manifest({"config": self.meta["config"], "finished": False, **self.meta})
 
     def _write_manifest(self, manifest: dict) -> None:
-        path = self.config.out / "manifest.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        tmp.replace(path)
+        self.output.write_text("manifest.json", json.dumps(manifest, indent=1, default=str))
+
+    def write_table(self, rows: list[dict], schema, name: str) -> str:
+        """One final table, written whole to the output (local folder or URI); its address."""
+        self.output.write_table(name, parquet.build_table(rows, schema, {**self.meta, "counters": self.counters}))
+        return self.output.uri(name)
 
     def progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -273,13 +276,12 @@ class Generation:
             written = self.traj_stage(expert_rows, policy_rows)
             kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
             levels = c.mc_levels
-            if levels and not all((c.out / f"{lv}_pairs.parquet").exists() for lv in levels):
+            if levels and not all(self.output.exists(f"{lv}_pairs.parquet") for lv in levels):
                 mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
                 groups = await self.segment_stage(mc_tasks, expert_rows)
                 rows = await self.label_stage(mc_tasks, groups)
                 for lv in sorted(levels):
-                    path = parquet.write_table(rows[lv], parquet.MC_PAIRS, c.out / f"{lv}_pairs.parquet",
-                                               {**self.meta, "counters": self.counters})
+                    path = self.write_table(rows[lv], parquet.MC_PAIRS, f"{lv}_pairs.parquet")
                     self.console.print(f"{len(rows[lv])} {lv} pairs -> {path}")
             written.update({f"{lv}_pairs": f"{lv}_pairs.parquet" for lv in sorted(levels)})
         finally:
@@ -308,18 +310,16 @@ class Generation:
     # ------------------------------------------------------------------ stages
     async def collect(self, role: str, task_ids: list[str]) -> list[dict]:
         """collect-experts / collect-policy: one episode per task, as a trajectories table."""
-        import pyarrow.parquet as pq
-
         from hpl_data.policies import parse_spec
         from hpl_data.rollout import run_episodes
 
         c = self.config
-        path = c.out / f"trajectories_{role}.parquet"
-        if path.exists():
-            self.console.print(f"reusing {path}")
-            return pq.read_table(path).to_pylist()
+        name = f"trajectories_{role}.parquet"
+        if self.output.exists(name):
+            self.console.print(f"reusing {self.output.uri(name)}")
+            return self.output.read_table(name).to_pylist()
         t0 = time.perf_counter()
-        store = ShardStore(c.out, f"trajectories_{role}")
+        store = ShardStore(self.output, f"trajectories_{role}")
         todo = store.pending(task_ids)
         if len(todo) < len(task_ids):
             self.console.print(f"{role}: resuming, {len(task_ids) - len(todo)} of {len(task_ids)} tasks already done")
@@ -360,7 +360,7 @@ class Generation:
         self.counters[f"{role}_episodes"] = len(rows)
         self.counters[f"{role}_failed"] = sum(sh["failed"] for sh in shards)
         self.counters[f"{role}_seconds"] = time.perf_counter() - t0
-        parquet.write_table(rows, parquet.TRAJECTORIES, path, {**self.meta, "counters": self.counters})
+        path = self.write_table(rows, parquet.TRAJECTORIES, name)
         self.console.print(f"{role}: {len(rows)} episodes, avg reward "
                            f"{sum(r['reward'] for r in rows) / max(len(rows), 1):.3f} -> {path}")
         return rows
@@ -371,8 +371,7 @@ class Generation:
         self.counters["expert_kept"], self.counters["expert_filtered"] = len(kept), len(expert_rows) - len(kept)
         pairs = traj_pairs(kept, policy_rows, c.expert, c.policy)
         self.counters["traj_pairs"] = len(pairs)
-        path = parquet.write_table(pairs, parquet.TRAJ_PAIRS, c.out / "traj_pairs.parquet",
-                                   {**self.meta, "counters": self.counters})
+        path = self.write_table(pairs, parquet.TRAJ_PAIRS, "traj_pairs.parquet")
         self.console.print(f"[green]{len(pairs)} trajectory pairs -> {path}[/green]")
         return {"trajectories_expert": "trajectories_expert.parquet",
                 "trajectories_policy": "trajectories_policy.parquet", "traj_pairs": "traj_pairs.parquet"}
@@ -390,7 +389,7 @@ class Generation:
         if kind == "uncertainty":
             from hpl_data.segmenters import percentile
 
-            store = ShardStore(self.config.out, "entropy")
+            store = ShardStore(self.output, "entropy")
 
             async def one(lab, t: str) -> None:
                 from hpl_data.mc import expert_entropies
@@ -410,7 +409,7 @@ class Generation:
         from hpl_data.policies import make_chat_policy
         from hpl_data.segmenters import semantic_groups
 
-        store = ShardStore(self.config.out, "semantic")
+        store = ShardStore(self.output, "semantic")
         by_task = {r["task_id"]: r for r in expert_rows if not r["error"] and r["actions"]}
         todo = [t for t in store.pending(task_ids) if t in by_task]
         if todo:
@@ -434,7 +433,7 @@ class Generation:
         """MC labelling replays the kept expert trajectories (exact: the envs are deterministic)."""
         if self.expert_kind == "builtin":
             return self.expert_spec
-        return f"file:{self.config.out / 'trajectories_expert.parquet'}"
+        return f"file:{self.output.uri('trajectories_expert.parquet')}"
 
     async def label_stage(self, task_ids: list[str], given_groups: dict) -> dict[str, list[dict]]:
         """Monte-Carlo labelled step/group pairs, every task a coroutine on one engine."""
@@ -442,7 +441,7 @@ class Generation:
 
         c = self.config
         kind, arg = self.segmenter
-        store = ShardStore(c.out, "mc_" + "_".join(sorted(c.mc_levels)))
+        store = ShardStore(self.output, "mc_" + "_".join(sorted(c.mc_levels)))
         failed: dict[str, str] = {}
 
         async def one(lab, t: str) -> None:
@@ -579,6 +578,10 @@ class Generation:
         self.counters[prefix + "outside_llm_fraction"] = d["outside_llm_fraction"]
         self.counters[prefix + "llm_mean_in_flight"] = d["mean_inflight"]
         self.counters[prefix + "llm_calls_per_s"] = d["llm_calls"] / d["wall_s"] if d["wall_s"] else None
+        for url, stats in (d.get("llm_endpoints") or {}).items():  # openai: calls, errors, ejections per server
+            mine = self.counters.setdefault(prefix + "llm_endpoints", {}).setdefault(url, {})
+            for k, v in stats.items():
+                mine[k] = mine.get(k, 0) + v
 
 
 def generate(**kwargs: Any) -> GenResult:

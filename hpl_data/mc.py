@@ -238,7 +238,8 @@ class TaskLabeler:
         base = list(history) if history else initial_messages(self.env_name, obs, self.s.prompts)
 
         async def turn(messages: list[dict], agent_seed: int, t: int) -> tuple[str, str]:
-            comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(agent_seed, t)))
+            comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(agent_seed, t)),
+                                        affinity=self.prefix)  # one task's rollouts: one server
             return parse_react(comp.text, multiline=self.multiline).action, comp.text
 
         agent_seed = derive_seed(self.s.seed, *key)
@@ -343,7 +344,8 @@ class TaskLabeler:
         async def sample(seed: int) -> str:
             async with self.slots:
                 try:
-                    comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(seed, 0)))
+                    comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(seed, 0)),
+                                                affinity=self.prefix)
                 except ContextLengthError:
                     return ""
                 return parse_react(comp.text, multiline=self.multiline).action

@@ -67,16 +67,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[str, Any]) -> Path:
-    """Write rows as Parquet atomically (temp file + fsync + rename) with JSON metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def build_table(rows: list[dict], schema: pa.Schema, metadata: dict[str, Any]) -> pa.Table:
+    """Rows as an Arrow table with the run's JSON metadata (and the protocol on its own key)."""
     table = pa.Table.from_pylist(rows, schema=schema)
     meta = {b"hpl": json.dumps(metadata, default=str).encode()}
     protocol = metadata.get("protocol") or metadata.get("summary", {}).get("protocol")
     if protocol:  # also on its own key, so a reader gets it without parsing the rest
         meta[b"hpl.protocol"] = json.dumps(protocol, default=str).encode()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+
+
+def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[str, Any]) -> Path:
+    """Write rows as Parquet atomically (temp file + fsync + rename) with JSON metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = build_table(rows, schema, metadata)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as f:

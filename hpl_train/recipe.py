@@ -26,6 +26,7 @@ import json
 import math
 import os
 import resource
+import socket
 import time
 import zlib
 from collections import defaultdict
@@ -125,7 +126,10 @@ class HPLRecipe:
         if not os.access(cache_dir, os.W_OK):
             cache_dir = self.out
         path = cache_dir / f"ref_logps-{key:08x}.pt"
-        if acc.is_main_process and not path.exists():
+        # one process per machine computes them: the cache folder need not be shared between
+        # machines (on a shared one the first finished writes it, the others find it or write the
+        # same bytes again under an atomic rename)
+        if acc.is_local_main_process and not path.exists():
             model.to(acc.device).eval()
             out = {}
             with torch.no_grad():
@@ -138,7 +142,7 @@ class HPLRecipe:
                         for j, seg in enumerate(batch.segments):
                             vals[seg.index] = lp[j]
                     out[kind] = vals
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            tmp = path.with_name(path.name + f".{socket.gethostname()}.{os.getpid()}.tmp")
             torch.save(out, tmp)
             tmp.replace(path)
             model.train()

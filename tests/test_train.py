@@ -202,16 +202,19 @@ def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_dat
 
 
 def test_two_process_cpu_run_trains_and_checkpoints(tiny, gen_data, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hpl_train", "--config", "ipr",
-           "--model", str(tiny), "--data", str(gen_data), "--output-dir", str(tmp_path),
-           "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4"]
+    # torchrun, not `accelerate launch --cpu`: the latter starts ONE process whatever --num_processes says
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "hpl_train", "--config", "ipr", "--model", str(tiny), "--data", str(gen_data),
+           "--output-dir", str(tmp_path), "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4",
+           "mixed_precision=no"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stderr[-4000:]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all("loss/step" in r for r in rows)
-    assert (tmp_path / "checkpoints" / "step-000002" / "hpl_state.json").exists()
+    ckpt = tmp_path / "checkpoints" / "step-000002"
+    assert (ckpt / "hpl_state.json").exists()
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
     assert (tmp_path / "final" / "model.safetensors").exists()
 
 
@@ -293,3 +296,39 @@ def test_lora_run_saves_a_model_that_policies_load(tiny, gen_data, tmp_path):
 
     eps = asyncio.run(run())
     assert all(e["error"] is None and len(e["steps"]) >= 1 for e in eps)
+
+
+def test_two_machines_on_one_host_form_one_process_group(tiny, gen_data, tmp_path):
+    """A multi-node launch on 127.0.0.1: two "machines" (torchrun --nnodes 2, node_rank 0/1, one
+    process each, gloo), each with its own copy of the data and its own output folder, train as one
+    2-rank group: only the global rank 0 logs, each machine computed its reference log-probs.
+    (``accelerate launch --cpu`` would start one independent process per launch instead.)"""
+    import shutil
+
+    from hpl_data.policies.vllm_server import free_port
+
+    port, procs = str(free_port()), []
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    for rank in (0, 1):
+        data = tmp_path / f"machine{rank}" / "data"
+        shutil.copytree(gen_data, data, ignore=shutil.ignore_patterns("ref_logps-*", ".shards"))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "hpl_train",
+             "--config", "ipr", "--model", str(tiny), "--data", str(data), "--output-dir",
+             str(tmp_path / f"machine{rank}" / "run"), "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4",
+             "mixed_precision=no"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=900)
+            assert p.returncode == 0, err[-4000:]
+    finally:
+        for p in procs:  # one machine failed: the other would wait for it
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rows = [json.loads(x) for x in (tmp_path / "machine0" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert not (tmp_path / "machine1" / "run" / "metrics.jsonl").exists()  # rank 1: one group, not two runs
+    for rank in (0, 1):
+        assert list((tmp_path / f"machine{rank}" / "data").glob("ref_logps-*.pt"))

@@ -5,7 +5,8 @@ Two kinds share the spec namespace:
 * **Chat policies** (LLMs) take chat messages and return completions with token log-probs and
   per-token entropy estimates. They run in the engine's event loop; env steps run elsewhere.
   ``vllm:MODEL_OR_PATH`` (in-process vLLM async engine), ``openai:URL[#model]`` (any
-  OpenAI-compatible server), ``hf:MODEL_OR_PATH`` (transformers ``generate``).
+  OpenAI-compatible server; ``openai:URL1,URL2,...#model`` or ``openai:@FILE#model``, a file with
+  one URL a line, balance several servers of one model), ``hf:MODEL_OR_PATH (transformers ``generate``).
 * **Agents** (``oracle``, ``heuristic``, ``random`` or ``package.module:factory``) implement
   :class:`hpl_envs.agents.Agent` and run inside the env worker next to their env, because an
   oracle reads privileged env state. ``factory(env_name=..., seed=...)`` must return an Agent.
@@ -72,7 +73,11 @@ class Completion:
 class ChatPolicy(Protocol):
     name: str
 
-    async def chat(self, messages: list[dict], params: SamplingParams) -> list[Completion]: ...
+    async def chat(self, messages: list[dict], params: SamplingParams,
+                   affinity: str | None = None) -> list[Completion]:
+        """``affinity``: calls with the same key share a prompt prefix (one episode, one MC task's
+        rollouts); a multi-endpoint policy keeps them on one server for its prefix cache."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -95,12 +100,32 @@ def topk_entropy(logprobs: list[float]) -> float:
 @dataclass(frozen=True)
 class PolicySpec:
     kind: str  # "vllm" | "openai" | "hf" | "agent"
-    target: str  # model path / URL / agent name / "module:factory"
+    target: str  # model path / URL(s) / @endpoints file / agent name / "module:factory"
     model: str | None = None  # openai: model name after '#'
 
     @property
     def is_agent(self) -> bool:
         return self.kind == "agent"
+
+    def endpoints(self) -> list[str]:
+        """The URLs of an ``openai:`` spec: ``URL``, ``URL1,URL2,...`` or ``@FILE`` (one URL a
+        line; blank lines and lines starting with '#' are skipped). Reads the file now, so the
+        list is the one of the machine that runs the policy."""
+        if self.kind != "openai":
+            raise ValueError(f"{self} names no OpenAI endpoints")
+        if not self.target.startswith("@"):
+            return [u.strip() for u in self.target.split(",")]
+        path = Path(self.target[1:]).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"openai:@{path}: cannot read the endpoints file ({type(e).__name__}: {e})") from e
+        urls = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        if not urls:
+            raise ValueError(f"openai:@{path}: the endpoints file lists no URL (one URL a line)")
+        if bad := [u for u in urls if any(c.isspace() for c in u) or "," in u]:
+            raise ValueError(f"openai:@{path}: not a URL: {bad[0]!r} (one URL a line)")
+        return urls
 
     def __str__(self) -> str:
         if self.is_agent:
@@ -109,7 +134,7 @@ class PolicySpec:
 
 
 def parse_spec(spec: str) -> PolicySpec:
-    """``vllm:PATH``, ``openai:URL[#model]``, ``hf:PATH``, ``oracle|heuristic|random``,
+    """``vllm:PATH``, ``openai:URL[,URL...][#model]``, ``openai:@FILE[#model]``, ``hf:PATH``, ``oracle|heuristic|random``,
     ``file:PATH`` (recorded expert trajectories, see :mod:`hpl_data.experts`) or
     ``package.module:factory``."""
     spec = (spec or "").strip()
@@ -125,20 +150,29 @@ def parse_spec(spec: str) -> PolicySpec:
             raise ValueError(f"policy spec {spec!r}: nothing after '{kind}:'")
         if kind == "openai":
             url, _, model = rest.partition("#")
+            if url.startswith("@") and len(url) < 2:
+                raise ValueError(f"policy spec {spec!r}: name the endpoints file after '@' (openai:@FILE#model)")
+            if not url.startswith("@") and any(not u.strip() for u in url.split(",")):
+                raise ValueError(f"policy spec {spec!r}: an empty URL in the endpoint list; "
+                                 "use openai:URL1,URL2,...#model")
             return PolicySpec("openai", url, model or None)
         return PolicySpec(kind, rest)
     if sep and rest.isidentifier() and all(p.isidentifier() for p in kind.split(".")):
         return PolicySpec("agent", spec)
     raise ValueError(f"unknown policy spec {spec!r}; use one of {', '.join(BUILTIN_AGENTS)}, vllm:MODEL, "
-                     "openai:URL[#model], hf:MODEL or package.module:factory")
+                     "openai:URL[,URL...][#model], openai:@FILE[#model], hf:MODEL or package.module:factory")
 
 
 def check_model_available(spec: PolicySpec) -> None:
     """``vllm:``/``hf:`` take a local model folder or a hub id (``org/name``); something that can
     only be a path (absolute, ``./``, ``~``, or more than one '/') must exist, so that a typo fails
     in one line before any work instead of deep inside the model loader. CLIs call this up front
-    (``parse_spec`` only parses: a spec may name a folder of another machine)."""
+    (``parse_spec`` only parses: a spec may name a folder of another machine). An ``openai:@FILE``
+    endpoints file must exist and list at least one URL."""
     kind, target = spec.kind, spec.target
+    if kind == "openai" and target.startswith("@"):
+        spec.endpoints()
+        return
     if kind not in ("vllm", "hf") or Path(target).expanduser().exists():
         return
     looks_like_path = target.startswith(("/", ".", "~")) or target.count("/") > 1 or "\\" in target
@@ -178,7 +212,7 @@ def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
     if spec.kind == "openai":
         from hpl_data.policies.openai_backend import OpenAIPolicy
 
-        return OpenAIPolicy(spec.target, model=spec.model, **options)
+        return OpenAIPolicy(spec.endpoints(), model=spec.model, **options)
     if spec.kind == "vllm":
         from hpl_data.policies.vllm_backend import VLLMPolicy
 

@@ -33,7 +33,7 @@ class HFPolicy:
         self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
         self._runner: asyncio.Task | None = None
 
-    async def chat(self, messages: list[dict], params: SamplingParams) -> list[Completion]:
+    async def chat(self, messages: list[dict], params: SamplingParams, affinity: str | None = None) -> list[Completion]:
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=False))
         if len(ids) + 1 > self.max_model_len:

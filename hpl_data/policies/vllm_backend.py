@@ -62,7 +62,7 @@ class VLLMPolicy:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
-    async def chat(self, messages: list[dict], params: SamplingParams) -> list[Completion]:
+    async def chat(self, messages: list[dict], params: SamplingParams, affinity: str | None = None) -> list[Completion]:
         from vllm import SamplingParams as VSP
         from vllm.inputs import TokensPrompt
 
