@@ -40,7 +40,8 @@ class Size:
     mc_rollouts: int
     sft_epochs: float
     hpl_max_steps: int
-    batch_size: int
+    batch_size: int  # SFT
+    hpl_batch_size: int  # samples of each loss (BC, traj, step, group) per HPL step
     lora_r: int
     lora_alpha: int
     max_row_tokens: int  # packed row length: a row's fp32 logits (x 49,152 vocab) bound peak memory
@@ -53,11 +54,11 @@ class Size:
 SIZES = {
     # 2-core CPU, well under an hour when idle. LoRA needs a high lr to learn the format in ~20 steps.
     "quick": Size(train_tasks=12, gen_tasks=6, test_tasks=10, max_turns=8, max_tokens=96, mc_rollouts=1,
-                  sft_epochs=2, hpl_max_steps=6, batch_size=2, lora_r=16, lora_alpha=32, max_row_tokens=4096,
-                  sft_lr=1e-3, hpl_lr=1e-4, backend="vllm"),
+                  sft_epochs=2, hpl_max_steps=4, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
+                  sft_lr=1e-3, hpl_lr=3e-4, backend="vllm"),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
     "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=128, mc_rollouts=3,
-                sft_epochs=3, hpl_max_steps=200, batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
+                sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
                 sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", precision="bf16"),
 }
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     def train(name: str, config: str, model: Path, data: list[Path], out: Path, *extra: str) -> None:
         stage(work, name, out / "final" / "config.json",
               [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", ",".join(map(str, data)),
-               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"batch_size={size.batch_size}",
+               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}",
                f"lora_alpha={size.lora_alpha}", f"max_row_tokens={size.max_row_tokens}",
                f"mixed_precision={size.precision}", *extra], times)
 
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     stage(work, "expert", expert / "manifest.json",
           [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--policy", "heuristic", "--levels",
            "traj", "--split", "train", "--limit", str(size.train_tasks), "--out", str(expert)], times)
-    train("sft", "sft", base, [expert], sft, f"lr={size.sft_lr}", f"epochs={size.sft_epochs}")
+    train("sft", "sft", base, [expert], sft, f"batch_size={size.batch_size}", f"lr={size.sft_lr}",
+          f"epochs={size.sft_epochs}")
     results = {"sft": evaluate("sft", sft / "final"), "base": evaluate("base", base)}
     gen_cmd = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
                "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens), *turns,
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"openai:{srv.url}"], times)
     else:
         stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"hf:{sft / 'final'}"], times)
-    train("hpl", "hpl", sft / "final", [gen], hpl, f"lr={size.hpl_lr}", f"max_steps={size.hpl_max_steps}")
+    train("hpl", "hpl", sft / "final", [gen], hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
+          f"max_steps={size.hpl_max_steps}")
     results["hpl"] = evaluate("hpl", hpl / "final")
 
     trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl)}
