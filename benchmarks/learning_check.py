@@ -48,6 +48,7 @@ class Size:
     sft_lr: float
     hpl_lr: float
     backend: str  # hf | vllm, for evaluation
+    gen_concurrency: int  # hpl-gen's LLM requests in flight: on CPU a queue of 50 long prompts outlasts a call's deadline
     precision: str = "no"  # hpl-train mixed_precision
 
 
@@ -55,11 +56,11 @@ SIZES = {
     # 2-core CPU, well under an hour when idle. LoRA needs a high lr to learn the format in ~20 steps.
     "quick": Size(train_tasks=12, gen_tasks=6, test_tasks=10, max_turns=8, max_tokens=96, mc_rollouts=1,
                   sft_epochs=2, hpl_max_steps=4, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
-                  sft_lr=1e-3, hpl_lr=3e-4, backend="vllm"),
+                  sft_lr=1e-3, hpl_lr=3e-4, backend="vllm", gen_concurrency=6),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
     "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=128, mc_rollouts=3,
                 sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
-                sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", precision="bf16"),
+                sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", gen_concurrency=256, precision="bf16"),
 }
 
 
@@ -105,6 +106,12 @@ def eval_stats(summary_path: Path) -> dict:
 def tokens_trained(run_dir: Path) -> int:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return int(sum(r.get("tokens", 0) for r in rows))
+
+
+def mc_failed_tasks(gen: Path) -> int:
+    """Tasks whose Monte-Carlo labelling failed in hpl-gen's last run (their step/group pairs are missing)."""
+    manifest = gen / "manifest.json"
+    return int(json.loads(manifest.read_text())["counters"].get("mc_failed_tasks", 0)) if manifest.exists() else 0
 
 
 def hpl_data_counts(gen: Path) -> dict:
@@ -160,14 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     results = {"sft": evaluate("sft", sft / "final"), "base": evaluate("base", base)}
     gen_cmd = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
                "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens), *turns,
-               "--split", "train", "--limit", str(size.gen_tasks), "--out", str(gen)]
-    if backend == "vllm" and not (gen / "manifest.json").exists():  # hpl-gen takes vLLM through its OpenAI server
+               "--split", "train", "--limit", str(size.gen_tasks), "--concurrency", str(size.gen_concurrency),
+               "--policy-arg", "call_timeout_s=1800", "--out", str(gen)]
+    if mc_failed_tasks(gen):  # hpl-gen keeps what it labelled; a rerun on the same --out retries the failed tasks
+        for later in ("hpl_gen", "hpl", "eval_hpl"):  # and what was trained on the incomplete data is redone
+            (work / f"{later}.time").unlink(missing_ok=True)
+    if backend == "vllm" and not (work / "hpl_gen.time").exists():  # hpl-gen takes vLLM through its OpenAI server
         from hpl_data.policies.vllm_server import VLLMServer
 
         with VLLMServer(sft / "final", log_path=work / "hpl_gen_vllm.log") as srv:
             stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"openai:{srv.url}"], times)
     else:
         stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"hf:{sft / 'final'}"], times)
+    if mc_failed_tasks(gen):
+        raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(gen)} task(s) (see "
+                         f"{work / 'hpl_gen.log'}); rerun to retry them")
     train("hpl", "hpl", sft / "final", [gen], hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
           f"max_steps={size.hpl_max_steps}")
     results["hpl"] = evaluate("hpl", hpl / "final")
