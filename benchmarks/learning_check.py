@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     if mc_failed_tasks(gen):
         raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(gen)} task(s) (see "
                          f"{work / 'hpl_gen.log'}); rerun to retry them")
+    # a trajectory pair (expert vs. an 8-turn policy episode) is one ~7k-token row: without checkpointing its
+    # activations took 17.8 GB and were OOM-killed on the 24 GiB machine
     train("hpl", "hpl", sft / "final", [gen], hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
-          f"max_steps={size.hpl_max_steps}")
+          f"max_steps={size.hpl_max_steps}", "gradient_checkpointing=true")
     results["hpl"] = evaluate("hpl", hpl / "final")
 
     trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl)}
