@@ -36,25 +36,31 @@ class Size:
     gen_tasks: int  # train tasks for the HPL preference data
     test_tasks: int
     max_turns: int
-    max_tokens: int  # per model turn, eval and generation
+    max_tokens: int  # per model turn, eval and generation: a search copies the instruction (up to ~70 tokens)
     mc_rollouts: int
     sft_epochs: float
     hpl_max_steps: int
-    batch_size: int
+    batch_size: int  # SFT
+    hpl_batch_size: int  # samples of each loss (BC, traj, step, group) per HPL step
     lora_r: int
+    lora_alpha: int
     max_row_tokens: int  # packed row length: a row's fp32 logits (x 49,152 vocab) bound peak memory
     sft_lr: float
     hpl_lr: float
     backend: str  # hf | vllm, for evaluation
+    gen_concurrency: int  # hpl-gen's LLM requests in flight: on CPU a queue of 50 long prompts outlasts a call's deadline
+    precision: str = "no"  # hpl-train mixed_precision
 
 
 SIZES = {
-    "quick": Size(train_tasks=10, gen_tasks=3, test_tasks=6, max_turns=8, max_tokens=48, mc_rollouts=1,
-                  sft_epochs=1, hpl_max_steps=4, batch_size=2, lora_r=16, max_row_tokens=4096, sft_lr=3e-4,
-                  hpl_lr=5e-5, backend="vllm"),
-    "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=96, mc_rollouts=3,
-                sft_epochs=3, hpl_max_steps=200, batch_size=16, lora_r=32, max_row_tokens=8192, sft_lr=2e-4,
-                hpl_lr=2e-5, backend="vllm"),
+    # 2-core CPU, well under an hour when idle. LoRA needs a high lr to learn the format in ~20 steps.
+    "quick": Size(train_tasks=12, gen_tasks=6, test_tasks=10, max_turns=8, max_tokens=96, mc_rollouts=1,
+                  sft_epochs=2, hpl_max_steps=4, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
+                  sft_lr=1e-3, hpl_lr=3e-4, backend="vllm", gen_concurrency=6),
+    # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
+    "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=128, mc_rollouts=3,
+                sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
+                sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", gen_concurrency=256, precision="bf16"),
 }
 
 
@@ -102,6 +108,20 @@ def tokens_trained(run_dir: Path) -> int:
     return int(sum(r.get("tokens", 0) for r in rows))
 
 
+def mc_failed_tasks(gen: Path) -> int:
+    """Tasks whose Monte-Carlo labelling failed in hpl-gen's last run (their step/group pairs are missing)."""
+    manifest = gen / "manifest.json"
+    return int(json.loads(manifest.read_text())["counters"].get("mc_failed_tasks", 0)) if manifest.exists() else 0
+
+
+def hpl_data_counts(gen: Path) -> dict:
+    """Pairs of each level that hpl-gen wrote (the HPL leg's data size)."""
+    import pyarrow.parquet as pq
+
+    return {level: pq.read_metadata(gen / f"{level}_pairs.parquet").num_rows
+            for level in ("traj", "step", "group") if (gen / f"{level}_pairs.parquet").exists()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CPU size (same as --size quick)")
@@ -116,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     times: dict[str, float] = {}
+    wall_start, load_start = time.monotonic(), os.getloadavg()
     base, expert, sft, gen, hpl = (work / n for n in ("base", "expert", "sft", "hpl_data", "hpl"))
     turns = ["--max-turns", str(size.max_turns)]
 
@@ -132,42 +153,59 @@ def main(argv: list[str] | None = None) -> int:
     def train(name: str, config: str, model: Path, data: list[Path], out: Path, *extra: str) -> None:
         stage(work, name, out / "final" / "config.json",
               [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", ",".join(map(str, data)),
-               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"batch_size={size.batch_size}",
-               f"max_row_tokens={size.max_row_tokens}", *extra], times)
+               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}",
+               f"lora_alpha={size.lora_alpha}", f"max_row_tokens={size.max_row_tokens}",
+               f"mixed_precision={size.precision}", *extra], times)
 
     stage(work, "model", base / "hpl_model.json", [*cli("hpl_data.cli_data"), "model", "smollm2", "--out", str(base)],
           times)
     stage(work, "expert", expert / "manifest.json",
           [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--policy", "heuristic", "--levels",
            "traj", "--split", "train", "--limit", str(size.train_tasks), "--out", str(expert)], times)
-    results = {"base": evaluate("base", base)}
-    train("sft", "sft", base, [expert], sft, f"lr={size.sft_lr}", f"epochs={size.sft_epochs}")
-    results["sft"] = evaluate("sft", sft / "final")
+    train("sft", "sft", base, [expert], sft, f"batch_size={size.batch_size}", f"lr={size.sft_lr}",
+          f"epochs={size.sft_epochs}")
+    results = {"sft": evaluate("sft", sft / "final"), "base": evaluate("base", base)}
     gen_cmd = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
                "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens), *turns,
-               "--split", "train", "--limit", str(size.gen_tasks), "--out", str(gen)]
-    if backend == "vllm" and not (gen / "manifest.json").exists():  # hpl-gen takes vLLM through its OpenAI server
+               "--split", "train", "--limit", str(size.gen_tasks), "--concurrency", str(size.gen_concurrency),
+               "--policy-arg", "call_timeout_s=1800", "--out", str(gen)]
+    if mc_failed_tasks(gen):  # hpl-gen keeps what it labelled; a rerun on the same --out retries the failed tasks
+        for later in ("hpl_gen", "hpl", "eval_hpl"):  # and what was trained on the incomplete data is redone
+            (work / f"{later}.time").unlink(missing_ok=True)
+    if backend == "vllm" and not (work / "hpl_gen.time").exists():  # hpl-gen takes vLLM through its OpenAI server
         from hpl_data.policies.vllm_server import VLLMServer
 
         with VLLMServer(sft / "final", log_path=work / "hpl_gen_vllm.log") as srv:
             stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"openai:{srv.url}"], times)
     else:
         stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"hf:{sft / 'final'}"], times)
-    train("hpl", "hpl", sft / "final", [gen], hpl, f"lr={size.hpl_lr}", f"max_steps={size.hpl_max_steps}")
+    if mc_failed_tasks(gen):
+        raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(gen)} task(s) (see "
+                         f"{work / 'hpl_gen.log'}); rerun to retry them")
+    # a trajectory pair (expert vs. an 8-turn policy episode) is one ~7k-token row: without checkpointing its
+    # activations took 17.8 GB and were OOM-killed on the 24 GiB machine
+    train("hpl", "hpl", sft / "final", [gen], hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
+          f"max_steps={size.hpl_max_steps}", "gradient_checkpointing=true")
     results["hpl"] = evaluate("hpl", hpl / "final")
 
     trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl)}
     stage_time = {"base": times["model"], "sft": times["expert"] + times["sft"], "hpl": times["hpl_gen"] + times["hpl"]}
-    header = f"{'model':<6} {'tasks':>5} {'avg reward':>10} {'success':>8} {'valid':>6} {'steps':>5} " \
-             f"{'tokens trained':>14} {'build s':>8} {'eval s':>7}"
-    print(f"\nWebShop test (first {size.test_tasks} tasks), SmolLM2-135M-Instruct, size {args.size if not args.quick else 'quick'}, "
-          f"eval {backend}: greedy, max {size.max_turns} turns")
-    print(header)
-    for name, r in results.items():
-        print(f"{name:<6} {r['tasks']:>5} {r['avg_reward']:>10.3f} {r['success']:>8.3f} {r['valid']:>6.3f} "
-              f"{r['steps']:>5.1f} {trained[name]:>14} {stage_time[name]:>8.0f} {times[f'eval_{name}']:>7.0f}")
+    machine = {"cpus": os.cpu_count(), "load_start": load_start, "load_end": os.getloadavg(),
+               "wall_s": round(time.monotonic() - wall_start, 1), "stages_s": round(sum(times.values()), 1)}
+    size_name = args.size if not args.quick else "quick"
+    print(f"\nWebShop test (first {size.test_tasks} tasks), SmolLM2-135M-Instruct, size {size_name}, eval {backend}: "
+          f"greedy, max {size.max_turns} turns x {size.max_tokens} tokens; {machine['cpus']} CPUs, load average "
+          f"{load_start[0]:.1f} at start, {machine['load_end'][0]:.1f} at end; wall {machine['wall_s']:.0f} s "
+          f"(stages {machine['stages_s']:.0f} s)\n")
+    print("| model | tasks | avg reward | success | valid actions | avg steps | tokens trained | build s | eval s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in ("base", "sft", "hpl"):
+        r = results[name]
+        print(f"| {name} | {r['tasks']} | {r['avg_reward']:.3f} | {r['success']:.3f} | {r['valid']:.3f} | "
+              f"{r['steps']:.1f} | {trained[name]:,} | {stage_time[name]:.0f} | {times[f'eval_{name}']:.0f} |")
     table = {"size": size.__dict__, "backend": backend, "results": results, "tokens_trained": trained,
-             "times_s": times}
+             "times_s": times, "machine": machine, "hpl_data": hpl_data_counts(gen)}
+    print(f"HPL data: {json.dumps(table['hpl_data'])}")
     (work / "table.json").write_text(json.dumps(table, indent=1))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
