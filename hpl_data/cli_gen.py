@@ -133,6 +133,11 @@ def _main(argv: list[str]) -> int:
     result = Generation(config_from_args(args), console).run()
     pairs = Output(result.out).uri("traj_pairs.parquet")
     console.print(f"load with: datasets.load_dataset('parquet', data_files='{pairs}')  or  pandas.read_parquet('{pairs}')")
+    failed = result.counters.get("mc_failed_tasks", 0)
+    if failed:  # the tables lack those tasks' pairs: a script must not take this run for a complete one
+        print(f"hpl-gen: MC labelling failed for {failed} task(s); the tables lack their pairs; "
+              "rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

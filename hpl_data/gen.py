@@ -276,7 +276,8 @@ class Generation:
             written = self.traj_stage(expert_rows, policy_rows)
             kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
             levels = c.mc_levels
-            if levels and not all(self.output.exists(f"{lv}_pairs.parquet") for lv in levels):
+            retry_failed = self.counters.get("mc_failed_tasks", 0) > 0  # tables written without those tasks' pairs
+            if levels and (retry_failed or not all(self.output.exists(f"{lv}_pairs.parquet") for lv in levels)):
                 mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
                 groups = await self.segment_stage(mc_tasks, expert_rows)
                 rows = await self.label_stage(mc_tasks, groups)
@@ -473,8 +474,7 @@ class Generation:
             rows["step"] += sh["step"]
             rows["group"] += sh["group"]
             totals.update(sh["counters"])
-        for k, v in totals.items():
-            self.counters[k] = self.counters.get(k, 0) + v
+        self.counters.update(totals)  # summed over every task's shard, this run's and earlier runs'
         if engine_counters is not None:
             self._add_engine_counters(engine_counters, "mc_")
         self.counters["mc_seconds"] = time.perf_counter() - t0

@@ -1,5 +1,6 @@
 """A reference-policy agent for tests: the random agent, except that once Monte-Carlo labelling has
-begun (the run's policy table exists) the first call to ``act`` kills its own env worker process."""
+begun (the run's policy table exists) the first call to ``act`` kills its own env worker process
+(``HPL_TEST_KILL_MARKER``), or every call raises (``HPL_TEST_AGENT_RAISES``)."""
 
 import os
 import signal
@@ -11,6 +12,8 @@ from hpl_envs.agents import RandomAgent
 class DyingAgent(RandomAgent):
     def act(self, observation, info):
         out, marker = os.environ.get("HPL_TEST_GEN_OUT"), os.environ.get("HPL_TEST_KILL_MARKER")
+        if out and os.environ.get("HPL_TEST_AGENT_RAISES") and (Path(out) / "trajectories_policy.parquet").exists():
+            raise RuntimeError("this agent fails during MC labelling")
         if out and marker and (Path(out) / "trajectories_policy.parquet").exists():
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # once, in whichever worker gets here first

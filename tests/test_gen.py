@@ -166,3 +166,22 @@ def test_a_task_whose_worker_dies_is_labelled_again(tmp_path, monkeypatch):
     assert counters["mc_failed_tasks"] == 0 and counters["mc_task_retries"] >= 1
     assert counters["mc_worker_restarts"] >= 1
     assert table_digests(tmp_path / "killed") == table_digests(tmp_path / "clean")
+
+
+def test_failed_labelling_exits_1_and_a_rerun_completes_the_tables(tmp_path, monkeypatch):
+    """Tasks whose MC labelling fails are left out of the tables and the run exits 1 (not 0: a script
+    must not take it for a complete run); rerunning the same command labels just those tasks."""
+    common = ["--env", "webshop", "--limit", "2", "--mc-rollouts", "2", "--levels", "step,group",
+              "--policy", "tests.dying_agent:make"]
+    clean = gen(tmp_path / "clean", *common)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    monkeypatch.setenv("HPL_TEST_GEN_OUT", str(tmp_path / "broken"))
+    monkeypatch.setenv("HPL_TEST_AGENT_RAISES", "1")
+    p = gen(tmp_path / "broken", *common)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "hpl-gen: MC labelling failed for 2 task(s)" in p.stderr.splitlines()[-1]
+    assert json.loads((tmp_path / "broken" / "manifest.json").read_text())["counters"]["mc_failed_tasks"] == 2
+    monkeypatch.delenv("HPL_TEST_AGENT_RAISES")
+    p = gen(tmp_path / "broken", *common)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert table_digests(tmp_path / "broken") == table_digests(tmp_path / "clean")
