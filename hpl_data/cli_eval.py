@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="hpl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", required=True, help="webshop | alfworld | intercode-sql, or several comma-separated")
     p.add_argument("--agent", "--policy", dest="agent", required=True,
-                   help="oracle | heuristic | random | vllm:MODEL | openai:URL[#model] | hf:MODEL | package.module:factory")
+                   help="oracle | heuristic | random | vllm:MODEL | openai:URL[,URL2...][#model] | openai:@FILE[#model] | hf:MODEL | "
+                        "package.module:factory")
     p.add_argument("--split", default=None, help="split(s), comma-separated; default: the paper's eval split per env")
     p.add_argument("--limit", type=positive_int, default=None, help="first N tasks of each split")
     p.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "backend=\"local\", server=\"mysql://u:p@127.0.0.1:3306\"")
     p.add_argument("--policy", default="heuristic",
                    help="reference policy: heuristic | random | package.module:factory | vllm:MODEL (in-process) | "
-                        "openai:URL[#model] | hf:MODEL")
+                        "openai:URL[,URL2...][#model] | openai:@FILE[#model] | hf:MODEL")
     p.add_argument("--policy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="chat backend option (JSON value), e.g. max_model_len=4096, concurrency=256")
     p.add_argument("--policy-temperature", type=float, default=1.0, help="LLM reference policy sampling temperature")
