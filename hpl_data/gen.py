@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ from hpl_envs.registry import canonical, make_env, profile
 
 LEVELS = ("traj", "step", "group")
 RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress", "ray", "ray_cpus_per_worker")  # may differ between a run and its resumption
+# openai: client options that change how requests travel, not what is sampled
+TRANSPORT_POLICY_ARGS = ("concurrency", "request_timeout", "call_timeout_s", "max_retries", "backoff_s",
+                         "backoff_max_s", "eject_after", "eject_s", "eject_max_s", "api_key")
 TABLE_NAMES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
 
 
@@ -140,6 +144,19 @@ class GenConfig:
                 for f in fields(self) for v in [getattr(self, f.name)]}
 
 
+def data_identity(config: dict) -> dict:
+    """What must be equal for a run to resume another: its config without the runtime settings,
+    the transport options, and the address of an OpenAI-compatible server that names its model
+    (``openai:URL#model`` -> ``openai:#model``: a restarted server on another port serves the same
+    data). Keys a config written by an older release lacks take their defaults."""
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in fields(GenConfig) if f.default is not MISSING}
+    d = {k: v for k, v in {**defaults, **config}.items() if k not in RUNTIME_ONLY}
+    d = {k: re.sub(r"openai:[^#\s]+#", "openai:#", v) if isinstance(v, str) else v for k, v in d.items()}
+    d["policy_args"] = {k: v for k, v in (d.get("policy_args") or {}).items() if k not in TRANSPORT_POLICY_ARGS}
+    return d
+
+
 def run_metadata(config: GenConfig) -> dict:
     """What goes into manifest.json and every table's Parquet metadata (add provenance here)."""
     return {"config": config.as_dict(), "versions": parquet.versions(), "git_revision": parquet.git_revision()}
@@ -231,10 +248,7 @@ class Generation:
         out.makedirs()
         manifest = out.read_json("manifest.json") if out.exists("manifest.json") and not c.overwrite else {}
 
-        def data_config(d: dict) -> dict:
-            return {k: v for k, v in d.items() if k not in RUNTIME_ONLY}
-
-        if manifest.get("config") is not None and data_config(manifest["config"]) != data_config(self.meta["config"]):
+        if manifest.get("config") is not None and data_identity(manifest["config"]) != data_identity(self.meta["config"]):
             raise GenError("--out holds data from a different config; use --overwrite or another --out")
         changed = protocol_differences(manifest.get("protocol"), self.meta["protocol"]) if manifest.get("protocol") else []
         if changed and not c.overwrite:  # same flags, other data files/versions: shards would mix protocols

@@ -185,3 +185,19 @@ def test_failed_labelling_exits_1_and_a_rerun_completes_the_tables(tmp_path, mon
     p = gen(tmp_path / "broken", *common)
     assert p.returncode == 0, p.stderr[-3000:]
     assert table_digests(tmp_path / "broken") == table_digests(tmp_path / "clean")
+
+
+def test_resume_identity_ignores_server_address_and_transport_options():
+    """A killed LLM run resumes against a restarted server (another port), with other timeouts, and
+    from a manifest an older release wrote; another model or sampling option is other data."""
+    from hpl_data.gen import GenConfig, data_identity
+
+    base = GenConfig(env="webshop", out=Path("o"), policy="openai:http://127.0.0.1:8001/v1#tiny").as_dict()
+    moved = {**base, "policy": "openai:http://127.0.0.1:9002/v1,http://10.0.0.2:8000/v1#tiny",
+             "policy_args": {"call_timeout_s": 1800, "concurrency": 6}, "workers": 4}
+    assert data_identity(moved) == data_identity(base)
+    older = {k: v for k, v in base.items() if k not in ("mc_curtail", "mc_share_rollouts")}
+    assert data_identity(older) == data_identity(base)
+    assert data_identity({**base, "policy": "openai:http://127.0.0.1:8001/v1#other"}) != data_identity(base)
+    assert data_identity({**base, "policy_args": {"max_model_len": 2048}}) != data_identity(base)
+    assert data_identity({**base, "policy_temperature": 0.7}) != data_identity(base)
