@@ -65,7 +65,7 @@ demo: venv
 	@echo "Preference data written under $(DEMO_OUT)/ ({traj,step,group}_pairs.parquet, trajectories_*.parquet, manifest.json)"
 
 test: venv system-deps docker-engine
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 lint: venv
 	$(BIN)/ruff check hpl_envs hpl_data hpl_train tests benchmarks

@@ -343,10 +343,18 @@ class Generation:
             job = bar.add_task(f"collect {role} episodes", total=len(todo))
 
             agent = parse_spec(spec).is_agent
+            agent_name = None
+            if agent and c.ray is not None:  # the engine records the spec; the local runner the agent's name
+                from hpl_data.policies import make_agent_from_spec
+
+                made = make_agent_from_spec(self.env_name, spec)
+                agent_name = getattr(made, "name", type(made).__name__)
 
             def save(episode: dict) -> None:
                 if agent:  # the local agent runner (rollout.run_episode) records no stop reason
                     episode["stop_reason"] = ""
+                if agent_name is not None:
+                    episode["agent"] = agent_name
                 store.put(episode["task_id"], {"rows": trajectory_rows(self.env_name, c.split, role, [episode],
                                                                        c.prompts),
                                                "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})

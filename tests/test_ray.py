@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from test_gen import RELEASE, table_digests
+from test_gen import table_digests
 
 # Ray resolves 127.0.0.1 to this machine's outward address unless multi-node clusters are
 # "unsupported" here: this keeps the GCS, raylets and driver on the loopback interface.
@@ -80,31 +81,40 @@ def test_hpl_eval_on_ray_equals_local(cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_hpl_gen_on_ray_equals_local_with_a_node_lost_mid_run(cluster, tmp_path):
-    """The release's tables (test_gen checks the same digests for the local run), on two nodes; one
-    worker node's raylet is SIGKILLed once the first MC task is done: its actors die, their tasks are redone
-    elsewhere, the lost workers are counted, and the tables are still identical."""
+def test_hpl_gen_on_ray_equals_local_with_a_node_lost_mid_run(cluster, tmp_path, monkeypatch):
+    """hpl-gen on two nodes; once MC labelling is under way on both (every policy step waits at a gate,
+    tests/gated_agent.py), one worker node is lost as a machine is (its raylet and every process it
+    started SIGKILLed): its actors' tasks are redone elsewhere, the lost workers are counted, and the
+    tables equal those of the same run on local workers without any failure."""
     c, nodes = cluster
-    args, expected = RELEASE["webshop-default"]
-    assert args[args.index("--workers") + 1] == WORKERS[1]
-    out = tmp_path / "gen"
+    args = ["--env", "webshop", "--limit", "6", "--concurrency", "4", "--policy", "tests.gated_agent:make", *WORKERS]
+    local = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", *args, "--out",
+                            str(tmp_path / "local")], capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    out, gate = tmp_path / "gen", tmp_path / "gate"
+    monkeypatch.setenv("HPL_TEST_GEN_OUT", str(out))
+    monkeypatch.setenv("HPL_TEST_GATE", str(gate))
     proc = subprocess.Popen([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", *args, "--ray",
                              c.address, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = nodes[1]
     raylet = victim.all_processes["raylet"][0].process
     try:
         deadline = time.time() + 300
-        while not list(out.glob(".shards/mc_*/*.json")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
+        while not Path(f"{gate}.waiting").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        os.kill(raylet.pid, signal.SIGKILL)  # the node is lost: its raylet and then its workers die
+        time.sleep(1)  # every worker has reached the gate with MC work in hand
+        for p in [*psutil.Process(raylet.pid).children(recursive=True), psutil.Process(raylet.pid)]:
+            p.send_signal(signal.SIGKILL)
+        gate.touch()
         stdout, stderr = proc.communicate(timeout=400)
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.kill()
         c.remove_node(victim, allow_graceful=False)  # reap what is left of the node
     assert proc.returncode == 0, stderr[-3000:]
-    assert table_digests(out) == expected
+    assert table_digests(out) == table_digests(tmp_path / "local")
     counters = json.loads((out / "manifest.json").read_text())["counters"]
     assert counters["mc_failed_tasks"] == 0
     assert counters["mc_worker_restarts"] >= 1, counters  # the lost actors, restarted on the live node
