@@ -1,4 +1,5 @@
-"""Test helpers for LLM policies: a tiny local model and a fault-injecting HTTP proxy.
+"""Test helpers for LLM policies: a tiny local model, a fault-injecting HTTP proxy, and the
+scaffolding of scripted endpoints (:class:`ScriptedServer`).
 
 The proxy is a real HTTP server in front of a real vLLM server. It forwards requests
 unchanged, except that it can answer 500, hang, or drop connections for a chosen number of
@@ -12,6 +13,52 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+
+
+class ScriptedServer:
+    """An HTTP server on 127.0.0.1, in its own thread, whose answers come from ``handle(request)``
+    (the request body already read): scripted OpenAI-compatible endpoints for tests."""
+
+    answers_get = False  # GET requests too (e.g. /v1/models), or 501
+
+    def __init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.handle(self)
+
+            def do_GET(self):
+                if server.answers_get:
+                    server.handle(self)
+                else:
+                    self.send_error(501)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def reply(request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
 
 
 class FaultProxy:

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 pytest.importorskip("openai")
+
+from llm_helpers import ScriptedServer  # noqa: E402
 
 from hpl_data.policies import PolicyError, SamplingParams, check_model_available, parse_spec  # noqa: E402
 from hpl_data.policies.openai_backend import OpenAIPolicy  # noqa: E402
@@ -29,49 +30,28 @@ ANSWER = json.dumps({
     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).encode()
 
 
-class Server:
+class Server(ScriptedServer):
     """A chat endpoint whose behaviour the test sets: ``ok`` (answers after ``delay_s``),
     ``error500`` or ``drop`` (closes the connection without an answer)."""
 
     def __init__(self) -> None:
         self.mode, self.delay_s, self.requests = "ok", 0.0, 0
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with server.lock:
-                    server.requests += 1
-                    mode, delay = server.mode, server.delay_s
-                if mode == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                time.sleep(delay)
-                status, body = (500, b'{"error": {"message": "injected"}}') if mode == "error500" else (200, ANSWER)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def handle(self, request) -> None:
+        with self.lock:
+            self.requests += 1
+            mode, delay = self.mode, self.delay_s
+        if mode == "drop":
+            request.close_connection = True
+            request.connection.shutdown(socket.SHUT_RDWR)
+            return
+        time.sleep(delay)
+        self.reply(request, *((500, b'{"error": {"message": "injected"}}') if mode == "error500" else (200, ANSWER)))
 
     def reset(self, mode: str = "ok", delay_s: float = 0.0) -> None:
         self.mode, self.delay_s, self.requests = mode, delay_s, 0
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
 
 
 @pytest.fixture(scope="module")

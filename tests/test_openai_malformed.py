@@ -9,13 +9,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 pytest.importorskip("openai")
+
+from llm_helpers import ScriptedServer  # noqa: E402
 
 from hpl_data.policies import MalformedResponseError, PolicyError, SamplingParams  # noqa: E402
 from hpl_data.policies.openai_backend import OpenAIPolicy  # noqa: E402
@@ -46,47 +46,26 @@ MALFORMED = {
 }
 
 
-class BadServer:
+class BadServer(ScriptedServer):
     """Answers every request with ``body`` (HTTP 200, JSON content type), or never answers."""
+
+    answers_get = True
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = [completion()]  # answered in turn; the last one repeats
         self.hang = False
         self.requests = 0
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server.requests += 1
-                if server.hang:
-                    time.sleep(30)
-                    return
-                body = server.bodies[min(server.requests, len(server.bodies)) - 1]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+    def handle(self, request) -> None:
+        self.requests += 1
+        if self.hang:
+            time.sleep(30)
+            return
+        self.reply(request, 200, self.bodies[min(self.requests, len(self.bodies)) - 1])
 
     def answer(self, *bodies: bytes) -> None:
         self.bodies, self.requests, self.hang = list(bodies), 0, False
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
 
 
 @pytest.fixture(scope="module")
