@@ -149,6 +149,12 @@ def check_ray(args: argparse.Namespace) -> None:
         import ray  # noqa: F401
     except ImportError:
         raise CliError(RAY_INSTALL_HINT) from None
+    from hpl_data.ray_pool import check_reachable
+
+    try:
+        check_reachable(args.ray)
+    except (ValueError, ConnectionError) as e:
+        raise CliError(str(e)) from None
 
 
 def concurrency(text: str) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 from hpl_data.engine import WorkerDied, WorkerPool, _Worker
@@ -37,6 +38,22 @@ def require_ray():
     return ray
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A clear error in seconds for an address no cluster answers at (``ray.init`` itself keeps
+    retrying one for minutes). ``auto`` is not checked: it starts a local cluster if need be."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]  # ray://HOST:PORT (Ray client) or HOST:PORT (GCS)
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--ray {address!r}: give HOST:PORT (as `ray start --head` prints it) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                              f"with `ray start --head --port {port}`, or use --ray auto") from None
+
+
 def connect(address: str) -> None:
     """Join the cluster at ``address``; ``auto`` joins the running one (``RAY_ADDRESS``, or the one
     ``ray start`` left on this machine) or else starts a local one. Once per process."""
@@ -50,6 +67,7 @@ def connect(address: str) -> None:
         except ConnectionError:  # no cluster running: a local one, just for this process
             ray.init(include_dashboard=False, log_to_driver=False)
             return
+    check_reachable(address)
     ray.init(address=address, log_to_driver=False)
 
 

@@ -133,3 +133,17 @@ def test_ray_flag_without_ray_installed(tmp_path):
         assert p.returncode == 2, p.stderr[-2000:]
         assert p.stderr.strip().count("\n") == 0 and "pip install 'hpl[ray]'" in p.stderr, p.stderr
     assert not (tmp_path / "g").exists()
+
+
+def test_ray_address_nobody_answers_at_is_a_one_line_error_in_seconds(tmp_path):
+    """ray.init keeps retrying such an address for minutes; hpl says so before any work."""
+    from hpl_data.policies.vllm_server import free_port
+
+    for argv in (["-m", "hpl_data.cli_eval", "--env", "webshop", "--agent", "heuristic", "--limit", "1"],
+                 ["-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--out", str(tmp_path / "g")]):
+        t0 = time.time()
+        p = subprocess.run([sys.executable, *argv, "--ray", f"127.0.0.1:{free_port()}"], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr[-2000:]
+        assert "no Ray cluster answers there" in p.stderr and time.time() - t0 < 60
+    assert not (tmp_path / "g").exists()
