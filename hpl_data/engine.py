@@ -31,12 +31,22 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hpl_data.policies import ChatPolicy, ContextLengthError, PolicyError, PolicySpec, SamplingParams, parse_spec
+from hpl_data.policies import (
+    ChatPolicy,
+    Completion,
+    ContextLengthError,
+    PolicyError,
+    PolicySpec,
+    SamplingParams,
+    parse_spec,
+)
 from hpl_data.rollout import Episode, Step, derive_seed, episode_seed
+from hpl_envs.agents import ActionRecord
+from hpl_envs.agents import steps as agent_steps
 from hpl_envs.registry import profile
 
 
@@ -67,8 +77,7 @@ class EnvWorkerCore:
         self.env = make_env(env_name, **env_kwargs)
         self.states: dict[int, Any] = {}
         self.saved: dict[str, Any] = {}  # named snapshots (an MC task's expert states), never shipped back
-        self.agents: dict[int, Any] = {}
-        self.last: dict[int, tuple[str, dict]] = {}
+        self.plays: dict[int, Iterator[ActionRecord]] = {}  # agent episodes: hpl_envs.agents.steps, one per episode
         self.current: int | None = None
 
     def _activate(self, ep: int) -> None:
@@ -78,15 +87,14 @@ class EnvWorkerCore:
             self.env.set_state(self.states[ep])
             self.current = ep
 
-    def _after(self, ep: int, obs: str, info: dict, want_state: bool):
+    def _after(self, ep: int, want_state: bool):
         self.states[ep] = self.env.get_state()
         self.current = ep
-        self.last[ep] = (obs, info)
         return self.states[ep] if want_state else None
 
     def _step(self, ep: int, action: str, want_state: bool):
         obs, reward, term, trunc, info = self.env.step(action)
-        state = self._after(ep, obs, info, want_state)
+        state = self._after(ep, want_state)
         return obs, float(reward), bool(term), bool(trunc), _clean_info(info), state
 
     def handle(self, op: str, ep: int, args: tuple):
@@ -94,20 +102,24 @@ class EnvWorkerCore:
         if op == "reset":
             task_id, seed, agent_spec, want_state = args
             obs, info = env.reset(seed=seed, options={"task_id": task_id})
-            if agent_spec is not None:
+            if agent_spec is not None:  # the agent plays next to the env: one steps() generator per episode
                 from hpl_data.policies import make_agent_from_spec
 
-                self.agents[ep] = make_agent_from_spec(self.env_name, agent_spec, seed=seed)
-                self.agents[ep].reset(env, obs, info)
-            return obs, _clean_info(info), self._after(ep, obs, info, want_state)
+                agent = make_agent_from_spec(self.env_name, agent_spec, seed=seed)
+                agent.reset(env, obs, info)
+                self.plays[ep] = agent_steps(env, agent, obs, info)
+            return obs, _clean_info(info), self._after(ep, want_state)
         if op == "step":
             self._activate(ep)
             return self._step(ep, args[0], args[1])
         if op == "agent_step":  # (action, thought, obs, reward, terminated, truncated, info, state)
-            self._activate(ep)
-            agent = self.agents[ep]
-            action = agent.act(*self.last[ep])
-            return (action, getattr(agent, "last_thought", "") or "", *self._step(ep, action, False))
+            play = self.plays[ep]
+            self._activate(ep)  # the same env object: the generator goes on from this episode's snapshot
+            rec = next(play, None)
+            if rec is None:
+                raise RuntimeError(f"episode {ep} is over; reset it before the next agent_step")
+            self._after(ep, False)
+            return rec.action, rec.thought, rec.obs, rec.reward, rec.terminated, rec.truncated, _clean_info(rec.info), None
         if op == "restore":
             env.set_state(args[0])
             self.states[ep] = env.get_state()
@@ -131,7 +143,7 @@ class EnvWorkerCore:
             self.current = None  # it moves the env; the next episode op restores its own state
             return getattr(importlib.import_module(module), name)(env, self.env_name, self.saved, *args[1:])
         if op == "close":
-            for d in (self.states, self.agents, self.last):
+            for d in (self.states, self.plays):
                 d.pop(ep, None)
             if self.current == ep:
                 self.current = None
@@ -569,7 +581,8 @@ class RolloutEngine:
         handle = _Handle(next(self._ep_ids))
         t0 = time.perf_counter()
         try:
-            coro = self._agent_episode(ep, handle) if self.is_agent else self._chat_episode(ep, handle)
+            coro = (self._agent_episode(ep, handle) if self.is_agent
+                    else self.play(handle, ep, params=self.config.sampling, affinity=f"ep{handle.id}"))
             if self.config.episode_timeout_s:
                 await asyncio.wait_for(coro, self.config.episode_timeout_s)
             else:
@@ -622,35 +635,68 @@ class RolloutEngine:
                 self._lost(handle, ep, e)
         self._finish(ep, obs, info)
 
-    async def _chat_episode(self, ep: Episode, handle: _Handle) -> None:
+    async def play(self, handle: _Handle, ep: Episode, *, params: SamplingParams, affinity: str | None = None,
+                   start: str | None = None, obs: str = "", history: list[dict] | None = None,
+                   first: Completion | None = None, n: int | None = None, marks: frozenset[int] = frozenset(),
+                   on_mark: Callable[[int, ChatPlay], None] | None = None, save_prefix: str = "") -> ChatPlay:
+        """The one loop in which the chat policy plays an episode (``hpl-eval``, collection, MC).
+
+        From reset (``start`` None: ``ep.task_id`` with ``ep.seed``), or from the snapshot named
+        ``start`` in the worker of ``handle`` with the conversation ``history`` that led to its
+        observation ``obs``. Turn t is sampled with ``params`` and seed ``derive_seed(ep.seed, t)``;
+        ``first`` is turn 0's completion when the caller drew it already. It plays to the end or for
+        ``n`` actions (an unfinished play's snapshot is kept as ``ChatPlay.state``); after k actions,
+        for each k in ``marks`` (if the episode goes on), the snapshot is kept by name and
+        ``on_mark(k, the play so far)`` is called. A context overflow ends the episode as truncated
+        (``stop_reason`` context_length). ``ep`` is filled as the play goes, so a failed play keeps
+        its steps. From reset, every step's snapshot travels back, and a worker that dies is replaced:
+        the episode is restored there and the step redone; a named snapshot lives only in its worker,
+        so there a worker's death is the caller's to handle (:class:`WorkerDied`).
+        """
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import format_observation, parse_react
 
-        state = None
-        while state is None:
-            try:
-                obs, info, state = await self._reset(ep, handle, None, True)
-            except WorkerDied as e:
-                self._lost(handle, ep, e)
-        messages = initial_messages(self.env_name, obs, self.config.prompts)
-        base = self.config.sampling
-        done = False
-        while not done:
-            params = base.replace(seed=derive_seed(ep.seed, len(ep.steps)))
-            try:
-                comp = await self.chat(messages, params, affinity=f"ep{handle.id}")
-            except ContextLengthError:
-                ep.truncated, ep.stop_reason = True, "context_length"
-                break
+        multiline = profile(self.env_name).multiline_actions
+        state, info = None, {}
+        if start is None:
+            while state is None:
+                try:
+                    obs, info, state = await self._reset(ep, handle, None, True)
+                except WorkerDied as e:
+                    self._lost(handle, ep, e)
+        else:
+            await self._call(handle, "fork", start)
+        messages = list(history) if history else initial_messages(self.env_name, obs, self.config.prompts)
+
+        def so_far(name: str | None) -> ChatPlay:
+            return ChatPlay(list(ep.steps), obs, info, list(messages), name)
+
+        async def save() -> str:
+            name = f"{save_prefix}play{handle.id}@{len(ep.steps)}"
+            await self._call(handle, "save", name)
+            return name
+
+        while True:
+            comp, first = first, None
+            if comp is None:
+                try:
+                    comp = await self.chat(messages, params.replace(seed=derive_seed(ep.seed, len(ep.steps))),
+                                           affinity=affinity)
+                except ContextLengthError:
+                    ep.truncated, ep.stop_reason = True, "context_length"
+                    break
             ep.llm_calls += 1
             ep.prompt_tokens += comp.prompt_tokens
             ep.completion_tokens += comp.completion_tokens
-            parsed = parse_react(comp.text, multiline=profile(self.env_name).multiline_actions)
+            parsed = parse_react(comp.text, multiline=multiline)
             while True:
                 try:
-                    new_obs, reward, term, trunc, info, new_state = await self._call(handle, "step", parsed.action, True)
+                    new_obs, reward, term, trunc, info, new_state = await self._call(
+                        handle, "step", parsed.action, state is not None)
                     break
                 except WorkerDied as e:  # restore the last snapshot elsewhere and redo the step
+                    if state is None:
+                        raise
                     self._lost(handle, ep, e)
                     how = await self._call(handle, "restore", state)
                     self.counters.restores += 1
@@ -660,10 +706,17 @@ class RolloutEngine:
                                  thought=parsed.thought, raw_output=comp.text, logprob=comp.logprob,
                                  entropy=comp.mean_entropy))
             ep.reward, ep.terminated, ep.truncated = reward, term, trunc
-            obs, state, done = new_obs, new_state, term or trunc
+            obs, state = new_obs, new_state
             messages.append({"role": "assistant", "content": comp.text})
+            if term or trunc:
+                break
             messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
+            if len(ep.steps) in marks and on_mark is not None:
+                on_mark(len(ep.steps), so_far(await save()))
+            if n is not None and len(ep.steps) >= n:
+                return so_far(await save())
         self._finish(ep, obs, info)
+        return so_far(None)
 
     async def chat(self, messages: list[dict], params: SamplingParams, affinity: str | None = None):
         """One completion from the chat policy, counted (calls, tokens, requests in flight);
@@ -713,6 +766,18 @@ class RolloutEngine:
         ep.reward_parts = info.get("reward_parts")
         if not ep.stop_reason:
             ep.stop_reason = "done" if ep.terminated else "max_turns"
+
+
+@dataclass
+class ChatPlay:
+    """Where a chat policy's play stands: its steps, the observation and info it reached, the
+    conversation up to there, and (unfinished plays) the name of the snapshot kept there."""
+
+    steps: list[Step]
+    obs: str
+    info: dict
+    messages: list[dict]
+    state: str | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 from hpl_data.conversation import episode_messages
 from hpl_data.rollout import derive_seed
 from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
+from hpl_envs.agents import steps as agent_steps
 from hpl_envs.react import format_observation, format_turn
 from hpl_envs.registry import delta_bucket, length_bucket, profile
 
@@ -83,17 +84,17 @@ def worker_expert_pass(env, env_name: str, saved: dict, expert: str, task_id: st
     agent = _agent(env_name, expert, derive_seed(seed, task_id, "expert"))
     obs, info = env.reset(options={"task_id": task_id})
     agent.reset(env, obs, info)
-    steps, infos = [], []
-    reward, done = 0.0, False
-    while not done:
-        saved[f"{prefix}{len(steps)}"] = env.get_state()
-        infos.append(info)
-        action = agent.act(obs, info)
-        steps.append({"observation": obs, "action": action, "thought": getattr(agent, "last_thought", "") or ""})
-        obs, reward, term, trunc, info = env.step(action)
-        done = term or trunc
+    saved[f"{prefix}0"] = env.get_state()
+    steps, infos = [], [info]
+    reward = 0.0
+    for rec in agent_steps(env, agent, obs, info):
+        steps.append({"observation": obs, "action": rec.action, "thought": rec.thought})
+        obs, reward = rec.obs, rec.reward
+        if not rec.done:  # the state before the next action, taken before the agent acts
+            saved[f"{prefix}{len(steps)}"] = env.get_state()
+            infos.append(rec.info)
     return {"task_id": task_id, "task_type": infos[0].get("task_type", ""), "steps": steps,
-            "states": [f"{prefix}{t}" for t in range(len(steps))], "infos": infos, "reward": float(reward),
+            "states": [f"{prefix}{t}" for t in range(len(steps))], "infos": infos, "reward": reward,
             "final_observation": obs}
 
 
@@ -103,12 +104,10 @@ def worker_rollout(env, env_name: str, saved: dict, state: str, obs: str, info: 
     env.set_state(saved[state])
     agent = _agent(env_name, spec, seed)
     agent.reset(env, obs, info)
-    steps = 0
-    while True:
-        obs, reward, term, trunc, info = env.step(agent.act(obs, info))
-        steps += 1
-        if term or trunc:
-            return float(reward), steps
+    taken, reward = 0, 0.0
+    for rec in agent_steps(env, agent, obs, info):
+        taken, reward = taken + 1, rec.reward
+    return reward, taken
 
 
 def worker_policy_steps(env, env_name: str, saved: dict, state: str, obs: str, info: dict, n: int, spec: str,
@@ -128,17 +127,14 @@ def worker_policy_steps(env, env_name: str, saved: dict, state: str, obs: str, i
     if avoid is not None and first.strip() == avoid.strip():
         return None, 0
     actions, observations, turns = [], [], []
-    action, outcome = first, None
-    for i in range(n):
-        if i:
-            action = agent.act(obs, info)
-        turns.append(format_turn(action, None, env_name))
-        obs, reward, term, trunc, info = env.step(action)
-        actions.append(action)
-        observations.append(obs)
-        if term or trunc:
-            outcome = float(reward)
-            break
+    outcome = None
+    for rec in agent_steps(env, agent, obs, info, max_actions=n, first_action=first):
+        turns.append(format_turn(rec.action, None, env_name))
+        actions.append(rec.action)
+        observations.append(rec.obs)
+        obs, info = rec.obs, rec.info
+        if rec.done:
+            outcome = rec.reward
     if outcome is None:
         saved[save_as] = env.get_state()
     return {"actions": actions, "observations": observations, "turns": turns, "outcome": outcome, "obs": obs,
@@ -158,6 +154,16 @@ def worker_first_actions(env, env_name: str, saved: dict, state: str, obs: str, 
 
 
 # ----------------------------------------------------------------------------- on the event loop
+def _policy_play(play, outcome: float | None) -> PolicyPlay:
+    """A chat play (:class:`hpl_data.engine.ChatPlay`) as MC uses it; an ended play keeps no
+    history or snapshot (nothing starts from there)."""
+    steps = play.steps
+    observations = [s.observation for s in steps[1:]] + ([play.obs] if steps else [])
+    ended = outcome is not None
+    return PolicyPlay([s.action for s in steps], observations, [s.raw_output for s in steps], outcome, play.obs,
+                      play.info, None if ended else play.messages, None if ended else play.state)
+
+
 def entropy_of(actions: list[str]) -> float:
     """Entropy (nats) of the empirical distribution of sampled actions."""
     counts = Counter(a.strip() for a in actions)
@@ -228,65 +234,49 @@ class TaskLabeler:
     async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
                          avoid: str | None = None, marks: frozenset[int] = frozenset(),
                          on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot: n actions (None: to the end). After k
-        actions, for each k in ``marks`` (if the episode goes on), the snapshot is kept by name and
-        ``on_mark(k, the play so far)`` is called, so others can start from there at once."""
+        """The chat policy plays from a named snapshot (:meth:`RolloutEngine.play`): n actions
+        (None: to the end), its first action differing from ``avoid`` (tried with other seeds;
+        None if it never does); ``marks``/``on_mark`` as there, with the play so far as a
+        :class:`PolicyPlay`."""
         from hpl_data.policies import ContextLengthError
+        from hpl_data.rollout import Episode
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
 
         base = list(history) if history else initial_messages(self.env_name, obs, self.s.prompts)
 
-        async def turn(messages: list[dict], agent_seed: int, t: int) -> tuple[str, str]:
-            comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(agent_seed, t)),
-                                        affinity=self.prefix)  # one task's rollouts: one server
-            return parse_react(comp.text, multiline=self.multiline).action, comp.text
+        async def first_turn(agent_seed: int):  # turn 0, drawn here to compare it with ``avoid``
+            comp = await self.engine.chat(base, self.params.replace(seed=derive_seed(agent_seed, 0)),
+                                          affinity=self.prefix)  # one task's rollouts: one server
+            return comp, parse_react(comp.text, multiline=self.multiline).action
 
         agent_seed = derive_seed(self.s.seed, *key)
-        messages = list(base)
         try:
-            action, text = await turn(messages, agent_seed, 0)
+            comp, action = await first_turn(agent_seed)
             tries = 0
             while avoid is not None and action.strip() == avoid.strip() and tries < RETRIES_FOR_A_DIFFERENT_ACTION:
                 tries += 1
                 agent_seed = derive_seed(self.s.seed, *key, "retry", tries)
-                action, text = await turn(messages, agent_seed, 0)
+                comp, action = await first_turn(agent_seed)
         except ContextLengthError:
             self.counters["rollouts_context_length"] += 1
             return None if n is not None else PolicyPlay([], [], [], 0.0, obs, {}, None)
         if avoid is not None and action.strip() == avoid.strip():
             return None
+        ep = Episode(env=self.env_name, task_id="", task_type="", instruction="", agent=self.s.policy, seed=agent_seed)
         h = self.engine.sibling(self.handle)
         try:
-            await self.engine.call(h, "fork", state)
-            actions, observations, turns = [], [], []
-            info: dict = {}
-            while True:
-                messages.append({"role": "assistant", "content": text})
-                turns.append(text)
-                obs, reward, term, trunc, info, _ = await self.engine.call(h, "step", action, False)
-                self.counters["env_steps"] += 1
-                actions.append(action)
-                observations.append(obs)
-                if term or trunc:
-                    return PolicyPlay(actions, observations, turns, float(reward), obs, info, None)
-                messages.append({"role": "user", "content": format_observation(obs, self.env_name)})
-                if len(actions) in marks and on_mark is not None:
-                    name = self._name()
-                    await self.engine.call(h, "save", name)
-                    on_mark(len(actions), PolicyPlay(list(actions), list(observations), list(turns), None, obs, info,
-                                                     list(messages), name))
-                if n is not None and len(actions) >= n:
-                    name = self._name()
-                    await self.engine.call(h, "save", name)
-                    return PolicyPlay(actions, observations, turns, None, obs, info, messages, name)
-                try:
-                    action, text = await turn(messages, agent_seed, len(actions))
-                except ContextLengthError:  # ends unfinished: outcome 0, like a truncated episode
-                    self.counters["rollouts_context_length"] += 1
-                    return PolicyPlay(actions, observations, turns, 0.0, obs, info, None)
+            play = await self.engine.play(
+                h, ep, params=self.params, affinity=self.prefix, start=state, obs=obs, history=base, first=comp, n=n,
+                marks=marks, on_mark=None if on_mark is None else lambda k, p: on_mark(k, _policy_play(p, None)),
+                save_prefix=self.prefix)
         finally:
             self.engine.release(h)
+            self.counters["env_steps"] += len(ep.steps)
+        if ep.stop_reason == "context_length":  # ends unfinished: outcome 0, like a truncated episode
+            self.counters["rollouts_context_length"] += 1
+            return _policy_play(play, 0.0)
+        return _policy_play(play, ep.reward if ep.stop_reason else None)
 
     # ---------------------------------------------------------------- the three primitives
     async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hpl_envs import make_env
+from hpl_envs.agents import steps
 
 
 @dataclass
@@ -69,6 +70,7 @@ def episode_seed(seed: int, task_id: str) -> int:
 
 
 def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) -> Episode:
+    """One episode of an agent from reset (:func:`hpl_envs.agents.steps`); errors are recorded."""
     start = time.perf_counter()
     ep = Episode(env=env_name, task_id=str(task_id), task_type="", instruction="",
                  agent=getattr(agent, "name", type(agent).__name__), seed=seed)
@@ -76,14 +78,11 @@ def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) ->
         obs, info = env.reset(seed=seed, options={"task_id": task_id})
         ep.task_type, ep.instruction = str(info.get("task_type", "")), str(info.get("instruction", ""))
         agent.reset(env, obs, info)
-        done = False
-        while not done:
-            action = agent.act(obs, info)
-            thought = getattr(agent, "last_thought", "") or ""
-            new_obs, reward, terminated, truncated, info = env.step(action)
-            ep.steps.append(Step(obs, action, float(reward), bool(info.get("action_valid", True)), thought=thought))
-            obs, done = new_obs, terminated or truncated
-            ep.reward, ep.terminated, ep.truncated = float(reward), bool(terminated), bool(truncated)
+        for rec in steps(env, agent, obs, info):
+            ep.steps.append(Step(obs, rec.action, rec.reward, bool(rec.info.get("action_valid", True)),
+                                 thought=rec.thought))
+            obs, info = rec.obs, rec.info
+            ep.reward, ep.terminated, ep.truncated = rec.reward, rec.terminated, rec.truncated
         ep.won = bool(info.get("won", False))
         ep.final_observation = obs
         ep.reward_parts = info.get("reward_parts")
