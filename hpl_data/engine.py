@@ -15,6 +15,10 @@ processes.
   (ALFWorld's in-process planner snapshot does not cross processes; its state replays its
   actions deterministically instead). Agent episodes (the agent lives in the worker) restart
   from reset with the same seed.
+* One episode loop per kind of policy: an agent plays next to the env in its worker, through
+  :func:`hpl_envs.agents.steps` (a generator per episode, advanced one ``agent_step`` at a time);
+  a chat policy plays through :meth:`RolloutEngine.play`, from reset (``hpl-eval``, collection)
+  or from a named snapshot and the conversation that led to it (MC rollouts and plays).
 * An episode that fails (LLM errors after retries, env exceptions, its timeout) is recorded with
   the reason; it never stops the run.
 * Workers are local processes (:class:`EnvPool`) or Ray actors spread over a cluster
@@ -619,6 +623,7 @@ class RolloutEngine:
         return obs, info, state
 
     async def _agent_episode(self, ep: Episode, handle: _Handle) -> None:
+        """An agent's episode: it plays in the worker (``agent_step``, one action a call)."""
         while True:
             try:
                 ep.steps.clear()
