@@ -113,9 +113,11 @@ class Recorder:
         rec = self
 
         async def chat(engine, messages, params, affinity=None):
-            if rec.on:
-                rec.requests.append((list(messages), params))
-            return await real(engine, messages, params, affinity)
+            sent = list(messages)
+            comp = await real(engine, messages, params, affinity)
+            if rec.on:  # answered calls only, as the runs count them
+                rec.requests.append((sent, params))
+            return comp
 
         RolloutEngine.chat = chat
 
@@ -139,8 +141,11 @@ async def replay(url: str, requests: list, concurrency: int) -> float:
     async def lane() -> None:
         for messages, p in queue:
             kw = dict(logprobs=True, top_logprobs=p.top_logprobs or None) if p.logprobs else {}
-            await client.chat.completions.create(model=model, messages=messages, temperature=p.temperature,
-                                                 top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed, **kw)
+            try:
+                await client.chat.completions.create(model=model, messages=messages, temperature=p.temperature,
+                                                     top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed, **kw)
+            except openai.BadRequestError:  # e.g. a prompt at the context limit with little room to answer
+                pass
 
     t0 = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
