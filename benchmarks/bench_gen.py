@@ -13,9 +13,12 @@ LLM calls an LLM policy would make) per valued step+group comparison, and wall t
 OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes, (2) ``hpl-gen``'s MC labelling
 with that model as reference policy, (3) ``hpl-eval`` again, all at ``--concurrency``, and prints LLM
 calls/s, requests in flight and prompt tokens per call of each (the machine may be shared: the ratio
-uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
-IPR-style per-level fixed M. The last line is
-``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
+uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one
+tree + adaptive MC, with and without curtailment) vs IPR-style per-level fixed M. An MC call is not an hpl-eval
+call (it carries the expert history, and on a tiny model attention over it is most of the server's work), so
+both runs' own requests are then replayed against the same server with nothing else running (cold prefix
+cache, same concurrency): the server's capacity for each request shape, and the share of it each run
+reached. The last line is ``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
 """
 
 from __future__ import annotations
