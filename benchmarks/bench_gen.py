@@ -13,9 +13,12 @@ LLM calls an LLM policy would make) per valued step+group comparison, and wall t
 OpenAI server. Runs (1) ``hpl-eval``'s engine on WebShop episodes, (2) ``hpl-gen``'s MC labelling
 with that model as reference policy, (3) ``hpl-eval`` again, all at ``--concurrency``, and prints LLM
 calls/s, requests in flight and prompt tokens per call of each (the machine may be shared: the ratio
-uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one tree + adaptive MC) vs
-IPR-style per-level fixed M. The last line is
-``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
+uses the mean of the two hpl-eval rates, which bracket hpl-gen's); then LLM calls per valued comparison, hpl (one
+tree + adaptive MC, with and without curtailment) vs IPR-style per-level fixed M. An MC call is not an hpl-eval
+call (it carries the expert history, and on a tiny model attention over it is most of the server's work), so
+both runs' own requests are then replayed against the same server with nothing else running (cold prefix
+cache, same concurrency): the server's capacity for each request shape, and the share of it each run
+reached. The last line is ``hpl-gen/hpl-eval LLM calls/s ratio R (peak in flight N)``.
 """
 
 from __future__ import annotations
@@ -99,6 +102,61 @@ def report_calls_per_pair(runs: dict[str, dict], key: str, what: str) -> float:
     return ipr / hpl if hpl else float("nan")
 
 
+class Recorder:
+    """Keeps every request the engine sends (messages, sampling params), in send order, for replay."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[list[dict], object]] = []
+        self.on = False
+
+    def install(self) -> None:
+        from hpl_data.engine import RolloutEngine
+
+        real = RolloutEngine.chat
+        rec = self
+
+        async def chat(engine, messages, params, affinity=None):
+            sent = list(messages)
+            comp = await real(engine, messages, params, affinity)
+            if rec.on:  # answered calls only, as the runs count them
+                rec.requests.append((sent, params))
+            return comp
+
+        RolloutEngine.chat = chat
+
+    def take(self) -> list[tuple[list[dict], object]]:
+        out, self.requests = self.requests, []
+        return out
+
+
+async def replay(url: str, requests: list, concurrency: int) -> float:
+    """The server's calls/s for exactly these requests, ``concurrency`` in flight, nothing else in
+    the loop (no env, no engine): what the server can do for this request shape."""
+    import httpx
+    import openai
+
+    async with httpx.AsyncClient(timeout=600) as http:  # start cold, as the run did
+        (await http.post(url.removesuffix("/v1") + "/reset_prefix_cache")).raise_for_status()
+    client = openai.AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600)
+    model = (await client.models.list()).data[0].id
+    queue = iter(requests)
+
+    async def lane() -> None:
+        for messages, p in queue:
+            kw = dict(logprobs=True, top_logprobs=p.top_logprobs or None) if p.logprobs else {}
+            try:
+                await client.chat.completions.create(model=model, messages=messages, temperature=p.temperature,
+                                                     top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed, **kw)
+            except openai.BadRequestError:  # e.g. a prompt at the context limit with little room to answer
+                pass
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return len(requests) / wall
+
+
 async def eval_throughput(url: str, tasks: list[str], concurrency: int, max_tokens: int, workers: int) -> dict:
     """What ``hpl-eval --policy openai:URL --concurrency N`` runs: the engine on whole episodes."""
     from hpl_data.engine import EngineConfig, RolloutEngine
@@ -122,6 +180,9 @@ def llm_throughput(args) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="hpl-bench-gen-"))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # /reset_prefix_cache, so each replay starts cold
+    recorder = Recorder()
+    recorder.install()
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp / "vllm-cache"))
     model = build_tiny_model(tmp / "tiny")
     try:
@@ -130,8 +191,10 @@ def llm_throughput(args) -> int:
             eval_tasks = make_env("webshop").task_ids("test")[: args.eval_episodes]
 
             def run_eval(when: str) -> tuple[float, float]:
+                recorder.on = when == "before"
                 ev = asyncio.run(eval_throughput(srv.url, eval_tasks, args.concurrency, args.max_tokens,
                                                  args.workers))
+                recorder.on = False
                 rate = ev["llm_calls"] / ev["wall_s"]
                 print(f"hpl-eval  webshop ({when}): {ev['episodes']} episodes, {ev['llm_calls']} LLM calls in "
                       f"{ev['wall_s']:.1f}s = {rate:.1f} calls/s, peak {ev['peak_inflight']} in flight, mean "
@@ -141,10 +204,14 @@ def llm_throughput(args) -> int:
 
             # the machine may be shared: hpl-eval runs before and after hpl-gen, the ratio uses their mean
             ev_before = run_eval("before")
+            eval_requests = recorder.take()
             kw = dict(env="webshop", policy=f"openai:{srv.url}", limit=args.limit, mc_rollouts=args.rollouts,
                       policy_max_tokens=args.max_tokens, concurrency=args.concurrency, workers=args.workers,
                       seed=0)
+            recorder.on = True
             tree = label(tmp / "gen" / "tree", None, levels=("traj", "step", "group"), **kw)
+            recorder.on = False
+            gen_requests = recorder.take()[-tree["mc_llm_calls"]:]  # the MC stage's (not the policy episodes')
             gen_rate = tree["mc_llm_calls_per_s"] or 0.0
             print(f"hpl-gen   webshop MC labelling: {args.limit} tasks, M={args.rollouts}, {tree['mc_llm_calls']} LLM "
                   f"calls = {gen_rate:.1f} calls/s, peak {tree['mc_llm_peak_in_flight']} in flight, mean "
@@ -160,6 +227,14 @@ def llm_throughput(args) -> int:
             # an MC rollout starts mid-episode, so its prompts are longer than hpl-eval's: the server does
             # more work per call; prompt tokens/s compares the load each puts on the server
             print(f"hpl-gen/hpl-eval prompt tokens/s ratio {gen_tokens / ev_tokens:.2f}")
+            # what the server can do for each request shape: the same requests replayed with nothing else
+            # running (cold prefix cache, same --concurrency); each run's calls/s as a share of that
+            cap_eval = asyncio.run(replay(srv.url, eval_requests, args.concurrency))
+            cap_gen = asyncio.run(replay(srv.url, gen_requests, args.concurrency))
+            print(f"server capacity, the runs' own requests replayed ({args.concurrency} in flight, no env): "
+                  f"hpl-eval's {cap_eval:.1f} calls/s, hpl-gen MC's {cap_gen:.1f} calls/s (load {load()})")
+            print(f"share of that capacity reached: hpl-eval {ev_rate / cap_eval:.0%}, hpl-gen MC "
+                  f"{gen_rate / cap_gen:.0%}; ratio {(gen_rate / cap_gen) / (ev_rate / cap_eval):.2f}")
             print(f"hpl-gen/hpl-eval LLM calls/s ratio {gen_rate / ev_rate:.2f} "
                   f"(peak in flight {tree['mc_llm_peak_in_flight']}, mean {tree['mc_llm_mean_in_flight']:.1f})")
     finally:

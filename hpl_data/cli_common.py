@@ -186,3 +186,16 @@ def check_output(path: Path, kind: str, flag: str = "--out") -> Path:
     if not os.access(target if target.is_dir() else target.parent, os.W_OK):
         raise CliError(f"{flag} {path}: no permission to write in {target}")
     return path
+
+
+def out_location(value: str) -> Path | str:
+    """A URI stays a string (a Path would fold its '//'); anything else is a folder."""
+    from hpl_data.storage import Output, is_uri
+
+    if is_uri(value):
+        try:
+            Output(value)  # a one-line error now for a scheme pyarrow does not know
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+        return value
+    return Path(value)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
@@ -32,6 +33,7 @@ from hpl_data.cli_common import (
     check_output,
     check_ray,
     concurrency,
+    out_location,
     positive_int,
     run_cli,
     worker_count,
@@ -92,30 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def out_location(value: str) -> Path | str:
-    """A URI stays a string (a Path would fold its '//'); anything else is a folder."""
-    from hpl_data.storage import Output, is_uri
-
-    if is_uri(value):
-        try:
-            Output(value)  # a one-line error now for a scheme pyarrow does not know
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from e
-        return value
-    return Path(value)
-
-
 def config_from_args(args: argparse.Namespace) -> GenConfig:
-    return GenConfig(
-        env=args.env, out=args.out, policy=args.policy, policy_temperature=args.policy_temperature,
-        policy_max_tokens=args.policy_max_tokens, policy_args=parse_kv(args.policy_arg, "--policy-arg"),
-        max_turns=args.max_turns, env_args=parse_kv(args.env_arg), expert=args.expert,
-        levels=tuple(lv.strip() for lv in args.levels.split(",") if lv.strip()), segmenter=args.segmenter,
-        mc_rollouts=args.mc_rollouts, mc_adaptive=args.mc_adaptive, mc_min_rollouts=args.mc_min_rollouts,
-        mc_confidence=args.mc_confidence, mc_curtail=args.mc_curtail, mc_share_rollouts=args.mc_share_rollouts,
-        entropy_samples=args.entropy_samples, split=args.split, limit=args.limit,
-        seed=args.seed, workers=args.workers, concurrency=args.concurrency, prompts=args.prompts,
-        overwrite=args.overwrite, progress=args.progress, ray=args.ray, ray_cpus_per_worker=args.ray_cpus_per_worker)
+    """Flags named like a :class:`GenConfig` field pass through; the rest are parsed here."""
+    parsed = dict(policy_args=parse_kv(args.policy_arg, "--policy-arg"), env_args=parse_kv(args.env_arg),
+                  levels=tuple(lv.strip() for lv in args.levels.split(",") if lv.strip()))
+    same = {f.name: getattr(args, f.name) for f in fields(GenConfig) if f.name not in parsed and hasattr(args, f.name)}
+    return GenConfig(**same, **parsed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,8 @@ class MCSettings:
     confidence: float = 0.8  # 1 - δ of the Hoeffding bound
     outcome_range: float = 1.0
     outcome_low: float = 0.0  # lowest outcome (curtailment bounds the means to the env's reward range)
-    curtail: bool = False  # adaptive: also stop once the fixed-M decision (ΔR > 0 or not) is certain
+    curtail: bool = False  # adaptive: also stop once the fixed-M decision (ΔR > 0 or not) is certain;
+    # values then start from one rollout and grow only as far as a decision needs (expert side first)
     share_rollouts: bool = True  # chat policies: rollout 0 from an expert state also gives the plays from it
     prompts: str = "default"
     temperature: float = 1.0
@@ -210,11 +211,15 @@ class TaskLabeler:
         self.counters = counters if counters is not None else Counter()
         self.live = live if live is not None else Counter()
         self.is_agent = parse_spec(settings.policy).is_agent
-        self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens)
+        # rollouts keep only the text of each turn: no log-probs asked for (less work for the server)
+        self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens, logprobs=False)
         self.handle = engine.session()
         self.prefix = f"t{self.handle.id}:"
         self._names = iter(range(1 << 62))
         self.min_rollouts = max(1, min(settings.min_rollouts, settings.rollouts))
+        # rollouts a value starts with: M (fixed), min_rollouts (adaptive), or 1 with curtailment, which
+        # decides exactly as fixed M does and so needs no statistical minimum to start from
+        self.first_rollouts = (1 if settings.curtail else self.min_rollouts) if settings.adaptive else settings.rollouts
 
     def _name(self) -> str:
         return f"{self.prefix}p{next(self._names)}"
@@ -350,7 +355,7 @@ class TaskLabeler:
         """Mean outcome of policy rollouts from a snapshot: M of them, or ``min_rollouts`` to
         start with in adaptive mode (:meth:`extend` adds more)."""
         v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
-        await self.extend(v, self.min_rollouts if self.s.adaptive else self.s.rollouts)
+        await self.extend(v, self.first_rollouts)
         return v
 
     async def extend(self, v: Value, n: int) -> None:
@@ -372,20 +377,26 @@ class TaskLabeler:
             return
         log_term = math.log(2 / (1 - self.s.confidence)) / 2
         while True:
-            inv = sum(1 / v.n for v in (chosen, rejected) if not v.exact)
+            sides = [v for v in (chosen, rejected) if not v.exact]
+            inv = sum(1 / v.n for v in sides)
             half = self.s.outcome_range * math.sqrt(log_term * inv)
-            early = any(not v.exact and v.n < self.s.rollouts for v in (chosen, rejected))
-            if abs(chosen.mean - rejected.mean) > half:
+            early = any(v.n < self.s.rollouts for v in sides)
+            if abs(chosen.mean - rejected.mean) > half and all(v.n >= self.min_rollouts for v in sides):
                 self.counters["pairs_settled_early"] += early
                 return
             if self.s.curtail and early and self._decided(chosen, rejected):
                 self.counters["pairs_settled_early"] += 1
                 self.counters["pairs_curtailed"] += 1
                 return
-            open_sides = [v for v in (chosen, rejected) if not v.exact and v.n < self.s.rollouts]
+            open_sides = [v for v in sides if v.n < self.s.rollouts]
             if not open_sides:
                 return
-            side = min(open_sides, key=lambda v: v.n)
+            if self.s.curtail:
+                # the expert's value first: other pairs (the step pair before it, the groups ending at
+                # its state) reuse its rollouts, and a low expert value decides the drop on its own
+                side = open_sides[0]
+            else:
+                side = min(open_sides, key=lambda v: v.n)
             await self.extend(side, side.n + 1)
 
     def _final_mean_bounds(self, v: Value) -> tuple[float, float]:
@@ -460,7 +471,7 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
     values: dict[int, asyncio.Task] = {T: _done(Value(ex["reward"], 0.0, 0))}
     estimated: list[Value] = []
     first: dict[int, asyncio.Task] = {}  # t -> rollout 0 from expert state t, whole (shared plays)
-    n0 = lab.min_rollouts if s.adaptive else s.rollouts
+    n0 = lab.first_rollouts
     # One rollout tree (chat policies): rollout 0 from expert state t starts with a policy action
     # at t, so its first action is the step alternative at t (when it differs from the expert's)
     # and its first n actions are the policy's play of a group starting at t; the rest of it is

@@ -46,6 +46,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 5  # alternatives per token, for the entropy estimate (0: sampled token only)
+    logprobs: bool = True  # False: the text only (MC rollouts need no log-probs; the server does less)
 
     def replace(self, **kw: Any) -> SamplingParams:
         return SamplingParams(**{**self.__dict__, **kw})

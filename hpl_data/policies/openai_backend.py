@@ -245,7 +245,7 @@ class OpenAIPolicy:
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        if self.logprobs:
+        if self.logprobs and params.logprobs:
             kwargs["logprobs"] = True
             if params.top_logprobs:
                 kwargs["top_logprobs"] = params.top_logprobs

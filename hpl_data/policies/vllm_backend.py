@@ -71,7 +71,7 @@ class VLLMPolicy:
             raise ContextLengthError(f"{self.name}: prompt of {len(ids)} tokens exceeds max_model_len {self.max_model_len}")
         max_tokens = min(params.max_tokens, self.max_model_len - len(ids))
         sp = VSP(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=max_tokens,
-                 seed=params.seed, stop=list(params.stop) or None, logprobs=max(1, params.top_logprobs))
+                 seed=params.seed, stop=list(params.stop) or None, logprobs=max(1, params.top_logprobs) if params.logprobs else None)
         final = None
         try:
             async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), sp, f"hpl-{next(self._ids)}"):
