@@ -199,6 +199,27 @@ def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
     assert all(r["agent"].startswith("openai:") and r["n_steps"] >= 1 for r in ex)
 
 
+def test_hpl_gen_llm_plays_drawn_separately(server, tmp_path):
+    """--no-mc-share-rollouts (IPR style): every step alternative and group play is its own n-action
+    play of the served model from the expert's snapshot (the first action redrawn while it equals
+    the expert's), then valued by rollouts from where the play stopped."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "gen"
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", "--env", "webshop", "--limit", "1",
+                        "--policy", f"openai:{server.url}", "--policy-max-tokens", "16", "--max-turns", "6",
+                        "--mc-rollouts", "1", "--levels", "step,group", "--segmenter", "fixed-k:2",
+                        "--no-mc-share-rollouts", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = json.loads((out / "manifest.json").read_text())["counters"]
+    assert c["mc_failed_tasks"] == 0 and c.get("plays_shared", 0) == 0 and c["pairs_labelled"] > 0
+    groups = pq.read_table(out / "group_pairs.parquet").to_pylist()
+    expert = pq.read_table(out / "trajectories_expert.parquet").to_pylist()[0]
+    for r in groups:  # the rejected side is the model's own play: group_length turns (fewer if it ended)
+        turns = [m for m in r["rejected"] if m["role"] == "assistant"]
+        assert 1 <= len(turns) <= r["group_length"] and r["group_start"] + r["group_length"] <= expert["n_steps"]
+
+
 @pytest.mark.slow
 def test_hpl_gen_with_an_in_process_vllm_policy(tiny_model, tmp_path):
     """``--policy vllm:MODEL``: one AsyncLLM in the hpl-gen process serves the policy's episodes and
