@@ -3,6 +3,7 @@ locally built Qwen2: vLLM's offline async engine, vLLM's real OpenAI-compatible 
 transformers; and the faults an LLM endpoint has in the field."""
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -327,3 +328,29 @@ def test_openai_server_killed_mid_run(server):
     assert len(eps) == 6 and 1 <= len(ok) <= 2 and c["failed_episodes"] == 6 - len(ok)
     assert all("APIConnectionError" in e["error"] for e in eps if e["error"])
     check_episodes(ok, len(ok), 3)
+
+
+def test_a_server_does_not_outlive_a_killed_parent(tiny_model, tmp_path):
+    """A benchmark or test run that is SIGKILLed (no cleanup runs) takes its vLLM server with it:
+    the API server gets SIGTERM from the kernel and stops its engine processes."""
+    import psutil
+
+    script = (f"from hpl_data.policies.vllm_server import VLLMServer\n"
+              f"srv = VLLMServer({str(tiny_model)!r}, log_path={str(tmp_path / 'vllm.log')!r}).start()\n"
+              f"print(srv.proc.pid, flush=True)\n"
+              f"import time; time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    family: list = []
+    try:
+        pid = int(parent.stdout.readline())
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        assert len(family) >= 2  # the API server and its engine process(es)
+        parent.kill()
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [p.pid for p in alive]
+    finally:  # whatever the outcome, nothing of this test stays behind
+        parent.kill()
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

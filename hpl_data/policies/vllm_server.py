@@ -8,13 +8,16 @@ flags the CPU build needs (float32, eager mode).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 
@@ -22,6 +25,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: SIGTERM when the thread that started it exits (Linux prctl)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def spawn_owned(cmd: list[str], **popen_kw) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group (so :meth:`VLLMServer.kill` reaches its engine
+    processes) that does not outlive its parent: a killed benchmark or test run would otherwise
+    leave a server spinning on the CPU. The parent-death signal follows the thread that starts the
+    child, so it is set only from the main thread (a server started from a thread pool stops with
+    :meth:`VLLMServer.stop` only, as before)."""
+    owned = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=partial(_die_with, os.getpid()) if owned else None,
+                            **popen_kw)
 
 
 class VLLMServer:
@@ -48,7 +72,7 @@ class VLLMServer:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         cmd += self.extra_args
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = spawn_owned(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
