@@ -352,8 +352,8 @@ class TaskLabeler:
 
     # ---------------------------------------------------------------- values
     async def value(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> Value:
-        """Mean outcome of policy rollouts from a snapshot: M of them, or ``min_rollouts`` to
-        start with in adaptive mode (:meth:`extend` adds more)."""
+        """Mean outcome of policy rollouts from a snapshot: ``first_rollouts`` of them (M; in
+        adaptive mode ``min_rollouts``, or one with curtailment), :meth:`extend` adds more."""
         v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
         await self.extend(v, self.first_rollouts)
         return v
