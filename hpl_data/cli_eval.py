@@ -130,8 +130,9 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
                                  "ray": args.ray}
             summary["per_episode"] = [
                 {"task_id": e["task_id"], "task_type": e["task_type"], "reward": e["reward"], "won": e["won"],
-                 "steps": len(e["steps"]), "error": e["error"], "stop_reason": e["stop_reason"],
-                 "reward_parts": e["reward_parts"], "actions": [s["action"] for s in e["steps"]]}
+                 "success": profile(env_name).succeeded(e), "steps": len(e["steps"]), "error": e["error"],
+                 "stop_reason": e["stop_reason"], "reward_parts": e["reward_parts"],
+                 "actions": [s["action"] for s in e["steps"]]}
                 for e in episodes
             ]
             out.append((summary, episodes))
@@ -241,12 +242,20 @@ def _main(argv: list[str]) -> int:
 
 def print_summary(console: Console, s: dict) -> None:
     table = Table(title=f"{s['env']} / {s['split']} / {s['agent']}")
-    for col in ("task type", "episodes", "avg reward", "success"):
-        table.add_column(col, justify="right" if col != "task type" else "left")
+    table.add_column("task type")
+    for col in ("episodes", "avg reward [95% CI]", "success [95% CI]"):
+        table.add_column(col, justify="right", no_wrap=col != "episodes")
+
+    def cells(v: dict) -> tuple[str, str]:
+        return (f"{v['avg_reward']:.4f} {interval(v.get('avg_reward_ci95'), 3)}",
+                f"{v['success_rate']:.3f} {interval(v.get('success_rate_ci95'), 3)}")
+
     for k, v in s["by_task_type"].items():
-        table.add_row(k, str(v["episodes"]), f"{v['avg_reward']:.4f}", f"{v['success_rate']:.3f}")
-    table.add_row("[b]all[/b]", str(s["episodes"]), f"[b]{s['avg_reward']:.4f}[/b]", f"[b]{s['success_rate']:.3f}[/b]")
+        table.add_row(k, str(v["episodes"]), *cells(v))
+    table.add_row("[b]all[/b]", str(s["episodes"]), *(f"[b]{c}[/b]" for c in cells(s)))
     console.print(table)
+    if s.get("ci95_method"):
+        console.print(f"95% CI: {s['ci95_method']}")
     c = s.get("counters", {})
     line = (f"avg steps {s['avg_steps']:.2f} | env steps/s {s['env_steps_per_s']:.0f} | "
             f"failed episodes {s['failed_episodes']} | wall {s['wall_s']:.1f}s")
@@ -266,6 +275,11 @@ def print_summary(console: Console, s: dict) -> None:
             reasons[key] = reasons.get(key, 0) + 1
     for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
         console.print(f"  failed x{n}: {r}")
+
+
+def interval(ci: list[float] | None, digits: int) -> str:
+    """``[low, high]`` of a summary's ``*_ci95`` field; empty for summaries written before intervals."""
+    return "" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 if __name__ == "__main__":

@@ -133,28 +133,36 @@ def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: 
 
 
 def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_s: float) -> dict:
-    """The ``hpl-eval`` JSON contract."""
+    """The ``hpl-eval`` JSON contract; means come with 95 % bootstrap intervals over tasks."""
+    from hpl_data.stats import METHOD, mean_ci
+
     n = len(episodes)
     steps = sum(len(e["steps"]) for e in episodes)
-    by_type: dict[str, dict] = {}
-    for e in episodes:
-        t = by_type.setdefault(e["task_type"] or "?", {"episodes": 0, "reward_sum": 0.0, "wins": 0})
-        t["episodes"] += 1
-        t["reward_sum"] += e["reward"]
-        t["wins"] += _success(env_name, e)
+    rewards = [float(e["reward"]) for e in episodes]
+    successes = [float(_success(env_name, e)) for e in episodes]
+    by_type: dict[str, tuple[list[float], list[float]]] = {}
+    for e, reward, success in zip(episodes, rewards, successes):
+        type_rewards, type_successes = by_type.setdefault(e["task_type"] or "?", ([], []))
+        type_rewards.append(reward)
+        type_successes.append(success)
+
+    def means(rs: list[float], ss: list[float]) -> dict:
+        return {"avg_reward": sum(rs) / len(rs) if rs else 0.0, "avg_reward_ci95": mean_ci(rs),
+                "success_rate": sum(ss) / len(ss) if ss else 0.0, "success_rate_ci95": mean_ci(ss)}
+
+    overall = means(rewards, successes)
     return {
         "env": env_name,
         "split": split,
         "agent": agent,
         "episodes": n,
-        "avg_reward": sum(e["reward"] for e in episodes) / n if n else 0.0,
-        "success_rate": sum(_success(env_name, e) for e in episodes) / n if n else 0.0,
+        "avg_reward": overall["avg_reward"],
+        "avg_reward_ci95": overall["avg_reward_ci95"],
+        "success_rate": overall["success_rate"],
+        "success_rate_ci95": overall["success_rate_ci95"],
+        "ci95_method": METHOD,
         "avg_steps": steps / n if n else 0.0,
-        "by_task_type": {
-            k: {"episodes": v["episodes"], "avg_reward": v["reward_sum"] / v["episodes"],
-                "success_rate": v["wins"] / v["episodes"]}
-            for k, v in sorted(by_type.items())
-        },
+        "by_task_type": {k: {"episodes": len(rs)} | means(rs, ss) for k, (rs, ss) in sorted(by_type.items())},
         "env_steps_per_s": steps / wall_s if wall_s > 0 else 0.0,
         "failed_episodes": sum(1 for e in episodes if e["error"]),
         "wall_s": wall_s,

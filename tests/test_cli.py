@@ -23,7 +23,8 @@ def test_hpl_eval_contract(tmp_path):
         assert key in s
     assert s["env"] == "webshop" and s["episodes"] == 30 and s["failed_episodes"] == 0
     assert sum(v["episodes"] for v in s["by_task_type"].values()) == 30
-    assert all(set(v) == {"episodes", "avg_reward", "success_rate"} for v in s["by_task_type"].values())
+    assert all(set(v) == {"episodes", "avg_reward", "avg_reward_ci95", "success_rate", "success_rate_ci95"}
+               for v in s["by_task_type"].values())
 
 
 def test_hpl_eval_bad_input():
