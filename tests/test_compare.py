@@ -102,3 +102,106 @@ def test_paired_difference_of_a_run_with_itself_is_zero_with_p_one():
     assert same.interval_contains_zero
     shifted = paired_difference(values, np.clip(values + 0.2, 0, 1))
     assert shifted.ci95[0] > 0 and shifted.p_value < 0.001 and not shifted.interval_contains_zero
+
+
+def compare(capsys, *args) -> tuple[int, str, str]:
+    """``hpl-eval compare`` in-process (the CLI boundary included): (exit status, stdout, stderr)."""
+    from hpl_data import cli_eval
+
+    code = cli_eval.main(["compare", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def difference_rows(out: str) -> dict[tuple[str, str], str]:
+    """{(run, metric): row text} of the printed paired-differences table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 6 and cells[2] in ("reward", "success"):
+            rows[(cells[0], cells[2])] = line
+    return rows
+
+
+def test_compare_heuristic_and_random_on_the_same_tasks(runs, capsys, tmp_path):
+    from hpl_data.compare import load, paired_comparisons
+
+    code, out, err = compare(capsys, runs / "s.json", runs / "random.json", "--png", tmp_path / "cmp.png")
+    assert code == 0, err
+    [c], notes = paired_comparisons(load([runs / "s.json", runs / "random.json"]))
+    assert not notes and c.reward.tasks == TASKS and not c.only_in_reference and not c.only_in_run
+    assert c.reward.difference < 0 and c.reward.ci95[1] < 0 and c.reward.p_value < 0.05
+    assert c.success.difference < 0 and c.success.p_value < 0.05
+    rows = difference_rows(out)
+    reward_row = rows[("random", "reward")]
+    assert f"{c.reward.difference:+.4f} [{c.reward.ci95[0]:+.3f}, {c.reward.ci95[1]:+.3f}]" in reward_row
+    for metric in ("reward", "success"):
+        cells = [cell.strip() for cell in rows[("random", metric)].strip("│ ").split("│")]
+        assert float(cells[4].rstrip("*")) < 0.05 and cells[5] == "no", cells  # the interval excludes 0
+    assert "sign-flip permutation test" in out
+    assert (tmp_path / "cmp.png").stat().st_size > 20_000
+
+
+def test_compare_a_run_with_itself_gives_zero_and_p_one(runs, capsys):
+    code, out, err = compare(capsys, runs / "s.json", runs / "s.json")
+    assert code == 0, err
+    rows = difference_rows(out)
+    assert len(rows) == 2
+    for row in rows.values():
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[3] == "+0.0000 [+0.000, +0.000]" and cells[4] == "1" and cells[5] == "yes"
+
+
+def test_compare_other_task_panels_refused_then_paired_on_common_tasks(runs, capsys):
+    """A 90-task run: another protocol (task list), so refused in one line; allowed, it is paired on
+    the 90 common tasks and the 10 others are named."""
+    from hpl_data import cli_eval
+
+    assert cli_eval.main(["--env", "webshop", "--agent", "random", "--split", "test", "--limit", "90",
+                          "--out", str(runs / "random90.json"), "--quiet"]) == 0
+    capsys.readouterr()
+    code, out, err = compare(capsys, runs / "s.json", runs / "random90.json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "task_count: 100 vs 90" in err and "--allow-protocol-mismatch" in err
+    code, out, err = compare(capsys, runs / "s.json", runs / "random90.json", "--allow-protocol-mismatch")
+    assert code == 0, err
+    assert "protocol differs for webshop/test" in out and "task_count: 100 vs 90" in out
+    assert all(row.split("│")[2].strip() == "90" for row in difference_rows(out).values())
+    ids = [e["task_id"] for e in json.loads((runs / "s.json").read_text())["per_episode"]][90:]
+    assert f"10 task ids only in heuristic (not paired): {', '.join(ids)}" in out
+
+
+def test_compare_reads_per_task_results_of_a_multi_env_summary_from_parquet(runs, capsys):
+    """A directory's summary.json has no per_episode: the trajectories Parquet beside it is used."""
+    from hpl_data.compare import load
+
+    run = json.loads((runs / "s.json").read_text())
+    del run["per_episode"]
+    (runs / "summary.json").write_text(json.dumps({"agent": "heuristic", "runs": [run]}))
+    from_json, from_parquet = (load([runs / name])[0]["tasks"][0] for name in ("s.json", "summary.json"))
+    assert from_parquet == from_json and len(from_parquet.rewards) == TASKS
+    code, out, err = compare(capsys, runs / "summary.json", runs / "random.json")
+    assert code == 0, err
+    assert len(difference_rows(out)) == 2
+    (runs / "old.json").write_text(json.dumps(run | {"trajectories": "gone.parquet"}))  # no per-task results
+    code, out, err = compare(capsys, runs / "s.json", runs / "old.json")
+    assert code == 0 and "no per-task results in heuristic (old)" in out and not difference_rows(out)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{broken", "not a readable hpl-eval JSON"),
+    ('{"env": "webshop"}', "not an hpl-eval summary"),
+    ("[1, 2]", "not an hpl-eval summary"),
+])
+def test_compare_bad_input_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "bad.json").write_text(content)
+    code, out, err = compare(capsys, tmp_path / "bad.json")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_duplicate_task_is_one_line(runs, tmp_path, capsys):
+    run = json.loads((runs / "s.json").read_text())
+    run["per_episode"].append(run["per_episode"][0])
+    (tmp_path / "dup.json").write_text(json.dumps(run))
+    code, out, err = compare(capsys, runs / "s.json", tmp_path / "dup.json")
+    assert code == 2 and "appears twice" in err and len(err.strip().splitlines()) == 1

@@ -53,7 +53,11 @@ def test_compare_names_the_differing_part(runs):
     a, b = (json.loads((runs / f"{n}.json").read_text())["protocol"] for n in ("plain", "fixed"))
     assert a["hash"] != b["hash"]
     assert differences(a, b) == [("reward_options.fix_option_normalisation", False, True)]
-    p = run("hpl_data.cli_eval", "compare", str(runs / "plain.json"), str(runs / "fixed.json"))
+    refused = run("hpl_data.cli_eval", "compare", str(runs / "plain.json"), str(runs / "fixed.json"))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--allow-protocol-mismatch" in refused.stderr and "fix_option_normalisation: False vs True" in refused.stderr
+    p = run("hpl_data.cli_eval", "compare", str(runs / "plain.json"), str(runs / "fixed.json"),
+            "--allow-protocol-mismatch")
     assert p.returncode == 0, p.stderr
     assert "protocol differs for webshop/test" in p.stdout
     assert "reward_options.fix_option_normalisation: False vs True" in p.stdout
