@@ -16,6 +16,7 @@ results from the trajectories Parquet files beside it).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ def task_results(run: dict, source: Path) -> TaskResults | None:
             success = float(e["success"] if "success" in e else succeeded(e))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: a per-task result without task_id, reward and won ({err})") from err
+        if not math.isfinite(reward):
+            raise ValueError(f"{where}: task {task_id!r} has reward {reward}, not a finite number")
         if task_id in rewards:
             raise ValueError(f"{where}: task {task_id!r} appears twice")
         rewards[task_id], successes[task_id] = reward, success
@@ -203,6 +206,10 @@ def paired_comparisons(entries: list[dict]) -> tuple[list[RunComparison], list[s
                              "trajectories Parquet files?); no paired statistics")
                 continue
             common = [t for t in ref_tasks.rewards if t in tasks.rewards]
+            if not common:
+                notes.append(f"{where}: {entry['name']} and {reference['name']} have no task id in common; "
+                             "nothing to pair")
+                continue
             comparisons.append(RunComparison(
                 env=key[0], split=key[1], reference=reference["name"], run=entry["name"],
                 reward=paired_difference([ref_tasks.rewards[t] for t in common], [tasks.rewards[t] for t in common]),
@@ -293,9 +300,10 @@ def save_png(entries: list[dict], path: Path, comparisons: list[RunComparison] |
         nan = float("nan")  # no error bar where there is no interval
         errors = [[max(0.0, y - cis[h][0]) if cis[h] else nan for y, h in zip(ys, headers)],
                   [max(0.0, cis[h][1] - y) if cis[h] else nan for y, h in zip(ys, headers)]]
-        bars = ax.bar(xs, ys, width, label=name, yerr=errors, capsize=3, error_kw={"elinewidth": 1})
-        ax.bar_label(bars, labels=[f"{y:.1f}" if r[h] is not None else "" for y, h in zip(ys, headers)], fontsize=7,
-                     label_type="center")
+        ax.bar(xs, ys, width, label=name, yerr=errors, capsize=3, error_kw={"elinewidth": 1})
+        for x, y, h in zip(xs, ys, headers):
+            if r[h] is not None:  # above the error bar, where one is drawn
+                ax.text(x, max(y, cis[h][1] if cis[h] else y) + 1, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(headers))], headers, rotation=20, ha="right")
     ax.set_ylabel("score (×100), 95% CI")
     ax.set_ylim(0, 105)
@@ -313,6 +321,7 @@ def save_png(entries: list[dict], path: Path, comparisons: list[RunComparison] |
         ax_diff.errorbar(diffs, ys, xerr=[lows, highs], fmt="o", capsize=4)
         ax_diff.axvline(0, color="grey", linewidth=1, linestyle="--")
         ax_diff.set_yticks(ys, labels, fontsize=7)
+        ax_diff.set_ylim(-0.7, len(labels) - 0.3)
         ax_diff.set_xlabel("paired difference (×100), 95% CI")
         ax_diff.yaxis.tick_right()
     fig.tight_layout()

@@ -192,6 +192,10 @@ def test_compare_reads_per_task_results_of_a_multi_env_summary_from_parquet(runs
     ("{broken", "not a readable hpl-eval JSON"),
     ('{"env": "webshop"}', "not an hpl-eval summary"),
     ("[1, 2]", "not an hpl-eval summary"),
+    ('{"env": "webshop", "split": "test", "avg_reward": 0.5, "per_episode": [{"task_id": "1", "reward": NaN}]}',
+     "not a finite number"),
+    ('{"env": "webshop", "split": "test", "avg_reward": 0.5, "per_episode": [{"task_id": "1"}]}',
+     "without task_id, reward and won"),
 ])
 def test_compare_bad_input_is_one_line(tmp_path, capsys, content, message):
     (tmp_path / "bad.json").write_text(content)
@@ -205,3 +209,13 @@ def test_compare_duplicate_task_is_one_line(runs, tmp_path, capsys):
     (tmp_path / "dup.json").write_text(json.dumps(run))
     code, out, err = compare(capsys, runs / "s.json", tmp_path / "dup.json")
     assert code == 2 and "appears twice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_runs_without_common_tasks_says_so(runs, tmp_path, capsys):
+    run = json.loads((runs / "s.json").read_text())
+    for e in run["per_episode"]:
+        e["task_id"] = f"other-{e['task_id']}"
+    (tmp_path / "other.json").write_text(json.dumps(run))
+    code, out, err = compare(capsys, runs / "s.json", tmp_path / "other.json")
+    assert code == 0, err
+    assert "have no task id in common; nothing to pair" in out and not difference_rows(out)
