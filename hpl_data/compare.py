@@ -36,6 +36,7 @@ COLUMNS = [  # (header, env, splits, metric)
     ("SQL success", "intercode-sql", None, "success_rate"),
 ]
 HEADLINE = ("ALFWorld seen", "ALFWorld unseen", "WebShop reward", "SQL reward")
+SUMMARY_KEYS = {"env", "split", "episodes", "avg_reward", "success_rate"}
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -47,8 +48,9 @@ def load(paths: list[Path]) -> list[dict]:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}: not a readable hpl-eval JSON ({e})") from e
         runs = data.get("runs", [data]) if isinstance(data, dict) else None
-        if not runs or any(not isinstance(r, dict) or "env" not in r or "avg_reward" not in r for r in runs):
-            raise ValueError(f"{p}: not an hpl-eval summary (needs env, split, avg_reward)")
+        if not isinstance(runs, list) or not runs or any(not isinstance(r, dict) or not SUMMARY_KEYS <= r.keys()
+                                                         for r in runs):
+            raise ValueError(f"{p}: not an hpl-eval summary (needs {', '.join(sorted(SUMMARY_KEYS))})")
         out.append({"agent": data.get("agent") or runs[0].get("agent", "?"), "label": Path(p).stem, "runs": runs,
                     "tasks": [task_results(r, Path(p)) for r in runs]})
     labels = [e["agent"] for e in out]

@@ -188,14 +188,17 @@ def test_compare_reads_per_task_results_of_a_multi_env_summary_from_parquet(runs
     assert code == 0 and "no per-task results in heuristic (old)" in out and not difference_rows(out)
 
 
+SUMMARY = '{"env": "webshop", "split": "test", "episodes": 1, "avg_reward": 0.5, "success_rate": 0, "per_episode": PER_EPISODE}'
+
+
 @pytest.mark.parametrize("content, message", [
     ("{broken", "not a readable hpl-eval JSON"),
     ('{"env": "webshop"}', "not an hpl-eval summary"),
     ("[1, 2]", "not an hpl-eval summary"),
-    ('{"env": "webshop", "split": "test", "avg_reward": 0.5, "per_episode": [{"task_id": "1", "reward": NaN}]}',
-     "not a finite number"),
-    ('{"env": "webshop", "split": "test", "avg_reward": 0.5, "per_episode": [{"task_id": "1"}]}',
-     "without task_id, reward and won"),
+    ('{"runs": 5}', "not an hpl-eval summary"),
+    ('{"env": "webshop", "avg_reward": 0.5}', "needs avg_reward, env, episodes, split, success_rate"),
+    (SUMMARY.replace("PER_EPISODE", '[{"task_id": "1", "reward": NaN}]'), "not a finite number"),
+    (SUMMARY.replace("PER_EPISODE", '[{"task_id": "1"}]'), "without task_id, reward and won"),
 ])
 def test_compare_bad_input_is_one_line(tmp_path, capsys, content, message):
     (tmp_path / "bad.json").write_text(content)
