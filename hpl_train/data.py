@@ -186,7 +186,8 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
                 data.skipped[(kind, str(e).split(";")[0])] += 1
                 data.examples.setdefault(kind, f"row {i}: {e}")
                 continue
-            data.truncated[kind] += dropped > 0
+            if dropped:
+                data.truncated[kind] += 1
             meta = seg.meta
             meta["delta_r"] = float(row.get("delta_r") or 0.0)
             if kind == "group":

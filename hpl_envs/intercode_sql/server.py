@@ -249,6 +249,7 @@ class LocalServer(SqlServer):
         self.base = Path(base_dir) if base_dir else cache_dir() / "mariadb" / f"spider-{self.digest}"
         self.base.mkdir(parents=True, exist_ok=True)
         self.registered = False
+        self._process: subprocess.Popen | None = None  # the server, when this process started it
 
     @contextlib.contextmanager
     def _locked(self):
@@ -396,11 +397,13 @@ class LocalServer(SqlServer):
                                 start_new_session=True)
         info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password="", socket=sock,
                           backend="local", flavor="mariadb" if "mariadb" in self.binary else "mysql")
+        self._process = proc  # kept, so that it is reaped by its Popen (no "still running" warning)
         self._write_state({"pid": proc.pid, "info": asdict(info), "ready": False, "owner": os.getpid()})
         try:
             self._wait_and_prepare(proc, info, log_file)
         except BaseException:
             self._kill(proc.pid)  # a failed start or load never leaves a server behind
+            self._forget_process()
             (self.base / "server.json").unlink(missing_ok=True)
             raise
         state = {"pid": proc.pid, "info": asdict(info), "ready": True, "owner": os.getpid()}
@@ -459,7 +462,14 @@ class LocalServer(SqlServer):
         state = self._state()
         if state and state.get("pid") in self._owned_processes():
             self._kill(state["pid"])
+        self._forget_process()
         (self.base / "server.json").unlink(missing_ok=True)
+
+    def _forget_process(self) -> None:
+        """Drop the Popen of a server this process started once it has ended (polled, so that the
+        Popen knows it was reaped)."""
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None
 
     @staticmethod
     def _kill(pid: int | None, timeout: float = 30) -> None:
