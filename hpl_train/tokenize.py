@@ -140,6 +140,9 @@ def fit_prompts(tokenizer, prompt: list[dict], completions: list[list[dict]], ma
     how often the prompt is counted (1 when chosen and rejected share its forward pass). The caller
     tokenises each candidate and takes the first that fits. Raises :class:`TooLongError` if the
     task and the completions alone cannot fit."""
+    everything = [*prompt, *(m for c in completions for m in c)]
+    if sum(len(_text(m).encode()) + TURN_OVERHEAD_TOKENS for m in everything) * prompt_copies <= max_tokens:
+        yield prompt, 0  # fewer bytes than tokens allowed: fits as it is (the caller checks), nothing to estimate
     limit_chars = max_tokens * token_chars
     head_len = _head_length(prompt)
     head, rest = prompt[:head_len], prompt[head_len:]

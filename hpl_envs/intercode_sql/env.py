@@ -241,12 +241,12 @@ class _Shared:
             return self.info
 
     def let_go(self, holder: object) -> None:
-        """``holder`` is closed: when no open env of this process uses the server any more, release
-        it (the last process to release a local server stops it), so that close() leaves no server
+        """``holder`` is closed: when no open env of this process uses a local server any more,
+        release it (the last process to release it stops it), so that close() leaves no server
         process behind. A later env starts or joins one again."""
         with self._server_lock:
             self._holders.discard(holder)
-            if not self._holders and self.info is not None:
+            if not self._holders and self.info is not None and self.server.release_when_idle:
                 self.info = None
                 self.server.release()
 

@@ -195,6 +195,9 @@ class SqlServer:
     """Interface: ``acquire()`` returns a ready server, ``release()`` gives it back."""
 
     name = ""
+    # release when the process's last open env closes (True), or only at exit: a URL server has
+    # nothing to release, a container is shared with the workers forked later (``SHARE_ENV``)
+    release_when_idle = False
 
     def acquire(self) -> ServerInfo:
         raise NotImplementedError
@@ -235,6 +238,7 @@ class LocalServer(SqlServer):
     """hpl's own mariadbd/mysqld, shared by the hpl processes of this machine and user."""
 
     name = "local"
+    release_when_idle = True  # a child process of whoever started it: env.close() must not leave it running
 
     def __init__(self, dump: Path, binary: str | None = None, base_dir: Path | None = None) -> None:
         self.binary = binary or find_server_binary()
@@ -519,6 +523,10 @@ class FirstAvailableServer(SqlServer):
             return info
         raise ServerUnavailableError("intercode-sql: no SQL server backend works; tried:\n" + "\n".join(reasons)
                                      + "\n  (choose one with --env-arg backend=local|url|docker, url=mysql://...)")
+
+    @property
+    def release_when_idle(self) -> bool:  # type: ignore[override]
+        return self.chosen is not None and self.chosen.release_when_idle
 
     def release(self) -> None:
         if self.chosen is not None:
