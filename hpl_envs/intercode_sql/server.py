@@ -34,8 +34,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
 from hpl_envs.core import EnvUnavailableError
@@ -239,6 +241,9 @@ class LocalServer(SqlServer):
 
     name = "local"
     release_when_idle = True  # a child process of whoever started it: env.close() must not leave it running
+    # (pid, base) -> LocalServer objects of this process registered on that server: clients/ holds
+    # one file per process, removed when the last of them releases
+    _in_process: ClassVar[Counter] = Counter()
 
     def __init__(self, dump: Path, binary: str | None = None, base_dir: Path | None = None) -> None:
         self.binary = binary or find_server_binary()
@@ -351,6 +356,7 @@ class LocalServer(SqlServer):
             if not self.registered:
                 atexit.register(self.release)
                 self.registered = True
+                LocalServer._in_process[(os.getpid(), self.base)] += 1
         return ServerInfo(**state["info"])
 
     def _answers(self, state: dict) -> bool:
@@ -455,6 +461,10 @@ class LocalServer(SqlServer):
         if not self.registered:
             return
         self.registered = False
+        key = (os.getpid(), self.base)
+        LocalServer._in_process[key] -= 1
+        if LocalServer._in_process[key] > 0:
+            return  # another LocalServer of this process (envs with other settings) still uses it
         with self._locked():
             (self.base / "clients" / str(os.getpid())).unlink(missing_ok=True)
             if self._clients():
