@@ -96,7 +96,8 @@ class HplTextEnv(gym.Env):
       a planner snapshot, a server session).
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["ansi"]}
+    # render_fps: gymnasium's checker wants one; "ansi" frames are returned on demand, never paced
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}
     env_name: str = ""
     splits: tuple[str, ...] = ()
     state_type: type[EpisodeState] = EpisodeState

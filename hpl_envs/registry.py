@@ -8,7 +8,7 @@ env reads what differs between envs from :func:`profile` instead of branching on
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gymnasium as gym
@@ -93,8 +93,15 @@ def delta_bucket(delta: float) -> int:
 
 
 def make_env(name: str, **kwargs: Any):
-    module, cls = profile(name).entry_point.split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    """The env, unwrapped, with the gymnasium spec ``gymnasium.make`` would give it (so gymnasium's
+    checker can build it again, e.g. in each render mode)."""
+    p = profile(name)
+    module, cls = p.entry_point.split(":")
+    env = getattr(importlib.import_module(module), cls)(**kwargs)
+    register_all()
+    registered = gym.spec(p.gym_id)
+    env.spec = replace(registered, kwargs={**registered.kwargs, **kwargs})
+    return env
 
 
 def register_all() -> None:

@@ -18,7 +18,14 @@ import pyarrow.parquet as pq
 
 from hpl_train.curriculum import DEFAULT_LENGTH_THRESHOLDS, DELTA_THRESHOLDS, bucket
 from hpl_train.packing import Segment, make_segment
-from hpl_train.tokenize import AlignmentError, tokenize_conversation, tokenize_pair
+from hpl_train.tokenize import (
+    AlignmentError,
+    TooLongError,
+    fit_prompts,
+    max_token_chars,
+    tokenize_conversation,
+    tokenize_pair,
+)
 
 PAIR_KINDS = ("traj", "step", "group")
 TABLES = {"traj": "traj_pairs", "step": "step_pairs", "group": "group_pairs",
@@ -33,6 +40,8 @@ class DataError(ValueError):
 class TrainData:
     segments: dict[str, list[Segment]] = field(default_factory=dict)  # kind -> segments (bc, traj, step, group)
     skipped: Counter = field(default_factory=Counter)  # (kind, reason) -> count
+    truncated: Counter = field(default_factory=Counter)  # kind -> samples whose oldest prompt turns were dropped
+    max_row_tokens: int | None = None
     examples: dict[str, str] = field(default_factory=dict)  # kind -> one skipped sample's reason, for the report
     files: list[Path] = field(default_factory=list)
     env: str | None = None
@@ -40,9 +49,25 @@ class TrainData:
     def report(self) -> str:
         parts = [f"{k}: {len(v)}" for k, v in self.segments.items()]
         lines = ["samples " + ", ".join(parts)]
+        for kind, n in sorted(self.truncated.items()):
+            lines.append(f"  truncated {n} {kind} sample(s) to max_row_tokens={self.max_row_tokens}: "
+                         "dropped their oldest prompt turns (task and completions kept whole)")
         for (kind, reason), n in sorted(self.skipped.items()):
             lines.append(f"  skipped {n} {kind} sample(s): {reason}")
         return "\n".join(lines)
+
+    def metrics(self) -> dict[str, int]:
+        """Per kind: samples kept, truncated and skipped (over-length ones also on their own)."""
+        out: dict[str, int] = {}
+        for kind, segs in self.segments.items():
+            out[f"data/samples/{kind}"] = len(segs)
+        for kind, n in self.truncated.items():
+            out[f"data/truncated/{kind}"] = n
+        for (kind, reason), n in self.skipped.items():
+            out[f"data/skipped/{kind}"] = out.get(f"data/skipped/{kind}", 0) + n
+            if reason.startswith("longer than max_row_tokens"):
+                out[f"data/skipped_too_long/{kind}"] = out.get(f"data/skipped_too_long/{kind}", 0) + n
+        return out
 
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -123,10 +148,15 @@ def fingerprint(files: list[Path]) -> str:
 
 def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", share_prefix: bool = True,
                     env: str | None = None, length_thresholds=None, delta_thresholds=DELTA_THRESHOLDS,
-                    kinds: set[str] | None = None) -> TrainData:
-    """Tokenize every usable sample; count (and keep one example of) every sample that is not."""
+                    kinds: set[str] | None = None, max_row_tokens: int | None = None) -> TrainData:
+    """Tokenize every usable sample; count (and keep one example of) every sample that is not.
+
+    With ``max_row_tokens``, a longer sample is truncated or skipped by the rule in
+    :mod:`hpl_train.tokenize` (whole oldest prompt turns dropped; task and completions kept) before
+    it is tokenised whole, and counted in ``truncated`` / ``skipped``."""
     tables = find_tables(paths)
-    data = TrainData(files=[f for fs in tables.values() for f in fs])
+    data = TrainData(files=[f for fs in tables.values() for f in fs], max_row_tokens=max_row_tokens)
+    token_chars = max_token_chars(tokenizer) if max_row_tokens else 0
     rows_by_kind: dict[str, list[dict]] = {k: [] for k in PAIR_KINDS}
     for kind in ("traj", "step", "group"):
         for f in tables.get(kind, []):
@@ -151,14 +181,15 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
                 for col in ("prompt", "chosen", "rejected"):
                     if not isinstance(row.get(col), list) or not row[col]:
                         raise AlignmentError(f"column {col!r} is missing or empty")
-                c, r = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
-                if not any(c.trainable) or not any(r.trainable):
-                    raise AlignmentError("no assistant tokens in chosen or rejected")
-            except (AlignmentError, KeyError, TypeError) as e:
+                seg, dropped = _pair_segment(tokenizer, kind, i, row, share_prefix, max_row_tokens, token_chars)
+            except (AlignmentError, TooLongError, KeyError, TypeError) as e:
                 data.skipped[(kind, str(e).split(";")[0])] += 1
                 data.examples.setdefault(kind, f"row {i}: {e}")
                 continue
-            meta = {"delta_r": float(row.get("delta_r") or 0.0)}
+            if dropped:
+                data.truncated[kind] += 1
+            meta = seg.meta
+            meta["delta_r"] = float(row.get("delta_r") or 0.0)
             if kind == "group":
                 if row.get("length_bucket") and row.get("delta_bucket") and length_thresholds is None \
                         and tuple(delta_thresholds) == DELTA_THRESHOLDS:  # hpl-gen wrote the env's buckets
@@ -166,7 +197,7 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
                 else:  # pairs of other origin, or thresholds chosen for an ablation
                     length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
                     meta["bucket"] = bucket(length, meta["delta_r"], lt, tuple(delta_thresholds))
-            segs.append(make_segment(kind, i, c, r, share_prefix=share_prefix, meta=meta))
+            segs.append(seg)
         data.segments[kind] = segs
 
     if kinds is None or "bc" in kinds:
@@ -182,13 +213,36 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
         for i, row in enumerate(bc_rows):
             msgs = row.get("messages") or []
             try:
+                if max_row_tokens and sum(len(str(m.get("content") or "")) for m in msgs) > max_row_tokens * token_chars:
+                    raise TooLongError(f"longer than max_row_tokens={max_row_tokens}; by its length in characters")
                 conv = tokenize_conversation(tokenizer, msgs[:1], msgs[1:])
                 if not any(conv.trainable):
                     raise AlignmentError("no assistant tokens")
-            except (AlignmentError, KeyError, TypeError) as e:
+                if max_row_tokens and len(conv.ids) > max_row_tokens:
+                    raise TooLongError(f"longer than max_row_tokens={max_row_tokens}; {len(conv.ids)} tokens "
+                                       "(a trajectory is trained whole or not at all)")
+            except (AlignmentError, TooLongError, KeyError, TypeError) as e:
                 data.skipped[("bc", str(e).split(";")[0])] += 1
                 data.examples.setdefault("bc", f"row {i}: {e}")
                 continue
             segs.append(make_segment("bc", i, conv))
         data.segments["bc"] = segs
     return data
+
+
+def _pair_segment(tokenizer, kind: str, index: int, row: dict, share_prefix: bool, max_row_tokens: int | None,
+                  token_chars: int) -> tuple[Segment, int]:
+    """The pair's segment and how many prompt messages were dropped to fit ``max_row_tokens``."""
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    candidates = (fit_prompts(tokenizer, prompt, [chosen, rejected], max_row_tokens, token_chars,
+                              prompt_copies=1 if share_prefix else 2) if max_row_tokens else [(prompt, 0)])
+    seg = None
+    for kept, dropped in candidates:
+        c, r = tokenize_pair(tokenizer, kept, chosen, rejected)
+        if not any(c.trainable) or not any(r.trainable):
+            raise AlignmentError("no assistant tokens in chosen or rejected")
+        seg = make_segment(kind, index, c, r, share_prefix=share_prefix, meta={})
+        if not max_row_tokens or seg.n_tokens <= max_row_tokens:
+            return seg, dropped
+    raise TooLongError(f"longer than max_row_tokens={max_row_tokens}; {seg.n_tokens if seg else '?'} tokens "
+                       "with every droppable prompt turn dropped")

@@ -68,7 +68,8 @@ class HPLRecipe:
             raise ValueError(f"{cfg.model}: the tokenizer has no chat template; hpl-train needs one to find turns")
         self.data = load_train_data(self.tokenizer, cfg.data, bc_source=cfg.bc_source, share_prefix=cfg.share_prefix,
                                     env=cfg.env, length_thresholds=cfg.length_thresholds,
-                                    delta_thresholds=cfg.delta_thresholds, kinds=self._wanted_kinds())
+                                    delta_thresholds=cfg.delta_thresholds, kinds=self._wanted_kinds(),
+                                    max_row_tokens=cfg.max_row_tokens)
         self.weights = {"bc": cfg.bc_weight, "traj": cfg.traj_weight, "step": cfg.step_weight, "group": cfg.group_weight}
         self.active = [k for k in KINDS if self.weights[k] > 0 and self.data.segments.get(k)]
         if not self.active:
@@ -258,6 +259,8 @@ class HPLRecipe:
         for (li, dj), (c, n) in sorted(bucket_stats.items()):
             m[f"bucket_acc/B{li}{dj}"] = c / n  # this process's share (rank 0 logs)
         m["peak_mem_mb"] = _peak_memory_mb(acc.device)
+        if step == self.start_step:  # what the data loading kept, truncated and skipped, once per run
+            m.update(self.data.metrics())
         return m
 
     # ------------------------------------------------------------------ loop

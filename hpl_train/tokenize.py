@@ -84,3 +84,91 @@ def tokenize_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: l
     if c.ids[: c.prompt_len] != r.ids[: r.prompt_len]:
         raise AlignmentError("prompt tokens differ between chosen and rejected")
     return c, r
+
+
+# ---------------------------------------------------------------------------------- over-length
+# The rule for a sample longer than a row (``max_row_tokens``), applied before the whole sample is
+# tokenised or any tensor of its size exists:
+#
+# * kept whole: the leading system message(s) and the first user message (the task), and every
+#   completion (chosen, rejected: what the loss is computed on);
+# * dropped, oldest first: whole turns of the prompt after the task (an assistant message with the
+#   observations that follow it), until the sample fits; the loss mask still covers only whole
+#   assistant turns of the completions (prompt turns are never trained);
+# * skipped: a sample whose kept part alone does not fit.
+#
+# A text of n characters has at least n / (longest vocabulary entry) tokens, so a message longer
+# than ``max_tokens`` times that is known to be too long from its length alone, without tokenising.
+
+TURN_OVERHEAD_TOKENS = 8  # role header and end-of-turn tokens of one message, a generous estimate
+
+
+class TooLongError(ValueError):
+    """A sample that does not fit ``max_row_tokens`` even with every droppable prompt turn dropped."""
+
+
+def max_token_chars(tokenizer) -> int:
+    """Characters in the tokenizer's longest vocabulary entry: an upper bound on what one token
+    covers (byte-level entries spell one character per byte)."""
+    return max(1, max((len(t) for t in tokenizer.get_vocab()), default=1))
+
+
+def _text(message: dict) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else "" if content is None else str(content)
+
+
+def _head_length(prompt: list[dict]) -> int:
+    """Messages up to and including the first user message (system prompt and task)."""
+    for i, m in enumerate(prompt):
+        if m.get("role") == "user":
+            return i + 1
+    return len(prompt)
+
+
+def _turns(messages: list[dict]) -> list[int]:
+    """Start indices of the droppable turns: each assistant message begins one (with the
+    observations after it); messages before the first assistant form the first turn."""
+    starts = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    return starts if starts and starts[0] == 0 else [0, *starts] if messages else []
+
+
+def fit_prompts(tokenizer, prompt: list[dict], completions: list[list[dict]], max_tokens: int,
+                token_chars: int, prompt_copies: int = 1):
+    """Prompts to try, from the fewest dropped turns up: ``(prompt, n_dropped_messages)``, starting
+    at the estimated number (per-message token counts) that fits ``max_tokens``. ``prompt_copies``:
+    how often the prompt is counted (1 when chosen and rejected share its forward pass). The caller
+    tokenises each candidate and takes the first that fits. Raises :class:`TooLongError` if the
+    task and the completions alone cannot fit."""
+    everything = [*prompt, *(m for c in completions for m in c)]
+    if sum(len(_text(m).encode()) + TURN_OVERHEAD_TOKENS for m in everything) * prompt_copies <= max_tokens:
+        yield prompt, 0  # fewer bytes than tokens allowed: fits as it is (the caller checks), nothing to estimate
+    limit_chars = max_tokens * token_chars
+    head_len = _head_length(prompt)
+    head, rest = prompt[:head_len], prompt[head_len:]
+    kept = (("the task (system and first user message)", head), ("a completion", [m for c in completions for m in c]))
+    for where, msgs in kept:
+        if sum(len(_text(m)) for m in msgs) > limit_chars:
+            raise TooLongError(f"longer than max_row_tokens={max_tokens}; {where} alone")
+
+    def estimate(msgs: list[dict]) -> float:
+        total = 0.0
+        for m in msgs:
+            text = _text(m)
+            if len(text) > limit_chars:
+                return float("inf")
+            total += len(tokenizer(text, add_special_tokens=False)["input_ids"]) + TURN_OVERHEAD_TOKENS
+        return total
+
+    fixed = estimate(head) * prompt_copies + sum(estimate(c) for c in completions)
+    if fixed > max_tokens:
+        raise TooLongError(f"longer than max_row_tokens={max_tokens}; the task and completions alone take "
+                           f"~{fixed:.0f} tokens")
+    starts = _turns(rest)
+    turn_costs = [estimate(rest[a:b]) * prompt_copies for a, b in zip(starts, [*starts[1:], len(rest)])]
+    first = 0
+    while first < len(starts) and fixed + sum(turn_costs[first:]) > max_tokens:
+        first += 1
+    for k in range(first, len(starts) + 1):
+        cut = starts[k] if k < len(starts) else len(rest)
+        yield head + rest[cut:], cut

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -155,3 +156,107 @@ def test_env_protocol_parts(env_name, split, keys):
         assert [d[0] for d in differences(proto, other)] == ["reward_options.kendall_tau"]
     else:
         assert compute(env_name, {}, split, ids)["hash"] == proto["hash"]  # deterministic
+
+
+# Text that breaks naive embedding: ends a <script>, opens an HTML comment, names a template
+# placeholder, looks like a JS template substitution, ends a JS line (U+2028), and is markup.
+HOSTILE = "<!--</script>{{DATA}}${x}\u2028<b>&amp;</b>{{TITLE}}"
+HOSTILE_NAME = HOSTILE.replace("/", "")  # a file name cannot hold "/"
+
+
+def _hostile_copy(runs: Path, tmp: Path) -> tuple[Path, Path]:
+    """The fixture's hpl-gen folder and one hpl-eval run, with every string field the page shows
+    (task ids and types, buckets, agents, policy specs, folder and file names) made hostile."""
+    gen = tmp / f"gen{HOSTILE_NAME}"
+    shutil.copytree(runs / "gen", gen)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["config"]["policy"] = manifest["config"]["expert"] = HOSTILE
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    for table_path in gen.glob("*.parquet"):
+        table = pq.read_table(table_path)
+        for name in ("task_id", "task_type", "bucket", "agent"):
+            if name in table.column_names:
+                column = [HOSTILE + str(v) for v in table.column(name).to_pylist()]
+                table = table.set_column(table.column_names.index(name), name, pa.array(column))
+        pq.write_table(table, table_path)
+    summary = json.loads((runs / "plain.json").read_text())
+    summary["agent"] = HOSTILE
+    for run_ in summary.get("runs", [summary]):
+        run_["agent"] = HOSTILE
+    shutil.copy(runs / summary["trajectories"], tmp / summary["trajectories"])
+    eval_json = tmp / f"eval{HOSTILE_NAME}.json"
+    eval_json.write_text(json.dumps(summary))
+    return gen, eval_json
+
+
+def test_report_with_hostile_strings(runs, tmp_path):
+    """Every embedded string and the title/folder names carry HOSTILE: the page still renders,
+    runs only its own script, and shows the strings as text."""
+    from playwright.sync_api import sync_playwright
+
+    from hpl_data.view import write_report
+
+    gen, eval_json = _hostile_copy(runs, tmp_path)
+    report = write_report([gen, eval_json], tmp_path / f"report{HOSTILE_NAME}.html", title=HOSTILE)
+    text = report.read_text(encoding="utf-8")
+    assert text.count("</script>") == text.count("<script")  # the data closed no element early
+    assert "<!--" not in text and "\u2028" not in text.split("<script", 1)[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(report.as_uri())
+            page.wait_for_selector("html[data-rendered]")
+            assert page.text_content("head title") == page.text_content("#title") == HOSTILE
+            overview = page.text_content("#tab-overview")
+            assert f"gen{HOSTILE_NAME}" in overview and f"policy {HOSTILE}" in overview
+            assert f"eval{HOSTILE_NAME}" in overview
+            page.click("#tabs button[data-tab=pairs]")
+            cells = page.locator("#pair-table tbody tr:first-child td")
+            assert cells.nth(2).text_content().startswith(HOSTILE) and cells.nth(3).text_content().startswith(HOSTILE)
+            assert any(o.startswith(HOSTILE) for o in page.locator("#pf-bucket option").all_text_contents())
+            page.click("#pair-table tbody tr:first-child")
+            page.wait_for_selector("#pair-detail .sides")
+            assert f"task {HOSTILE}" in page.text_content("#pair-detail h2")
+            page.click("#tabs button[data-tab=episodes]")
+            assert page.locator("#episode-table tbody tr:first-child td").nth(2).text_content().startswith(HOSTILE)
+            page.click("#tabs button[data-tab=eval]")
+            assert HOSTILE in page.text_content(".eval-table tbody") and f"eval{HOSTILE_NAME}" in page.text_content("#tab-eval")
+            assert page.evaluate("window.x") is None and page.locator("script").count() == text.count("<script")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_serve_only_the_report(tmp_path):
+    """--serve answers the report (at / and at its name) and 404 to anything else in its folder:
+    no listing, no other file, no way out through '..'."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from hpl_data.view.report import make_server, report_url
+
+    (tmp_path / "report.html").write_text("<p>the report</p>")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+    (tmp_path / "sub").mkdir()
+    httpd = make_server(tmp_path / "report.html")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert report_url(httpd) == base + "/report.html"
+        for path in ("/report.html", "/", "/report.html?x=1"):
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                assert r.status == 200 and r.read() == b"<p>the report</p>", path
+        for path in ("/secret.txt", "/sub/", "/sub", "/../report.html/x", "/%2e%2e/secret.txt", "//secret.txt",
+                     "/report.html/", "/index.html"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert e.value.code == 404, path
+            assert b"secret" not in e.value.read()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import datetime
 import html
+import http.server
 import json
+import math
 import os
+import re
+import urllib.parse
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from hpl_data.view.collect import collect
 
@@ -16,27 +22,60 @@ def _asset(name: str) -> str:
     return resources.files("hpl_data.view").joinpath("assets", name).read_text(encoding="utf-8")
 
 
-def _script_safe(text: str) -> str:
-    """JSON inside <script>: '</' would end the element early; U+2028/9 are fine in JSON."""
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+# In a <script> element, "</script" ends it and "<!--" changes how it is parsed; "&" matters
+# in attributes; U+2028/9 end lines in older JS parsers. As JSON escapes they are the same text.
+_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                 "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_PLACEHOLDER = re.compile(r"(\{\{TITLE\}\}|/\*\{\{CSS\}\}\*/|/\*\{\{JS\}\}\*/|\{\{DATA\}\}|\{\{BLOCKS\}\})")
 
 
-def _pieces(paths: list[Path], title: str | None):
+def _finite(value: Any) -> Any:
+    """NaN/inf (which an hpl-eval JSON may hold) as null: JSON.parse rejects them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def script_json(value: Any) -> str:
+    """``value`` as JSON that is safe as the text of a <script type="application/json"> element
+    (the page reads it back with JSON.parse, which turns the escapes into the original text)."""
+    return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=str).translate(_SCRIPT_ESCAPES)
+
+
+def _template() -> list[str]:
+    """The page template cut at its placeholders, each of which it holds exactly once; filling
+    the cut pieces (never replacing inside filled-in text) keeps a title or data that contains a
+    placeholder's text from being substituted."""
+    parts = _PLACEHOLDER.split(_asset("report.html"))
+    found = parts[1::2]
+    if sorted(found) != sorted(["{{TITLE}}", "/*{{CSS}}*/", "/*{{JS}}*/", "{{DATA}}", "{{BLOCKS}}"]):
+        raise RuntimeError(f"report.html: expected each placeholder once, found {found}")
+    return parts
+
+
+def _pieces(paths: list[Path], title: str | None) -> Iterator[str]:
     """The page as a sequence of strings (the text blocks one by one, so a large report is
     written without holding it in memory twice)."""
     payload, pair_blocks, episode_blocks = collect(paths)
     payload["title"] = title or "hpl: " + ", ".join(Path(p).name or str(p) for p in paths)
     payload["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    data = _script_safe(json.dumps(payload, separators=(",", ":"), default=str))
-    page = (_asset("report.html").replace("{{TITLE}}", html.escape(payload["title"]))
-            .replace("/*{{CSS}}*/", _asset("report.css")).replace("/*{{JS}}*/", _asset("report.js")))
-    head, rest = page.split("{{DATA}}", 1)  # data last, so nothing inside it is ever substituted
-    middle, tail = rest.split("{{BLOCKS}}", 1)
-    yield from (head, data, middle)
-    for prefix, blocks in (("pc", pair_blocks), ("ec", episode_blocks)):
-        for i, block in enumerate(blocks):
-            yield f'<script type="text/plain" id="{prefix}{i}">{block}</script>\n'
-    yield tail
+    fills = {"{{TITLE}}": lambda: [html.escape(payload["title"])],
+             "/*{{CSS}}*/": lambda: [_asset("report.css")],
+             "/*{{JS}}*/": lambda: [_asset("report.js")],
+             "{{DATA}}": lambda: [script_json(payload)],
+             "{{BLOCKS}}": lambda: (f'<script type="text/plain" id="{prefix}{i}">{block}</script>\n'
+                                    for prefix, blocks in (("pc", pair_blocks), ("ec", episode_blocks))
+                                    for i, block in enumerate(blocks))}  # base64: nothing to escape
+    for i, part in enumerate(_template()):
+        if i % 2:
+            yield from fills[part]()
+        elif part:
+            yield part
 
 
 def render_html(paths: list[Path], title: str | None = None) -> str:
@@ -61,15 +100,49 @@ def write_report(paths: list[Path], out: Path, title: str | None = None) -> Path
     return out
 
 
-def serve(path: Path, port: int = 0, open_message=print) -> None:
-    """Serve the report's folder on 127.0.0.1 until interrupted (the file also opens from disk)."""
-    import functools
-    import http.server
+class _ReportHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET/HEAD of "/" or "/<report name>" with the report and 404 to anything else:
+    the report's folder (other reports, data, keys) is neither listed nor served."""
 
-    path = Path(path).resolve()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
-        open_message(f"serving http://127.0.0.1:{httpd.server_address[1]}/{path.name}  (Ctrl-C stops)")
+    report: Path  # set on the subclass that make_server builds
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(body=False)
+
+    def _answer(self, body: bool) -> None:
+        requested = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        if requested not in ("/", "/" + self.report.name):
+            self.send_error(404)
+            return
+        data = self.report.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # the console stays for the serving line
+
+
+def make_server(path: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 for the one report at ``path`` (not started)."""
+    handler = type("ReportHandler", (_ReportHandler,), {"report": Path(path).resolve()})
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+def report_url(httpd: http.server.ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{httpd.server_address[1]}/{urllib.parse.quote(httpd.RequestHandlerClass.report.name)}"
+
+
+def serve(path: Path, port: int = 0, open_message=print) -> None:
+    """Serve the report alone on 127.0.0.1 until interrupted (the file also opens from disk)."""
+    with make_server(path, port) as httpd:
+        open_message(f"serving {report_url(httpd)}  (Ctrl-C stops)")
         try:
             httpd.serve_forever()
         except KeyboardInterrupt:

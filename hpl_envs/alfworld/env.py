@@ -27,6 +27,19 @@ else:
 
 _LOAD_SERIAL = itertools.count(1)
 
+if _IMPORT_ERROR is None:
+
+    class _PddlEnv(PddlEnv):
+        """TextWorld's PddlEnv whose ``load`` closes the game file (the original's
+        ``json.load(open(path))`` leaves it to the garbage collector: a ResourceWarning per game)."""
+
+        def load(self, filename_or_data: Any) -> None:
+            if not isinstance(filename_or_data, str | os.PathLike):
+                return super().load(filename_or_data)
+            with open(filename_or_data, encoding="utf-8") as f:
+                super().load(json.load(f))
+            self._game_file = str(filename_or_data)
+
 
 def _install_parse_memo() -> None:
     """TextWorld re-parses the same grammar strings with tatsu at every step (~85 % of a step).
@@ -167,7 +180,7 @@ class _LoadedGame:
             raise DataCorruptError(f"{game.path}: cannot read the game file ({e})") from e
         if slot is None:  # a new TextWorld env, with its own copy of fast-downward's library
             infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
-            slot = AlfredInfos(AlfredDemangler(PddlEnv(infos)))
+            slot = AlfredInfos(AlfredDemangler(_PddlEnv(infos)))
         self.env = slot
         try:
             self.env.load(str(game.path))

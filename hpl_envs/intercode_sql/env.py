@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,8 @@ class _Shared:
                                    "(truncated or not InterCode's dump; `hpl-data download intercode-sql`)")
         self.server = make_server(backend, self.dump, server, image)
         self.info: ServerInfo | None = None
+        self._holders: weakref.WeakSet = weakref.WeakSet()  # the open envs that use the server
+        self._server_lock = threading.RLock()
 
     @classmethod
     def get(cls, backend: str | None, server: str | None, image: str | None = None) -> _Shared:
@@ -228,10 +231,24 @@ class _Shared:
                 cls._cache[key] = cls(backend, server, image)
             return cls._cache[key]
 
-    def ensure_server(self) -> ServerInfo:
-        if self.info is None:
-            self.info = self.server.acquire()
-        return self.info
+    def ensure_server(self, holder: object | None = None) -> ServerInfo:
+        """The server, started or joined if needed; ``holder`` (an env) keeps it until it lets go."""
+        with self._server_lock:
+            if holder is not None:
+                self._holders.add(holder)
+            if self.info is None:
+                self.info = self.server.acquire()
+            return self.info
+
+    def let_go(self, holder: object) -> None:
+        """``holder`` is closed: when no open env of this process uses a local server any more,
+        release it (the last process to release it stops it), so that close() leaves no server
+        process behind. A later env starts or joins one again."""
+        with self._server_lock:
+            self._holders.discard(holder)
+            if not self._holders and self.info is not None and self.server.release_when_idle:
+                self.info = None
+                self.server.release()
 
 
 class InterCodeSqlEnv(HplTextEnv):
@@ -393,12 +410,12 @@ class InterCodeSqlEnv(HplTextEnv):
         return range(len(self.shared.tasks))
 
     def warm_caches(self) -> None:
-        self.shared.ensure_server()
+        self.shared.ensure_server(self)
 
     # --- connection ----------------------------------------------------------------------
     def _connection(self):
         if self._cnx is None or not self._cnx.is_connected():
-            info = self.shared.ensure_server()
+            info = self.shared.ensure_server(self)
             self._cnx_serial += 1
             try:
                 self._cnx = connect(info.agent_args(), connection_timeout=10)
@@ -536,7 +553,7 @@ class InterCodeSqlEnv(HplTextEnv):
     def _kill_query(self, connection_id: int) -> None:
         """KILL QUERY from a second connection of the same account (allowed on its own threads)."""
         try:
-            killer = connect(self.shared.ensure_server().agent_args(), connection_timeout=5)
+            killer = connect(self.shared.ensure_server(self).agent_args(), connection_timeout=5)
             try:
                 killer.cursor().execute(f"KILL QUERY {int(connection_id)}")
             finally:
@@ -625,6 +642,7 @@ class InterCodeSqlEnv(HplTextEnv):
             except Exception:  # noqa: BLE001
                 pass
             self._cnx = None
+        self.shared.let_go(self)
 
     # --- protocol fingerprint ----------------------------------------------------------
     def protocol_parts(self, task_ids: list[str]) -> dict[str, Any]:
@@ -632,7 +650,7 @@ class InterCodeSqlEnv(HplTextEnv):
         database split, the reward options and the SQL server that executes the queries."""
         from hpl_envs.data import file_digest
 
-        info = self.shared.ensure_server()
+        info = self.shared.ensure_server(self)
         cnx = connect(info.admin_args(), connection_timeout=10)
         try:
             cur = cnx.cursor()

@@ -34,8 +34,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import unquote, urlparse
 
 from hpl_envs.core import EnvUnavailableError
@@ -195,6 +197,9 @@ class SqlServer:
     """Interface: ``acquire()`` returns a ready server, ``release()`` gives it back."""
 
     name = ""
+    # release when the process's last open env closes (True), or only at exit: a URL server has
+    # nothing to release, a container is shared with the workers forked later (``SHARE_ENV``)
+    release_when_idle = False
 
     def acquire(self) -> ServerInfo:
         raise NotImplementedError
@@ -235,6 +240,10 @@ class LocalServer(SqlServer):
     """hpl's own mariadbd/mysqld, shared by the hpl processes of this machine and user."""
 
     name = "local"
+    release_when_idle = True  # a child process of whoever started it: env.close() must not leave it running
+    # (pid, base) -> LocalServer objects of this process registered on that server: clients/ holds
+    # one file per process, removed when the last of them releases
+    _in_process: ClassVar[Counter] = Counter()
 
     def __init__(self, dump: Path, binary: str | None = None, base_dir: Path | None = None) -> None:
         self.binary = binary or find_server_binary()
@@ -249,6 +258,7 @@ class LocalServer(SqlServer):
         self.base = Path(base_dir) if base_dir else cache_dir() / "mariadb" / f"spider-{self.digest}"
         self.base.mkdir(parents=True, exist_ok=True)
         self.registered = False
+        self._process: subprocess.Popen | None = None  # the server, when this process started it
 
     @contextlib.contextmanager
     def _locked(self):
@@ -346,6 +356,7 @@ class LocalServer(SqlServer):
             if not self.registered:
                 atexit.register(self.release)
                 self.registered = True
+                LocalServer._in_process[(os.getpid(), self.base)] += 1
         return ServerInfo(**state["info"])
 
     def _answers(self, state: dict) -> bool:
@@ -396,11 +407,13 @@ class LocalServer(SqlServer):
                                 start_new_session=True)
         info = ServerInfo(host="127.0.0.1", port=port, admin_user="root", admin_password="", socket=sock,
                           backend="local", flavor="mariadb" if "mariadb" in self.binary else "mysql")
+        self._process = proc  # kept, so that it is reaped by its Popen (no "still running" warning)
         self._write_state({"pid": proc.pid, "info": asdict(info), "ready": False, "owner": os.getpid()})
         try:
             self._wait_and_prepare(proc, info, log_file)
         except BaseException:
             self._kill(proc.pid)  # a failed start or load never leaves a server behind
+            self._forget_process()
             (self.base / "server.json").unlink(missing_ok=True)
             raise
         state = {"pid": proc.pid, "info": asdict(info), "ready": True, "owner": os.getpid()}
@@ -448,6 +461,10 @@ class LocalServer(SqlServer):
         if not self.registered:
             return
         self.registered = False
+        key = (os.getpid(), self.base)
+        LocalServer._in_process[key] -= 1
+        if LocalServer._in_process[key] > 0:
+            return  # another LocalServer of this process (envs with other settings) still uses it
         with self._locked():
             (self.base / "clients" / str(os.getpid())).unlink(missing_ok=True)
             if self._clients():
@@ -459,7 +476,14 @@ class LocalServer(SqlServer):
         state = self._state()
         if state and state.get("pid") in self._owned_processes():
             self._kill(state["pid"])
+        self._forget_process()
         (self.base / "server.json").unlink(missing_ok=True)
+
+    def _forget_process(self) -> None:
+        """Drop the Popen of a server this process started once it has ended (polled, so that the
+        Popen knows it was reaped)."""
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None
 
     @staticmethod
     def _kill(pid: int | None, timeout: float = 30) -> None:
@@ -509,6 +533,10 @@ class FirstAvailableServer(SqlServer):
             return info
         raise ServerUnavailableError("intercode-sql: no SQL server backend works; tried:\n" + "\n".join(reasons)
                                      + "\n  (choose one with --env-arg backend=local|url|docker, url=mysql://...)")
+
+    @property
+    def release_when_idle(self) -> bool:  # type: ignore[override]
+        return self.chosen is not None and self.chosen.release_when_idle
 
     def release(self) -> None:
         if self.chosen is not None:
