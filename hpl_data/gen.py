@@ -24,6 +24,7 @@ import asyncio
 import json
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -383,8 +384,12 @@ class Generation:
                     self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
                                                                  + eng.counters.episode_restarts)
             elif todo:
-                await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
-                                        seed=c.seed, workers=c.workers, on_episode=save)
+                stop = threading.Event()  # cancelled (Ctrl-C, SIGTERM): the thread ends after the episodes in progress
+                try:
+                    await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
+                                            seed=c.seed, workers=c.workers, on_episode=save, stop=stop)
+                finally:
+                    stop.set()
         shards = [store.get(t) for t in task_ids]
         rows = [r for sh in shards for r in sh["rows"]]
         self.counters[f"{role}_env_steps"] = sum(sh["env_steps"] for sh in shards)
