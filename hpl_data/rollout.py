@@ -96,12 +96,16 @@ def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) ->
     return ep
 
 
+WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextlib.contextmanager
 def interrupts_blocked() -> Iterator[None]:
-    """Start worker processes inside this: they begin life with SIGINT blocked (in this thread only:
-    the main thread still takes it) until :func:`ignore_interrupts` in the worker. Without it, a
-    Ctrl-C to the process group while a worker is still importing prints that worker's traceback."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """Start worker processes inside this: they begin life with SIGINT and SIGTERM blocked (in this
+    thread only: the main thread still takes them) until :func:`ignore_interrupts` in the worker.
+    Without it, a signal to the process group while a worker is still starting (importing, or a
+    forked copy still holding the parent's handlers) prints that worker's traceback."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
     try:
         yield
     finally:
@@ -111,10 +115,11 @@ def interrupts_blocked() -> Iterator[None]:
 def ignore_interrupts() -> None:
     """In a worker process: a Ctrl-C reaching the whole process group is the parent's to act on (it
     stops its workers in order; a worker whose parent is gone ends when its pipe closes). SIGTERM
-    keeps its default: it ends the worker at once, without a word (multiprocessing's own clean-up
-    at exit relies on it)."""
+    gets its default back (a forked worker inherits the parent's handler): it ends the worker at
+    once, without a word, which multiprocessing's own clean-up at exit relies on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
 
 
 _WORKER: dict[str, Any] = {}
