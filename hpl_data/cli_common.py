@@ -5,18 +5,27 @@ written, a server that is down) ends as one line ``hpl-xxx: <what is wrong, how 
 stderr and exit status 2, before any work starts where it can be checked up front, and whatever
 ``--quiet`` says. Anything else is a bug: one line asking for ``--debug``, which shows the full
 traceback (for the expected errors too). Standard library only: ``hpl_train`` uses it as well.
+
+SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and Ray send on preemption) stop a command the
+same orderly way: one line, exit status 128 + the signal's number (130, 143). SIGTERM takes
+Ctrl-C's path: inside ``asyncio.run`` its main task is cancelled (every ``finally`` runs: env
+workers are stopped, finished shards stay), elsewhere :class:`Terminated` is raised.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_BUG = 1
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 MAX_CONCURRENCY = 4096  # episodes in flight; more only holds memory (a run has fewer tasks than this anyway)
 
 
@@ -44,6 +53,35 @@ class CliParser(argparse.ArgumentParser):
         raise CliError(f"{message} (see {self.prog} --help)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that the same clean-up runs."""
+
+
+class _SigtermAsInterrupt:
+    """While installed (main thread only), SIGTERM goes where SIGINT goes, and is remembered."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous = None
+
+    def __enter__(self) -> _SigtermAsInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _on_sigterm(self, signum: int, frame) -> None:
+        self.received = True
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt):  # Python's (raises KeyboardInterrupt) or asyncio.run's (cancels its task)
+            on_interrupt(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job of a script) or not Python's to handle
+            raise Terminated()
+
+
 def one_line(message: str) -> str:
     """Multi-line messages (install hints, paths) joined so that one error is one line."""
     parts = [part.strip() for part in str(message).splitlines() if part.strip()]
@@ -56,13 +94,16 @@ def run_cli(prog: str, body: Callable[[list[str]], int], argv: list[str] | None 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HPL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    sigterm = _SigtermAsInterrupt()
     try:
-        return body(argv)
-    except KeyboardInterrupt:
+        with sigterm:
+            return body(argv)
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        terminated = sigterm.received or isinstance(e, Terminated)
+        print(f"{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted (SIGINT)'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except (CliError, *EXPECTED_ERRORS, *expected) as e:
         if debug:
             raise

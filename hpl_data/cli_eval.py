@@ -174,6 +174,7 @@ async def _with_progress(engine: RolloutEngine, ids: list[str], label: str, cons
 def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Console) -> None:
     from hpl_data.conversation import trajectory_rows
     from hpl_data.parquet import TRAJECTORIES, git_revision, versions, write_table
+    from hpl_data.storage import write_atomically
 
     def one(summary: dict, episodes: list[dict], json_path: Path) -> None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,9 +183,7 @@ def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Co
         rows = trajectory_rows(summary["env"], summary["split"], "eval", episodes, summary["config"]["prompts"])
         pq_path = write_table(rows, TRAJECTORIES, json_path.with_suffix(".trajectories.parquet"), meta)
         summary["trajectories"] = pq_path.name
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(json_path)
+        write_atomically(json_path, json.dumps(summary, indent=1))
         console.print(f"wrote {json_path} and {pq_path.name}")
 
     if len(results) == 1 and out.suffix == ".json":
@@ -195,7 +194,7 @@ def write_outputs(out: Path, results: list[tuple[dict, list[dict]]], console: Co
         one(summary, episodes, out / f"{summary['env']}_{summary['split']}.json")
     combined = {"agent": results[0][0]["agent"], "runs": [{k: v for k, v in s.items() if k != "per_episode"}
                                                           for s, _ in results]}
-    (out / "summary.json").write_text(json.dumps(combined, indent=1))
+    write_atomically(out / "summary.json", json.dumps(combined, indent=1))
     console.print(f"wrote {out / 'summary.json'}")
 
 

@@ -29,10 +29,10 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
-import signal
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -48,7 +48,7 @@ from hpl_data.policies import (
     SamplingParams,
     parse_spec,
 )
-from hpl_data.rollout import Episode, Step, derive_seed, episode_seed
+from hpl_data.rollout import Episode, Step, derive_seed, episode_seed, ignore_interrupts, interrupts_blocked
 from hpl_envs.agents import ActionRecord
 from hpl_envs.agents import steps as agent_steps
 from hpl_envs.registry import profile
@@ -177,23 +177,22 @@ class EnvWorkerCore:
 
 
 def _worker_main(conn, env_name: str, env_kwargs: dict) -> None:
-    """Loop of one local env worker process: receive a batch, answer a list of results."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    """Loop of one local env worker process: receive a batch, answer a list of results. It ends
+    quietly when the parent says so (None) or is gone (its pipe closed)."""
+    ignore_interrupts()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         core = EnvWorkerCore(env_name, env_kwargs)
-        conn.send(("ready", os.getpid()))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which gives up cleanly
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{type(e).__name__}: {e}"))
         return
-    while True:
-        try:
-            batch = conn.recv()
-        except (EOFError, OSError):
-            break
-        if batch is None:
-            break
-        conn.send(core.run_batch(batch))
+    try:
+        conn.send(("ready", os.getpid()))
+        while (batch := conn.recv()) is not None:
+            conn.send(core.run_batch(batch))
+    except (EOFError, OSError):  # the parent is gone or closed the pipe (BrokenPipeError is an OSError)
+        pass
     core.close()
 
 
@@ -212,6 +211,7 @@ class _Worker:
         self.wake = asyncio.Event()
         self.load = 0  # live episodes pinned here
         self.generation = 0  # bumps on every restart
+        self.idle = False  # started and waiting for a batch (not starting, no answer pending)
 
 
 class WorkerPool:
@@ -255,8 +255,22 @@ class WorkerPool:
 
     # --- the one scheduling / fault path
     async def start(self) -> None:
-        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        """Start every worker; if one cannot start, or the start is cancelled, none is left running."""
+        starts = [asyncio.ensure_future(self._start_worker(w)) for w in self.workers]
+        try:
+            await asyncio.gather(*starts)
+        except BaseException:
+            for task in starts:
+                task.cancel()
+            await asyncio.gather(*starts, return_exceptions=True)
+            await self.close()
+            raise
         self._lanes = [asyncio.create_task(self._lane(w)) for w in self.workers]
+
+    async def _start_worker(self, w: _Worker) -> None:
+        w.idle = False
+        await self._spawn(w)
+        w.idle = True
 
     async def _lane(self, w: _Worker) -> None:
         while not self._closed:
@@ -265,6 +279,7 @@ class WorkerPool:
                 await w.wake.wait()
                 continue
             batch, w.queue = w.queue[: self.max_batch], w.queue[self.max_batch:]
+            w.idle = False
             try:
                 results = await asyncio.wait_for(self._exchange(w, [(op, ep, args) for op, ep, args, _ in batch]),
                                                  self.env_timeout_s * len(batch))
@@ -277,6 +292,7 @@ class WorkerPool:
                         fut.set_exception(reason)
                 await self._restart(w)
                 continue
+            w.idle = True
             for (*_, fut), (status, value) in zip(batch, results):
                 if fut.done():
                     continue
@@ -294,7 +310,7 @@ class WorkerPool:
         self.counters.worker_restarts += 1
         while not self._closed:
             try:
-                await self._spawn(w)
+                await self._start_worker(w)
                 return
             except RuntimeError:
                 await asyncio.sleep(1.0)
@@ -315,6 +331,8 @@ class WorkerPool:
         return [w.pid for w in self.workers]
 
     async def close(self) -> None:
+        if self._closed:  # once (a failed start closes the pool, and its engine closes it again)
+            return
         self._closed = True
         for w in self.workers:
             w.wake.set()
@@ -345,7 +363,8 @@ class EnvPool(WorkerPool):
         parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_worker_main, args=(child, self.env_name, self.env_kwargs), daemon=True,
                                 name=f"hpl-env-{self.env_name}-{w.index}")
-        proc.start()
+        with interrupts_blocked():
+            proc.start()
         child.close()
         w.proc, w.conn, w.pid = proc, parent, proc.pid
         w.generation += 1
@@ -394,8 +413,8 @@ class EnvPool(WorkerPool):
                 w.conn.send(None)
         except OSError:
             pass
-        if w.proc is not None:
-            w.proc.join(timeout=5)
+        if w.proc is not None:  # one still starting or mid-batch (Ctrl-C, SIGTERM) gets a short grace
+            w.proc.join(timeout=5 if w.idle else 0.5)
         self._kill(w)
 
 
@@ -529,14 +548,20 @@ class RolloutEngine:
         await self.close()
 
     async def start(self) -> None:
-        if self.spec is not None and not self.spec.is_agent and self.policy is None:
-            from hpl_data.policies import make_chat_policy
+        """Build the policy (from a spec) and start the workers; a failed or cancelled start (``async
+        with`` then never exits) closes what it had started."""
+        try:
+            if self.spec is not None and not self.spec.is_agent and self.policy is None:
+                from hpl_data.policies import make_chat_policy
 
-            self.policy = make_chat_policy(self.spec, **self.policy_options)
-        if hasattr(self.policy, "endpoint_stats"):
-            self.counters.track_endpoints(self.policy.endpoint_stats)
-        await asyncio.to_thread(self._warm_caches)
-        await self.pool.start()
+                self.policy = make_chat_policy(self.spec, **self.policy_options)
+            if hasattr(self.policy, "endpoint_stats"):
+                self.counters.track_endpoints(self.policy.endpoint_stats)
+            await asyncio.to_thread(self._warm_caches)
+            await self.pool.start()
+        except BaseException:
+            await self.close()
+            raise
 
     def _warm_caches(self) -> None:
         """Build on-disk caches (indexes, converted data) once, before the workers open them."""

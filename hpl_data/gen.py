@@ -24,6 +24,7 @@ import asyncio
 import json
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -40,11 +41,12 @@ from hpl_data.protocol import compute as compute_protocol
 from hpl_data.protocol import describe as describe_protocol
 from hpl_data.protocol import differences as protocol_differences
 from hpl_data.shards import ShardStore
-from hpl_data.storage import Output, is_uri
+from hpl_data.storage import Output, is_uri, remove_stale_temp_files
 from hpl_envs.registry import canonical, make_env, profile
 
 LEVELS = ("traj", "step", "group")
-RUNTIME_ONLY = ("workers", "concurrency", "overwrite", "progress", "ray", "ray_cpus_per_worker")  # may differ between a run and its resumption
+# may differ between a run and its resumption; "out" too: a folder copied or moved elsewhere resumes
+RUNTIME_ONLY = ("out", "workers", "concurrency", "overwrite", "progress", "ray", "ray_cpus_per_worker")
 # openai: client options that change how requests travel, not what is sampled
 TRANSPORT_POLICY_ARGS = ("concurrency", "request_timeout", "call_timeout_s", "max_retries", "backoff_s",
                          "backoff_max_s", "eject_after", "eject_s", "eject_max_s", "api_key")
@@ -246,6 +248,8 @@ class Generation:
     def _open_manifest(self) -> None:
         c, out = self.config, self.output
         out.makedirs()
+        if out.local is not None:  # the manifest's or a table's, left by a writer that was killed
+            remove_stale_temp_files(out.local, ".*.tmp")
         manifest = out.read_json("manifest.json") if out.exists("manifest.json") and not c.overwrite else {}
 
         if manifest.get("config") is not None and data_identity(manifest["config"]) != data_identity(self.meta["config"]):
@@ -262,6 +266,11 @@ class Generation:
         self.counters = dict(manifest.get("counters", {}))
         if not manifest:  # record the config first, so a killed run is resumed only with the same one
             self._write_manifest({"config": self.meta["config"], "finished": False, **self.meta})
+
+    def shards(self, stage: str) -> ShardStore:
+        """The shard store of a stage; a damaged shard it finds is named on the console, in one line."""
+        return ShardStore(self.output, stage, warn=lambda msg: self.console.print(
+            f"hpl-gen: {msg}", style="yellow", markup=False, highlight=False))
 
     def _write_manifest(self, manifest: dict) -> None:
         self.output.write_text("manifest.json", json.dumps(manifest, indent=1, default=str))
@@ -334,7 +343,7 @@ class Generation:
             self.console.print(f"reusing {self.output.uri(name)}")
             return self.output.read_table(name).to_pylist()
         t0 = time.perf_counter()
-        store = ShardStore(self.output, f"trajectories_{role}")
+        store = self.shards(f"trajectories_{role}")
         todo = store.pending(task_ids)
         if len(todo) < len(task_ids):
             self.console.print(f"{role}: resuming, {len(task_ids) - len(todo)} of {len(task_ids)} tasks already done")
@@ -375,8 +384,12 @@ class Generation:
                     self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
                                                                  + eng.counters.episode_restarts)
             elif todo:
-                await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
-                                        seed=c.seed, workers=c.workers, on_episode=save)
+                stop = threading.Event()  # cancelled (Ctrl-C, SIGTERM): the thread ends after the episodes in progress
+                try:
+                    await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
+                                            seed=c.seed, workers=c.workers, on_episode=save, stop=stop)
+                finally:
+                    stop.set()
         shards = [store.get(t) for t in task_ids]
         rows = [r for sh in shards for r in sh["rows"]]
         self.counters[f"{role}_env_steps"] = sum(sh["env_steps"] for sh in shards)
@@ -412,7 +425,7 @@ class Generation:
         if kind == "uncertainty":
             from hpl_data.segmenters import percentile
 
-            store = ShardStore(self.output, "entropy")
+            store = self.shards("entropy")
 
             async def one(lab, t: str) -> None:
                 from hpl_data.mc import expert_entropies
@@ -432,7 +445,7 @@ class Generation:
         from hpl_data.policies import make_chat_policy
         from hpl_data.segmenters import semantic_groups
 
-        store = ShardStore(self.output, "semantic")
+        store = self.shards("semantic")
         by_task = {r["task_id"]: r for r in expert_rows if not r["error"] and r["actions"]}
         todo = [t for t in store.pending(task_ids) if t in by_task]
         if todo:
@@ -464,7 +477,7 @@ class Generation:
 
         c = self.config
         kind, arg = self.segmenter
-        store = ShardStore(self.output, "mc_" + "_".join(sorted(c.mc_levels)))
+        store = self.shards("mc_" + "_".join(sorted(c.mc_levels)))
         failed: dict[str, str] = {}
 
         async def one(lab, t: str) -> None:
@@ -475,7 +488,7 @@ class Generation:
                 groups = given if given and given[-1][1] == n else segment("fixed-k", 3, n, None, None)
             else:
                 groups = segment(kind, arg, n, getattr(self, "entropies", {}).get(t), self.threshold)
-            steps, grps = await label_task(lab, c.split, ex, expert=self.mc_expert, levels=c.mc_levels,
+            steps, grps = await label_task(lab, c.split, ex, expert=c.expert, levels=c.mc_levels,
                                            groups=groups, segmenter=c.segmenter)
             lab.counters["expert_env_steps_mc"] += n
             store.put(t, {"step": steps, "group": grps, "counters": dict(lab.counters)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpl_data.shards import remove_stale_temp_files
+from hpl_data.storage import remove_stale_temp_files, replacing
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -82,11 +81,8 @@ def write_table(rows: list[dict], schema: pa.Schema, path: Path, metadata: dict[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = build_table(rows, schema, metadata)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     remove_stale_temp_files(path.parent, f".{path.name}.*.tmp")  # left by a writer killed mid-write
     return path
 

@@ -7,11 +7,15 @@ exception) is recorded with its error and never stops the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 import traceback
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,13 +96,44 @@ def run_episode(env: Any, agent: Any, env_name: str, task_id: str, seed: int) ->
     return ep
 
 
+WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def interrupts_blocked() -> Iterator[None]:
+    """Start worker processes inside this: they begin life with SIGINT and SIGTERM blocked (in this
+    thread only: the main thread still takes them) until :func:`ignore_interrupts` in the worker.
+    Without it, a signal to the process group while a worker is still starting (importing, or a
+    forked copy still holding the parent's handlers) prints that worker's traceback."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_interrupts() -> None:
+    """In a worker process: a Ctrl-C reaching the whole process group is the parent's to act on (it
+    stops its workers in order; a worker whose parent is gone ends when its pipe closes). SIGTERM
+    gets its default back (a forked worker inherits the parent's handler): it ends the worker at
+    once, without a word, which multiprocessing's own clean-up at exit relies on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(env_name: str, env_kwargs: dict) -> None:
+def _load_env(env_name: str, env_kwargs: dict) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER["env"] = make_env(env_name, **env_kwargs)
     _WORKER["name"] = env_name
+
+
+def _init_worker(env_name: str, env_kwargs: dict) -> None:
+    ignore_interrupts()
+    _load_env(env_name, env_kwargs)
 
 
 def _run_one(args: tuple[str, str, int]) -> dict:
@@ -111,25 +146,45 @@ def _run_one(args: tuple[str, str, int]) -> dict:
 
 
 def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: dict | None = None,
-                 seed: int = 0, workers: int = 1, on_episode=None) -> list[dict]:
-    """Run one episode per task id; results come back in task order."""
+                 seed: int = 0, workers: int = 1, on_episode=None, stop: threading.Event | None = None) -> list[dict]:
+    """Run one episode per task id; results come back in task order. Setting ``stop`` (from
+    another thread: this one may run in a thread) ends the run once the episodes in progress are
+    done; the episodes finished until then are returned (and were passed to ``on_episode``)."""
     env_kwargs = env_kwargs or {}
     jobs = [(agent, str(t), seed) for t in task_ids]
     results: list[dict] = []
+    stop = stop or threading.Event()
     if workers <= 1:
-        _init_worker(env_name, env_kwargs)
+        _load_env(env_name, env_kwargs)
         for job in jobs:
+            if stop.is_set():
+                break
             results.append(_run_one(job))
             if on_episode:
                 on_episode(results[-1])
         return results
     make_env(env_name, **env_kwargs).warm_caches()  # build shared caches once, before the workers
+    if stop.is_set():
+        return results
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(env_name, env_kwargs)) as pool:
-        for res in pool.map(_run_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
+        with interrupts_blocked():  # the first submit starts the workers
+            futures = [pool.submit(_run_one, job) for job in jobs]  # one episode a job: a stop waits for few
+        for fut in futures:
+            res = _result_unless_stopped(fut, stop)
+            if res is None:
+                pool.shutdown(cancel_futures=True)
+                break
             results.append(res)
             if on_episode:
                 on_episode(res)
     return results
+
+
+def _result_unless_stopped(fut: Future, stop: threading.Event, poll_s: float = 0.1) -> dict | None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            return fut.result(timeout=poll_s)
+    return None
 
 
 def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_s: float) -> dict:

@@ -12,8 +12,10 @@ S3 options go in the URI's query, e.g. ``s3://bucket/run1?endpoint_override=10.0
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,46 @@ OBJECT_STORES = ("S3FileSystem", "GcsFileSystem", "AzureFileSystem")  # a single
 
 def is_uri(where: str | Path) -> bool:
     return isinstance(where, str) and "://" in where
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write the new file to (``.<name>.<pid>.tmp``); once the
+    block ends it is fsynced and renamed over ``path``. If anything fails first (a full disk, a
+    signal, a bug) the temporary file is removed and the error goes on: ``path`` is then either
+    its old self or absent, never partial, and nothing is left beside it. The one way hpl writes
+    a local file that a reader (a resume, another process) may open."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path | str, data: bytes | str) -> None:
+    """``data`` (text is written as UTF-8) as ``path``, whole or not at all: :func:`replacing`."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def remove_stale_temp_files(folder: Path, pattern: str) -> None:
+    """Delete ``<name>.<pid>.tmp`` files left by writers that were killed (their pid is gone)."""
+    for tmp in Path(folder).glob(pattern):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError, IndexError):
+            continue
 
 
 class Output:
@@ -98,13 +140,7 @@ class Output:
     def write_bytes(self, name: str, data: bytes) -> None:
         """``data`` as ``name``, whole or not at all (see the module docstring)."""
         if self.local is not None:
-            path = self.local / name
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
+            write_atomically(self.local / name, data)
             return
         if type(self.fs).__name__ in OBJECT_STORES:
             with self.fs.open_output_stream(self.path(name)) as f:
@@ -112,9 +148,14 @@ class Output:
             return
         folder, _, base = self.path(name).rpartition("/")
         tmp = f"{folder}/.{base}.{os.getpid()}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, self.path(name))
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, self.path(name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise
 
     def write_text(self, name: str, text: str) -> None:
         self.write_bytes(name, text.encode("utf-8"))

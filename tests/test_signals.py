@@ -1,0 +1,153 @@
+"""SIGTERM (preemption) and SIGINT (Ctrl-C), sent to the process or to its whole process group at
+random (seeded) moments of ``hpl-gen`` with an agent policy, ``hpl-gen`` with an LLM policy (the
+tiny model on one real vLLM server, shared by every case) and ``hpl-eval``: one line on stderr and
+no traceback (the env workers' included), exit status 143 / 130, no process of the command left
+running, the finished shards kept, and rerunning the command resumes to the tables of an
+undisturbed run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+psutil = pytest.importorskip("psutil")
+
+from test_gen import table_digests  # noqa: E402
+
+from hpl_data.policies.vllm_server import VLLMServer  # noqa: E402
+
+EXIT = {signal.SIGTERM: (143, "terminated (SIGTERM)"), signal.SIGINT: (130, "interrupted (SIGINT)")}
+NOISE = re.compile(r"Traceback|Error|Exception|exception|Warning|never retrieved|destroyed|Broken", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from hpl_data.tiny_model import build_tiny_model
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    srv = VLLMServer(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")),
+                     log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
+    yield srv
+    srv.stop()
+
+
+def commands(url: str) -> dict[str, tuple[str, list[str], float]]:
+    """name -> (module, arguments, seconds over which the signal time is drawn once workers run)."""
+    gen = ["--no-progress", "--env", "webshop", "--workers", "2", "--mc-rollouts", "2"]
+    return {
+        "gen-agent": ("hpl_data.cli_gen", [*gen, "--limit", "6", "--seed", "3"], 10.0),
+        "gen-llm": ("hpl_data.cli_gen", [*gen, "--limit", "4", "--policy", f"openai:{url}", "--policy-max-tokens",
+                                         "16", "--max-turns", "6"], 16.0),
+        "eval": ("hpl_data.cli_eval", ["--env", "webshop", "--agent", f"openai:{url}", "--limit", "12", "--max-turns",
+                                       "6", "--max-tokens", "16", "--workers", "2", "--quiet"], 6.0),
+    }
+
+
+def start(module: str, args: list[str], out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def descendants(proc: subprocess.Popen) -> list:
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(procs: list) -> list[int]:
+    def running(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 5
+    while (left := [p.pid for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def shards(out: Path) -> set[Path]:
+    return set(out.glob(".shards/*/*.json"))
+
+
+def finished(out: Path) -> bool:
+    """The command's work is complete (a signal after this meets the interpreter's exit, not hpl)."""
+    if out.suffix == ".json":
+        return out.exists()
+    return (out / "manifest.json").exists() and '"finished": true' in (out / "manifest.json").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_at_random_moments(server, tmp_path):
+    cmds = commands(server.url)
+    reference = {}
+    for name in ("gen-agent", "gen-llm"):
+        module, args, _ = cmds[name]
+        p = start(module, args, tmp_path / f"{name}-reference")
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        reference[name] = table_digests(tmp_path / f"{name}-reference")
+
+    rng = random.Random(24)
+    cases = list(itertools.product(cmds, (signal.SIGTERM, signal.SIGINT), ("process", "group")))
+    rng.shuffle(cases)
+    delivered, resumed_runs = [], 0
+    for name, signum, target in cases:
+        module, args, span = cmds[name]
+        out = tmp_path / name / ("summary.json" if name == "eval" else "")
+        for _attempt in range(3):  # a run that ends before its signal time is done again
+            if out.suffix == ".json":
+                out.unlink(missing_ok=True)
+            before = shards(out)
+            p = start(module, args, out)
+            seen = {}
+            while p.poll() is None and not seen:  # the command is at work once its workers run
+                seen = {c.pid: c for c in descendants(p)}
+                time.sleep(0.05)
+            wait_until = time.monotonic() + rng.uniform(0, span)
+            while p.poll() is None and time.monotonic() < wait_until:
+                seen.update({c.pid: c for c in descendants(p)})
+                time.sleep(0.05)
+            if p.poll() is None:
+                (os.killpg if target == "group" else os.kill)(p.pid, signum)
+            _, err = p.communicate(timeout=120)
+            lines = err.strip().splitlines()
+            if finished(out):  # it finished first: a gen folder is compared and started over
+                if name != "eval":
+                    assert table_digests(out) == reference[name], err[-3000:]
+                    shutil.rmtree(out)
+                continue
+            status, words = EXIT[signum]
+            case = f"{name} {signum.name} to the {target}"
+            assert p.returncode == status, (case, err[-3000:])
+            assert lines[-1] == f"hpl-{name.split('-')[0]}: {words}", (case, err[-3000:])
+            assert not [line for line in lines if NOISE.search(line)], (case, err[-3000:])
+            assert alive(list(seen.values())) == [], (case, err[-3000:])
+            assert before <= shards(out) and not list(out.parent.rglob("*.tmp")), case  # shards kept, whole
+            delivered.append(case)
+            break
+    assert len(delivered) >= 10, delivered
+
+    for name in ("gen-agent", "gen-llm"):  # the interrupted folders resume to the undisturbed tables
+        module, args, _ = cmds[name]
+        if (tmp_path / name).exists():
+            resumed_runs += 1
+            p = start(module, args, tmp_path / name)
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+            assert table_digests(tmp_path / name) == reference[name]
+    assert resumed_runs >= 1
