@@ -70,7 +70,7 @@ def test_mapped_index_gives_the_in_memory_results(full):
     queries = [g.instruction_text.lower() for g in build_goals(catalog)[:300]] + ["red shoe", "zzz", ""]
     for q in queries:
         assert engine.search(q) == in_memory.search(q), q
-    assert len(engine.vocab) > 2 * len(SearchEngine.for_catalog(load_catalog(size="1k")).vocab)  # new words
+    assert len(engine.vocab) > 1.5 * len(SearchEngine.for_catalog(load_catalog(size="1k")).vocab)  # new words
 
 
 def test_a_second_process_opens_the_index_without_rebuilding(full):

@@ -87,3 +87,13 @@ def test_parallel_analysis_builds_the_same_index():
     assert parallel[0] == single[0]  # same vocabulary, same term ids
     a, b = search.lucene_score_matrix(*parallel), search.lucene_score_matrix(*single)
     assert all(np.array_equal(a[k], b[k]) for k in ("data", "indices", "indptr"))
+
+
+def test_mapped_vocab_finds_every_term_and_nothing_else(tmp_path):
+    from hpl_envs.webshop.search import MappedVocab
+
+    vocab = {"shoe": 0, "red": 1, "café": 2, "❤": 3, "a": 4, "l'eau": 5}
+    MappedVocab.write(tmp_path, vocab)
+    mapped = MappedVocab(tmp_path)
+    assert len(mapped) == 6 and {t: mapped.get(t) for t in vocab} == vocab
+    assert [mapped.get(t) for t in ("", "sho", "shoes", "cafe", "a" * 100, "zzz")] == [None] * 6

@@ -36,7 +36,7 @@ from hpl_envs.data import cache_dir
 from hpl_envs.webshop.catalog import Catalog, build_lock
 
 K1, B = 0.9, 0.4
-INDEX_VERSION = 2  # bump when analysis or scoring changes: cached indexes are keyed by it
+INDEX_VERSION = 3  # bump when analysis or scoring changes: cached indexes are keyed by it
 SEARCH_RETURN_N = 50
 
 LUCENE_ENGLISH_STOP_WORDS = frozenset(
@@ -57,7 +57,7 @@ _IDEOGRAPH = r"[\p{Han}\p{Hiragana}]"  # one token per character, as Lucene's <I
 _TOKEN = regex.compile(
     rf"{_SYMBOL}(?:\uFE0F|[\U0001F3FB-\U0001F3FF])*(?:\u200D{_SYMBOL}\uFE0F?)*"
     rf"|{_IDEOGRAPH}"
-    rf"|(?!_+(?!\w))(?:(?!{_IDEOGRAPH})\w)+(?:(?:(?<={_LETTER})[.'’\u2018:\uFF1A\u00B7](?={_LETTER})"
+    rf"|(?!_+(?!\w)|\p{{Grapheme_Extend}})(?:(?!{_IDEOGRAPH})\w)+(?:(?:(?<={_LETTER})[.'’\u2018:\uFF1A\u00B7](?={_LETTER})"
     rf"|(?<={_DIGIT})[.'’\u2018,;\u2044](?={_DIGIT}))(?:(?!{_IDEOGRAPH})\w)+)*"
 )
 # The same word breaking on ASCII text, lower-cased first (lower-casing moves no ASCII character
@@ -244,6 +244,34 @@ def lucene_score_matrix(vocab: dict[str, int], doc_text: np.ndarray, texts: dict
             "indptr": csc.indptr.astype(np.int64), "num_docs": n_docs}
 
 
+class MappedVocab:
+    """term -> id over two memory-mapped arrays (the terms sorted as bytes, their ids) saved beside
+    the index: a worker looks up its query terms by binary search instead of holding the catalog's
+    vocabulary as a Python dict (~100 MB per worker for the 400 k terms of a full catalog)."""
+
+    def __init__(self, path: Path, mmap: bool = True) -> None:
+        mode = "r" if mmap else None
+        self.terms = np.load(path / "vocab.terms.npy", mmap_mode=mode)
+        self.ids = np.load(path / "vocab.ids.npy", mmap_mode=mode)
+
+    @staticmethod
+    def write(path: Path, vocab: dict[str, int]) -> None:
+        terms = np.array([t.encode("utf-8") for t in vocab], dtype=bytes)
+        order = np.argsort(terms, kind="stable")
+        np.save(path / "vocab.terms.npy", terms[order])
+        np.save(path / "vocab.ids.npy", np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))[order])
+
+    def get(self, term: str, default: int | None = None) -> int | None:
+        key = term.encode("utf-8")
+        j = int(np.searchsorted(self.terms, key))
+        if len(key) <= self.terms.dtype.itemsize and j < len(self.terms) and self.terms[j] == key:
+            return int(self.ids[j])
+        return default
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+
 class SearchEngine:
     """Top-k BM25 over a list of documents; results are document indexes.
 
@@ -252,10 +280,10 @@ class SearchEngine:
     builder and a killed build leaves nothing half-written) and memory-mapped by every worker
     through ``bm25s.BM25.load(mmap=True)``: the postings are shared page cache, not per-worker heap."""
 
-    def __init__(self, retriever: bm25s.BM25, built: bool = False) -> None:
+    def __init__(self, retriever: bm25s.BM25, built: bool = False, vocab: MappedVocab | None = None) -> None:
         retriever.dtype = "float32"  # the fast first pass (np.add.at of float32 postings); see search()
         self.retriever = retriever
-        self.vocab = retriever.vocab_dict
+        self.vocab: dict[str, int] | MappedVocab = vocab if vocab is not None else retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
         self.tie_rank: np.ndarray | None = None  # per document: the docid order ties follow
         self.built = built  # True when this process built the index (False: loaded from the cache)
@@ -300,6 +328,7 @@ class SearchEngine:
             engine = cls.build(contents_fn())
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             engine.retriever.save(str(tmp), show_progress=False)
+            MappedVocab.write(tmp, engine.vocab)
             tmp.rename(path)
         loaded = cls._load(path, mmap)  # serve from the mapped files, as every other worker does
         if loaded is None:
@@ -312,12 +341,13 @@ class SearchEngine:
         if not (path / "params.index.json").exists():
             return None
         try:
-            return cls(bm25s.BM25.load(str(path), mmap=mmap))
+            return cls(bm25s.BM25.load(str(path), mmap=mmap, load_vocab=False), vocab=MappedVocab(path, mmap))
         except Exception:  # noqa: BLE001 - a torn or foreign cache is rebuilt
             return None
 
     def _term_ids(self, query: str) -> list[int]:
-        return [self.vocab[t] for t in analyze(query) if t in self.vocab]
+        ids = (self.vocab.get(t) for t in analyze(query))
+        return [j for j in ids if j is not None]
 
     def _exact(self, ids: list[int], docs: np.ndarray) -> np.ndarray:
         """Lucene's score of each of ``docs`` (ascending): its disjunction scorers (WANDScorer,
