@@ -13,8 +13,10 @@ non-search steps/s per core, search p50 <= 2 ms on 1k products, restore >= 50x f
 replay to step 8.
 
 --full-catalog (or --only-full): ``catalog="full"`` on a synthetic 1.18 M-product catalog (the 1k
-catalog replicated, ``write_synthetic_full``; ~3 GB Arrow + index in the cache): build time of the
-Arrow catalog and the search index, their size on disk, then 4 workers together (spawned
+catalog grown with seeded, perturbed texts so no two products share a text, ``write_synthetic_full``;
+a few GB of Arrow + index in the cache): build time (wall and CPU, the analysis worker processes'
+CPU included) of the Arrow catalog and the search index, their size on disk, the analysis
+workers' peak memory, then 4 workers together (spawned
 processes) that open the catalog and index memory-mapped, search goal instructions and read the
 first result page's products: search p50/p95 and each worker's Private_Clean + Private_Dirty
 from /proc/<pid>/smaps_rollup (pages only that worker maps; the shared mapped files are not
@@ -169,29 +171,48 @@ def smaps_rollup(pid: int) -> dict[str, int]:
 
 def _full_build(root: str, queue) -> None:
     """Build (or find) the catalog's Arrow file and search index, in a process of its own so the
-    parent maps nothing the workers are measured on."""
-    from hpl_envs.webshop.catalog import load_catalog
-    from hpl_envs.webshop.search import SearchEngine, analyze
+    parent maps nothing the workers are measured on. CPU times include the analysis workers'."""
+    import resource
+    import threading
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    import psutil
+
+    from hpl_envs.webshop.catalog import load_catalog
+    from hpl_envs.webshop.search import SearchEngine
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    peak_private_kb, done = [0], threading.Event()
+
+    def watch_workers() -> None:  # the analysis workers are this process's children
+        while not done.wait(0.5):
+            for child in psutil.Process().children():
+                try:
+                    m = smaps_rollup(child.pid)
+                except OSError:
+                    continue
+                peak_private_kb[0] = max(peak_private_kb[0], m.get("Private_Clean", 0) + m.get("Private_Dirty", 0))
+
+    threading.Thread(target=watch_workers, daemon=True).start()
+    t0, c0 = time.perf_counter(), cpu()
     catalog = load_catalog(Path(root), "full")
-    t1, c1 = time.perf_counter(), time.process_time()
+    t1, c1 = time.perf_counter(), cpu()
     engine = SearchEngine.for_catalog(catalog)
-    t2, c2 = time.perf_counter(), time.process_time()
-    # the analyzer's speed per distinct text, to say what a catalog with no repeated texts costs
-    texts = catalog.table.column("contents").slice(0, 1000).to_pylist()
-    t3 = time.thread_time()  # CPU time: on a shared machine wall time includes waiting for a core
-    for text in texts:
-        analyze(text)
-    per_text = (time.thread_time() - t3) / len(texts)
+    t2, c2 = time.perf_counter(), cpu()
+    done.set()
     index_dir = SearchEngine.index_path(catalog.key)
     arrow = next(index_dir.parent.glob(f"webshop-catalog-v*-full-{catalog.key}.arrow"))
+    contents = catalog.table.column("contents")
     queue.put({"products": len(catalog), "catalog_s": t1 - t0, "index_s": t2 - t1, "built": engine.built,
-               "catalog_cpu_s": c1 - c0, "index_cpu_s": c2 - c1,
+               "catalog_cpu_s": c1 - c0, "index_cpu_s": c2 - c1, "vocabulary": len(engine.vocab),
+               "distinct_texts": len(contents.unique()) if len(catalog) <= 2_000_000 else None,
+               "builder_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "analysis_worker_peak_mb": peak_private_kb[0] / 1024,
                "index_bytes": sum(f.stat().st_size for f in index_dir.iterdir()),
                "catalog_bytes": sum(f.stat().st_size for f in arrow.parent.glob(arrow.stem + ".*")
-                                    if not f.name.endswith((".lock", ".tmp"))),
-               "analyze_ms_per_text": per_text * 1e3})
+                                    if not f.name.endswith((".lock", ".tmp")))})
 
 
 def _full_worker(root: str, mode: str, queries: int, offset: int, queue, turn, release) -> None:
@@ -267,10 +288,9 @@ def bench_full_catalog(products: int, workers: int, inmem_workers: int, queries:
     if rebuild:  # the cached catalog and index of exactly this synthetic catalog
         import shutil
 
-        from hpl_envs.data import file_digest
-        from hpl_envs.webshop.catalog import find_sources
+        from hpl_envs.webshop.catalog import catalog_key, find_sources
 
-        key = file_digest([p for p in find_sources(root, "full").values() if p])
+        key = catalog_key(find_sources(root, "full"))
         for f in cache_dir().glob(f"webshop-*{key}*"):
             shutil.rmtree(f) if f.is_dir() else f.unlink()
     ctx = mp.get_context("spawn")
@@ -280,13 +300,15 @@ def bench_full_catalog(products: int, workers: int, inmem_workers: int, queries:
     b = queue.get(timeout=3600)
     builder.join()
     state = "built" if b["built"] else "found in the cache (--rebuild to time the build)"
-    print(f"full catalog: {b['products']:,} products (synthetic: the 1k catalog replicated); catalog Arrow "
-          f"{b['catalog_s']:.1f}s ({b['catalog_cpu_s']:.1f}s CPU), search index {b['index_s']:.1f}s "
-          f"({b['index_cpu_s']:.1f}s CPU) ({state}); on disk: index "
-          f"{b['index_bytes'] / 2**20:.0f} MiB, catalog {b['catalog_bytes'] / 2**20:.0f} MiB")
-    print(f"  analyzer: {b['analyze_ms_per_text']:.2f} ms CPU per distinct text (a copy is analysed once), i.e. "
-          f"~{b['analyze_ms_per_text'] * b['products'] / 1e3 / 60:.1f} min of analysis for {b['products']:,} "
-          "distinct texts on one core")
+    print(f"full catalog: {b['products']:,} products, {b['distinct_texts'] or 0:,} distinct search texts, "
+          f"vocabulary {b['vocabulary']:,} terms (synthetic: the 1k catalog grown with seeded perturbed texts); "
+          f"catalog Arrow {b['catalog_s']:.1f}s ({b['catalog_cpu_s']:.1f}s CPU), search index {b['index_s']:.1f}s "
+          f"({b['index_cpu_s']:.1f}s CPU, analysis over {os.cpu_count()} processes), build total "
+          f"{b['catalog_s'] + b['index_s']:.1f}s ({state}); on disk: index {b['index_bytes'] / 2**20:.0f} MiB, "
+          f"catalog {b['catalog_bytes'] / 2**20:.0f} MiB; peak RSS: builder {b['builder_peak_mb']:.0f} MB, "
+          f"analysis workers' private memory at most {b['analysis_worker_peak_mb']:.0f} MB "
+          "(sampled every 0.5 s)")
+    print(f"  (load average after the build: {' '.join(open('/proc/loadavg').read().split()[:3])})")
     rows = {}
     modes = [("env", workers), ("mmap", workers), ("in-memory", inmem_workers)]
     if inmem_catalog:

@@ -1,11 +1,13 @@
 """Refresh the ``original`` outputs in tests/fixtures/webshop_goal_vectors.json by running WebShop's
-own ``engine/goal.py`` (a checkout at 64fa2a5, not part of hpl) in a venv with its pinned pipeline
-(spaCy 3.0.8 + en_core_web_sm 3.0.0, thefuzz 0.19; see webshop_build_original_tagger.py).
+own ``engine/goal.py`` (a checkout at 64fa2a5, not part of hpl) in a venv with spaCy 3.0.8 +
+en_core_web_sm 3.0.0 and thefuzz 0.19: hpl's ``sm-3.0.0`` tagger, the nearest pipeline to WebShop's pin
+(spaCy 3.3.0) obtainable, not the authors' own (see webshop_build_tagger.py).
 
-The inputs recreate the cases of WebShop's tests/web-agent-site/engine/test_goal.py. With its own
-pinned pipeline the original does not pass all of that file's assertions ("Name 1" has no
-NOUN/PROPN token, so title_score is 0.2, not 1; 0.4 and 0.278 where it expects 0.333 and 0.3):
-the fixture keeps what the original code actually returns.
+The inputs recreate the cases of WebShop's tests/web-agent-site/engine/test_goal.py. With that
+pipeline the original does not pass all of that file's assertions ("Name 1" has no NOUN/PROPN token,
+so title_score is 0.2, not 1; 0.4 and 0.278 where it expects 0.333 and 0.3): the fixture keeps
+what the original code actually returns (``original``) beside what the file asserts (``asserted``,
+scored per pipeline by webshop_spacy_pipelines.py); other keys are left as they are.
 
   /tmp/venv-spacy308/bin/python benchmarks/webshop_record_goal_vectors.py WEBSHOP_CHECKOUT tests/fixtures/webshop_goal_vectors.json
 """

@@ -1,5 +1,6 @@
-"""catalog="full" at scale: a synthetic catalog (the 1k one replicated) whose Arrow file and
-memory-mapped search index are built once, under a lock, and opened by every other process."""
+"""catalog="full" at scale: a synthetic catalog (the 1k one grown with seeded, perturbed texts) whose
+Arrow file and memory-mapped search index are built once (analysis over processes), under a lock,
+and opened by every other process."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from hpl_envs.webshop.env import WebShopEnv
 from hpl_envs.webshop.goals import build_goals
 from hpl_envs.webshop.search import SearchEngine
 
-PRODUCTS = 30_000
+PRODUCTS = 20_000  # more than one analysis chunk (PARALLEL_CHUNK): the index is built over processes
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,27 +42,35 @@ def _open_in_subprocess(root: Path, query: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_synthetic_full_catalog_replicates_the_1k_one(full):
+def test_synthetic_full_catalog_grows_the_1k_one_with_distinct_texts(full):
+    from hpl_envs.webshop.catalog import _TextPerturber
+
     _, catalog, _ = full
     base = load_catalog(size="1k")
     assert len(catalog) == PRODUCTS
     assert [catalog.asin(i) for i in range(len(base))] == [base.asin(i) for i in range(len(base))]
-    assert catalog.asin(len(base)) == "Z000100000" and catalog.index("Z002900999") == PRODUCTS - 1
-    assert catalog.product(len(base) + 7).Title == base.product(7).Title
+    assert catalog.asin(len(base)) == "Z000100000" and catalog.index(f"Z{PRODUCTS // 1000 - 1:04d}00999") == PRODUCTS - 1
     assert len(build_goals(catalog)) == len(build_goals(base))  # copies carry no goals
+    contents = catalog.table.column("contents")
+    assert len(contents.unique()) > 0.99 * PRODUCTS  # (a few 1k products share a text already)
+    copy, original = catalog.product(3 * len(base) + 7), base.product(7)
+    assert copy.Title != original.Title and copy.options == original.options and copy.pricing == original.pricing
+    assert len(copy.Title.split()) >= len(original.Title.split())  # words swapped, a model code maybe added
+    again = _TextPerturber(base.table, seed=0).copy(3)  # seeded: the same texts every build
+    assert again["Title"][7] == copy.Title and again["contents"][7] == contents[3 * len(base) + 7].as_py()
+    ascii_share = np.mean([t.isascii() for t in contents.slice(len(base), 5 * len(base)).to_pylist()])
+    assert abs(ascii_share - np.mean([t.isascii() for t in base.table.column("contents").to_pylist()])) < 0.1
 
 
 def test_mapped_index_gives_the_in_memory_results(full):
     _, catalog, engine = full
     assert engine.built and isinstance(engine.retriever.scores["data"], np.memmap)
-    in_memory = SearchEngine.build(catalog.table.column("contents").to_pylist())
+    in_memory = SearchEngine.build(catalog.table.column("contents").to_pylist(), processes=1)  # in this process
     in_memory.tie_rank = catalog.asin_rank()
     queries = [g.instruction_text.lower() for g in build_goals(catalog)[:300]] + ["red shoe", "zzz", ""]
     for q in queries:
         assert engine.search(q) == in_memory.search(q), q
-    # every copy of a product scores the same: ties go to the lower ASIN, the 1k product first
-    hits = engine.search("decorative pillows")
-    assert not catalog.asin(hits[0]).startswith("Z") and catalog.asin(hits[1]).startswith("Z")
+    assert len(engine.vocab) > 1.5 * len(SearchEngine.for_catalog(load_catalog(size="1k")).vocab)  # new words
 
 
 def test_a_second_process_opens_the_index_without_rebuilding(full):
@@ -105,4 +114,4 @@ def test_an_episode_on_the_full_catalog_end_to_end(full):
         assert reward == 1.0 and info["purchased"]["asin"] == env.goal(tid).asin
     env.reset(options={"task_id": "0"})
     obs, *_ = env.step("search[decorative pillows]")
-    assert "Total results: 50" in obs and "Z0001" in obs  # replicas rank right after the original
+    assert "Total results: 50" in obs and "[SEP] Z0" in obs  # perturbed copies compete with the original

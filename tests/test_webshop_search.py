@@ -55,3 +55,45 @@ def test_tied_results_in_the_original_indexs_order(webshop_env, query, position,
     """Hits tied (or nearly) in score, recorded from WebShop's own Lucene index through pyserini 0.22.1."""
     hits = webshop_env.shared.search.search(query, 50)
     assert webshop_env.shared.catalog.asin(hits[position]) == asin
+
+
+def test_fast_word_breaking_gives_the_unicode_rules_tokens():
+    """analyze() reads ASCII words with the stdlib engine and only the words holding non-ASCII
+    characters with the full Unicode pattern; every character in the contexts that matter (joins
+    between letters and digits, underscores, marks, emoji sequences) must give _TOKEN's tokens."""
+    from hpl_envs.webshop.search import _TOKEN, _term
+
+    def reference(text: str) -> list[str]:
+        return [t for t in map(_term, _TOKEN.findall(text)) if t]
+
+    chars = [chr(c) for c in range(0x80, 0x30000, 9) if not 0xD800 <= c < 0xE000]
+    texts = [f"Ab{c}cd 1{c}2 {c}x __{c} x_{c}é {c}\u0301 ❤{c}\ufe0f WOMEN{c}S" for c in chars]
+    texts += ["Don’t stop: 3,5 ‘x’ ＆ a：b 1⁄2 l'eau D'ISSEY's 6.76 — 【NEW】 ®™ 👍🏽 👨\u200d👩 中文 ひら", "a_b __ _a 1_2"]
+    for text in texts:
+        assert analyze(text) == reference(text), text
+
+
+def test_parallel_analysis_builds_the_same_index():
+    from hpl_envs.webshop import search
+
+    texts = [f"red shoe {i % 7} size {i % 11}" for i in range(3 * 500)] + ["blue hat", "Ünïcode café ❤️"] * 5
+    old = search.PARALLEL_CHUNK
+    search.PARALLEL_CHUNK = 500  # four chunks: over two worker processes
+    try:
+        parallel = search.analyze_corpus(texts, processes=2)
+    finally:
+        search.PARALLEL_CHUNK = old
+    single = search.analyze_corpus(texts, processes=1)
+    assert parallel[0] == single[0]  # same vocabulary, same term ids
+    a, b = search.lucene_score_matrix(*parallel), search.lucene_score_matrix(*single)
+    assert all(np.array_equal(a[k], b[k]) for k in ("data", "indices", "indptr"))
+
+
+def test_mapped_vocab_finds_every_term_and_nothing_else(tmp_path):
+    from hpl_envs.webshop.search import MappedVocab
+
+    vocab = {"shoe": 0, "red": 1, "café": 2, "❤": 3, "a": 4, "l'eau": 5}
+    MappedVocab.write(tmp_path, vocab)
+    mapped = MappedVocab(tmp_path)
+    assert len(mapped) == 6 and {t: mapped.get(t) for t in vocab} == vocab
+    assert [mapped.get(t) for t in ("", "sho", "shoes", "cafe", "a" * 100, "zzz")] == [None] * 6

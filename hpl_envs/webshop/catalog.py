@@ -12,12 +12,14 @@ file; its ``product`` field is WebShop's product after ``load_products``), or a 
 
 Full scale without the 1.18 M-product download: a data root whose ``webshop/`` holds
 ``items_shuffle.synthetic.json`` (``{"products": N}``, see :func:`write_synthetic_full`) serves
-``catalog="full"`` with the 1k catalog replicated to N products (copies get fresh ASINs and no
-goals), so tests and benchmarks exercise the full-scale paths (cache, index, memory) here.
+``catalog="full"`` with the 1k catalog grown to N products (copies get fresh ASINs, no goals and
+seeded perturbed texts, so every product's text is distinct and indexing costs what a real catalog
+costs), so tests and benchmarks exercise the full-scale paths (cache, index, memory) here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -259,15 +261,93 @@ def _synthetic_size(spec: Path, base_rows: int) -> int:
     return n
 
 
-def synthetic_batches(base: pa.Table, products: int, rows_per_batch: int = 1 << 16):
-    """The 1k table replicated to ``products`` rows: copy 0 is the 1k catalog itself; copy r > 0
-    gets ASINs ``Z<r:04><row:05>`` (unique, sorting after every real ASIN) and no goals."""
+SYNTHETIC_VERSION = 2  # bump when synthetic_batches changes (v1: copies of the 1k texts); keys the cache
+SYNTHETIC_REPLACE_RATE = 0.15  # share of a copy's words swapped for words drawn from the 1k catalog
+SYNTHETIC_CODE_RATE = 0.5  # share of copies whose name gains a model code ('kx482'), as real names do
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class _TextPerturber:
+    """Seeded per-copy perturbation of the 1k catalog's texts, so every copy's name, description,
+    features and search contents are distinct and cost what a real product's cost to analyse.
+
+    Words are whitespace-separated; each is swapped, with probability ``SYNTHETIC_REPLACE_RATE``,
+    for a word drawn from the 1k catalog's ASCII words (frequent words stay frequent, and the share
+    of ASCII texts, which analyse faster, stays the real one);
+    some names gain a two-letter-three-digit model code, which grows the vocabulary as model
+    numbers do. ``contents`` is rebuilt from the perturbed fields as WebShop indexes a raw
+    product (title, description, features, options; lower-cased)."""
+
+    def __init__(self, base: pa.Table, seed: int) -> None:
+        self.seed = seed
+        self.n = base.num_rows
+        names, titles = base.column("name").to_pylist(), base.column("Title").to_pylist()
+        self.title_is_name = [a == b for a, b in zip(names, titles)]
+        bullets = [b or [] for b in base.column("BulletPoints").to_pylist()]
+        self.bullet_counts = np.array([len(b) for b in bullets])
+        self.options = [json.loads(o) for o in base.column("options_json").to_pylist()]
+        # one flat word array per field: names, titles, descriptions, bullets (row-major)
+        self.fields = {
+            "name": names,
+            "Title": titles,
+            "Description": [d or "" for d in base.column("Description").to_pylist()],
+            "BulletPoints": [b for row in bullets for b in row],
+        }
+        vocab: dict[str, int] = {}
+        self.flat, self.ptr = {}, {}
+        for field, texts in self.fields.items():
+            ids, ptr = [], [0]
+            for text in texts:
+                ids.extend(vocab.setdefault(w, len(vocab)) for w in text.split())
+                ptr.append(len(ids))
+            self.flat[field], self.ptr[field] = np.array(ids, dtype=np.int64), ptr
+        self.words = np.array(list(vocab), dtype=object)
+        # ASCII word ids, as often as they occur: an ASCII text stays ASCII, so the share of texts
+        # that need the slower Unicode word breaking is the 1k catalog's
+        ascii_word = np.array([w.isascii() for w in vocab], dtype=bool)
+        pool = np.concatenate(list(self.flat.values()))
+        self.pool = pool[ascii_word[pool]]
+
+    def _perturb(self, field: str, rng: np.random.Generator) -> list[str]:
+        ids = self.flat[field].copy()
+        swap = rng.random(len(ids)) < SYNTHETIC_REPLACE_RATE
+        ids[swap] = self.pool[rng.integers(len(self.pool), size=int(swap.sum()))]
+        words, ptr = self.words[ids].tolist(), self.ptr[field]
+        return [" ".join(words[ptr[i]:ptr[i + 1]]) for i in range(len(ptr) - 1)]
+
+    def copy(self, r: int) -> dict[str, list]:
+        """Copy ``r``'s perturbed text columns (same rows as the 1k table)."""
+        rng = np.random.default_rng([self.seed, r])
+        names, titles = self._perturb("name", rng), self._perturb("Title", rng)
+        has_code = rng.random(self.n) < SYNTHETIC_CODE_RATE
+        code_letters = rng.integers(26, size=(self.n, 2))
+        code_digits = rng.integers(1000, size=self.n)
+        for i in np.flatnonzero(has_code):
+            names[i] += f" {_LETTERS[code_letters[i, 0]]}{_LETTERS[code_letters[i, 1]]}{code_digits[i]:03d}"
+        titles = [names[i] if self.title_is_name[i] else titles[i] for i in range(self.n)]
+        descriptions = self._perturb("Description", rng)
+        flat_bullets = self._perturb("BulletPoints", rng)
+        ends = np.cumsum(self.bullet_counts).tolist()
+        bullets = [flat_bullets[e - c:e] for e, c in zip(ends, self.bullet_counts.tolist())]
+        contents = [_search_contents({"Title": t, "Description": d, "BulletPoints": b, "options": o})
+                    for t, d, b, o in zip(titles, descriptions, bullets, self.options)]
+        return {"name": names, "Title": titles, "Description": descriptions, "BulletPoints": bullets,
+                "contents": contents}
+
+
+def synthetic_batches(base: pa.Table, products: int, rows_per_batch: int = 1 << 16, seed: int = 0):
+    """The 1k table grown to ``products`` rows: copy 0 is the 1k catalog itself; copy r > 0 gets
+    ASINs ``Z<r:04><row:05>`` (unique, sorting after every real ASIN), no goals, and its own
+    seeded perturbation of the texts (:class:`_TextPerturber`), so no two products share a text."""
     yield base
     n, copies, done = base.num_rows, [], base.num_rows
+    perturber = _TextPerturber(base, seed)
     no_goal = {name: pa.nulls(n, SCHEMA.field(name).type)
                for name in ("instruction_text", "instruction_attributes", "human_instructions_json")}
     for r in range(1, -(-products // n)):
         copy = base.set_column(0, "asin", pa.array([f"Z{r:04d}{i:05d}" for i in range(n)], pa.string()))
+        for name, values in perturber.copy(r).items():
+            copy = copy.set_column(SCHEMA.get_field_index(name), name, pa.array(values, SCHEMA.field(name).type))
         for name, col in no_goal.items():
             copy = copy.set_column(SCHEMA.get_field_index(name), name, col)
         copies.append(copy.slice(0, products - done))
@@ -449,13 +529,22 @@ def _catalog_parts(sources: dict[str, Path | None]):
     return synthetic_batches(table, _synthetic_size(sources["synthetic"], table.num_rows))
 
 
+def catalog_key(sources: dict[str, Path | None]) -> str:
+    """The digest that keys a catalog's cached Arrow file and search index: its source files, and
+    for a synthetic catalog the version of the generator that grows it."""
+    digest = file_digest([p for p in sources.values() if p])
+    if sources.get("synthetic"):
+        digest = hashlib.sha256(f"{digest}:synthetic-v{SYNTHETIC_VERSION}".encode()).hexdigest()[:16]
+    return digest
+
+
 def load_catalog(root: Path | None = None, size: str = "1k", mmap: bool = True) -> Catalog:
     """Load (building the Arrow cache on first use, one builder at a time) and memoise per process."""
     sources = find_sources(root, size)
     stamp = (mmap, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sources.values() if p))
     if stamp in _LOADED:
         return _LOADED[stamp]
-    digest = file_digest([p for p in sources.values() if p])
+    digest = catalog_key(sources)
     path = cache_dir() / f"webshop-catalog-v{CATALOG_VERSION}-{size}-{digest}.arrow"
     try:
         table = read_arrow(path, mmap)

@@ -12,7 +12,7 @@ from hpl_envs.core import ActionResult, EpisodeState, HplTextEnv, TaskNotFoundEr
 from hpl_envs.webshop import pages
 from hpl_envs.webshop.catalog import Catalog, load_catalog
 from hpl_envs.webshop.goals import Goal, ProductPrices, build_goals, product_disjoint_splits, split_range
-from hpl_envs.webshop.reward import TAGGERS, RewardModel, resolve_tagger
+from hpl_envs.webshop.reward import RewardModel, canonical_tagger, resolve_tagger
 from hpl_envs.webshop.search import SEARCH_RETURN_N, SearchEngine
 
 BASE_URL = "http://127.0.0.1:3000"
@@ -210,10 +210,11 @@ class WebShopEnv(HplTextEnv):
       process; ``"original"`` with ``price_seed``: the original's global-random draws replayed from
       ``random.seed(price_seed)`` (``goals.py``).
     - ``price_seed=None``: the seed for ``prices="original"``.
-    - ``tagger=None``: POS tokens of product names for the type reward: ``"original"`` (the shipped
-      output of WebShop's pinned spaCy 3.0.8 + en_core_web_sm 3.0.0), ``"live"`` (the installed
-      pipeline), or None: ``"original"`` when its table covers the catalog and no ``spacy_model``
-      is given, else ``"live"``.
+    - ``tagger=None``: POS tokens of product names for the type reward: a shipped table named by
+      its pipeline (``"md-3.7.1"``, ``"sm-3.0.0"``, ``"sm-3.8.0"``, ...; ``reward.TABLE_TAGGERS``),
+      ``"live"`` (the installed pipeline), or None: ``"md-3.7.1"`` (the pipeline that best reproduces
+      WebShop's own test assertions) when its table covers the catalog and no ``spacy_model`` is
+      given, else ``"live"``. ``"original"`` is deprecated (a warning): it is ``"sm-3.0.0"``.
     - ``render_mode=None``: ``"ansi"`` makes ``render()`` return the observation.
 
     ## Version History
@@ -231,8 +232,7 @@ class WebShopEnv(HplTextEnv):
                  split_mode: str = "webshop", prices: str = "per-product", price_seed: int | None = None,
                  tagger: str | None = None, render_mode: str | None = None) -> None:
         super().__init__(max_turns=max_turns, render_mode=render_mode)
-        if tagger not in (None, *TAGGERS):
-            raise ValueError(f"webshop: tagger must be one of {TAGGERS} or None, got {tagger!r}")
+        tagger = canonical_tagger(tagger)  # checked; the deprecated "original" mapped with a warning
         self.shared = _Shared.get(Path(data_root) if data_root else None, catalog, goals,
                                   spacy_model, fix_option_normalisation, prices, price_seed, tagger)
         self.show_attrs = show_attrs

@@ -14,7 +14,10 @@ each document's rank in that order; without it ties go to the lower document ind
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -33,7 +36,7 @@ from hpl_envs.data import cache_dir
 from hpl_envs.webshop.catalog import Catalog, build_lock
 
 K1, B = 0.9, 0.4
-INDEX_VERSION = 2  # bump when analysis or scoring changes: cached indexes are keyed by it
+INDEX_VERSION = 3  # bump when analysis or scoring changes: cached indexes are keyed by it
 SEARCH_RETURN_N = 50
 
 LUCENE_ENGLISH_STOP_WORDS = frozenset(
@@ -54,24 +57,54 @@ _IDEOGRAPH = r"[\p{Han}\p{Hiragana}]"  # one token per character, as Lucene's <I
 _TOKEN = regex.compile(
     rf"{_SYMBOL}(?:\uFE0F|[\U0001F3FB-\U0001F3FF])*(?:\u200D{_SYMBOL}\uFE0F?)*"
     rf"|{_IDEOGRAPH}"
-    rf"|(?!_+(?!\w))(?:(?!{_IDEOGRAPH})\w)+(?:(?:(?<={_LETTER})[.'’\u2018:\uFF1A\u00B7](?={_LETTER})"
+    rf"|(?!_+(?!\w)|\p{{Grapheme_Extend}})(?:(?!{_IDEOGRAPH})\w)+(?:(?:(?<={_LETTER})[.'’\u2018:\uFF1A\u00B7](?={_LETTER})"
     rf"|(?<={_DIGIT})[.'’\u2018,;\u2044](?={_DIGIT}))(?:(?!{_IDEOGRAPH})\w)+)*"
 )
+# The same word breaking on ASCII text, lower-cased first (lower-casing moves no ASCII character
+# between classes): the stdlib engine runs it ~7x faster than ``_TOKEN`` and most texts are ASCII.
+_ASCII_TOKEN = re.compile(r"(?!_+(?!\w))\w+(?:(?:(?<=[a-z])[.':](?=[a-z])|(?<=[0-9])[.',;](?=[0-9]))\w+)*", re.ASCII)
 _POSSESSIVE = re.compile(r"['’\uff07][sS]$")
 # Lucene's PorterStemmer is Martin Porter's reference implementation, whose departures from the
 # 1980 paper NLTK implements as MARTIN_EXTENSIONS ('technologi' -> 'technolog').
 _STEMMER = PorterStemmer(mode=PorterStemmer.MARTIN_EXTENSIONS)
-_stem = lru_cache(maxsize=1 << 20)(_STEMMER.stem)
+
+
+@lru_cache(maxsize=1 << 17)  # ~20 MB: frequent tokens; a catalog's rare model codes come and go
+def _term(token: str) -> str:
+    """A word-broken token's indexed term ('' when it is dropped): possessive, lower-case, stop, stem."""
+    tok = _POSSESSIVE.sub("", token).lower()
+    return _STEMMER.stem(tok) if tok and tok not in LUCENE_ENGLISH_STOP_WORDS else ""
+
+
+class _Separators(dict):
+    """``str.translate`` table, filled lazily: a non-ASCII character that only separates words
+    (neither part of a token, a joiner nor a token itself, as ``_TOKEN`` says) becomes a space."""
+
+    def __missing__(self, codepoint: int) -> str:
+        c = chr(codepoint)
+        separates = codepoint > 127 and _TOKEN.findall(f"a{c}a 1{c}1 _{c}a {c}") == ["a", "a", "1", "1", "a"]
+        self[codepoint] = " " if separates else c
+        return self[codepoint]
+
+
+_SEPARATORS = _Separators()
+_NON_ASCII_WORD = re.compile(r"(\S*[^\x00-\x7f]\S*)")  # no token spans whitespace
 
 
 def analyze(text: str) -> list[str]:
-    """Lucene-like English analysis: tokens after possessive, lower-case, stop and stem."""
-    tokens = []
-    for m in _TOKEN.finditer(text):
-        tok = _POSSESSIVE.sub("", m.group()).lower()
-        if tok and tok not in LUCENE_ENGLISH_STOP_WORDS:
-            tokens.append(tok)
-    return [_stem(t) for t in tokens]
+    """Lucene-like English analysis: tokens after possessive, lower-case, stop and stem.
+
+    ``_TOKEN`` is slow (~0.25 us a character), so it reads only the whitespace-separated words that
+    still hold non-ASCII characters once separators are spaces; the rest goes to ``_ASCII_TOKEN``."""
+    if not text.isascii():
+        text = text.translate(_SEPARATORS)
+    if text.isascii():
+        tokens = _ASCII_TOKEN.findall(text.lower())
+    else:
+        tokens = []
+        for i, piece in enumerate(_NON_ASCII_WORD.split(text)):
+            tokens += _TOKEN.findall(piece) if i % 2 else _ASCII_TOKEN.findall(piece.lower())
+    return [t for t in map(_term, tokens) if t]
 
 
 def lucene_norm_length(lengths: np.ndarray) -> np.ndarray:
@@ -92,29 +125,92 @@ def lucene_norm_length(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def analyze_corpus(contents: Iterable[str]) -> tuple[dict[str, int], np.ndarray, dict[str, np.ndarray]]:
-    """Analyse every document once per distinct text: (vocabulary, each document's text id, and
-    per text: its term ids, term frequencies and token count, as flat arrays with ``ptr``)."""
-    vocab: dict[str, int] = {}
+PARALLEL_CHUNK = 4096  # texts per analysis task (a worker stays ~150 MB private); one chunk: in-process
+
+
+def _analyze_texts(texts: Iterable[str], vocab: dict[str, int]) -> dict:
+    """Analyse ``texts`` into flat arrays (term ids from ``vocab``, which grows): each document's
+    text id, and per distinct text its term ids, term frequencies, token count and ``ptr``."""
     text_id: dict[str, int] = {}
     doc_text, terms, tfs, ptr, lengths = array("i"), array("i"), array("i"), array("q", [0]), array("i")
-    for text in contents:
+    for text in texts:
         tid = text_id.get(text)
         if tid is None:
             tid = text_id[text] = len(lengths)
             tokens = analyze(text)
-            counts: dict[int, int] = {}
-            for t in tokens:
-                j = vocab.setdefault(t, len(vocab))
-                counts[j] = counts.get(j, 0) + 1
-            terms.extend(counts.keys())
+            counts = collections.Counter(tokens)
+            terms.extend([vocab.setdefault(t, len(vocab)) for t in counts])
             tfs.extend(counts.values())
             ptr.append(len(terms))
             lengths.append(len(tokens))
         doc_text.append(tid)
-    texts = {"terms": np.frombuffer(terms, dtype=np.int32), "tfs": np.frombuffer(tfs, dtype=np.int32),
-             "ptr": np.frombuffer(ptr, dtype=np.int64), "lengths": np.frombuffer(lengths, dtype=np.int32)}
-    return vocab, np.frombuffer(doc_text, dtype=np.int32), texts
+    return {"doc_text": np.frombuffer(doc_text, dtype=np.int32), "terms": np.frombuffer(terms, dtype=np.int32),
+            "tfs": np.frombuffer(tfs, dtype=np.int32), "ptr": np.frombuffer(ptr, dtype=np.int64),
+            "lengths": np.frombuffer(lengths, dtype=np.int32)}
+
+
+def _analyze_chunk(texts: list[str]) -> tuple[list[str], dict]:
+    """A worker's task: one chunk analysed against a vocabulary of its own (texts deduplicated
+    within the chunk only, so no process holds the corpus' texts)."""
+    vocab: dict[str, int] = {}
+    out = _analyze_texts(texts, vocab)
+    return list(vocab), out
+
+
+def _chunks(contents: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(contents)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def analyze_corpus(contents: Iterable[str], processes: int | None = None
+                   ) -> tuple[dict[str, int], np.ndarray, dict[str, np.ndarray]]:
+    """Analyse every document: (vocabulary, each document's text id, and per text: its term ids,
+    term frequencies and token count, as flat arrays with ``ptr``).
+
+    A corpus larger than one chunk is analysed by ``processes`` worker processes (default: one per
+    core), a bounded number of chunks in flight, merged in order so term ids are first-occurrence
+    order as in one process. A small one is analysed here, each distinct text once."""
+    chunks = _chunks(contents, PARALLEL_CHUNK)
+    first = next(chunks, [])
+    second = next(chunks, None)
+    processes = processes or os.cpu_count() or 1
+    if second is None or processes < 2:
+        vocab: dict[str, int] = {}
+        out = _analyze_texts(itertools.chain(first, second or [], itertools.chain.from_iterable(chunks)), vocab)
+        return vocab, out.pop("doc_text"), out
+    vocab, parts, remaps = {}, [], []
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in itertools.chain([first, second], chunks):
+            pending.append(pool.apply_async(_analyze_chunk, (chunk,)))
+            while len(pending) > 2 * processes:  # bound the texts queued in this process
+                _collect(pending.popleft().get(), vocab, parts, remaps)
+        while pending:
+            _collect(pending.popleft().get(), vocab, parts, remaps)
+        pool.close()
+        pool.join()
+    return vocab, *_merge_parts(parts, remaps)
+
+
+def _collect(result: tuple[list[str], dict], vocab: dict[str, int], parts: list, remaps: list) -> None:
+    local_terms, part = result
+    remaps.append(np.array([vocab.setdefault(t, len(vocab)) for t in local_terms], dtype=np.int32))
+    parts.append(part)
+
+
+def _merge_parts(parts: list[dict], remaps: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Concatenate analysed chunks: text ids and postings offset per chunk, term ids mapped
+    through each chunk's ``remap`` to the corpus vocabulary."""
+    text_offsets = np.cumsum([0] + [len(p["lengths"]) for p in parts[:-1]])
+    post_offsets = np.cumsum([0] + [len(p["terms"]) for p in parts[:-1]])
+    doc_text = np.concatenate([p["doc_text"] + np.int32(o) for p, o in zip(parts, text_offsets)])
+    texts = {"terms": np.concatenate([r[p["terms"]] for p, r in zip(parts, remaps)]),
+             "tfs": np.concatenate([p["tfs"] for p in parts]),
+             "lengths": np.concatenate([p["lengths"] for p in parts]),
+             "ptr": np.concatenate([parts[0]["ptr"]] + [p["ptr"][1:] + o for p, o in zip(parts[1:], post_offsets[1:])])}
+    return doc_text, texts
 
 
 def lucene_score_matrix(vocab: dict[str, int], doc_text: np.ndarray, texts: dict[str, np.ndarray]) -> dict:
@@ -148,6 +244,34 @@ def lucene_score_matrix(vocab: dict[str, int], doc_text: np.ndarray, texts: dict
             "indptr": csc.indptr.astype(np.int64), "num_docs": n_docs}
 
 
+class MappedVocab:
+    """term -> id over two memory-mapped arrays (the terms sorted as bytes, their ids) saved beside
+    the index: a worker looks up its query terms by binary search instead of holding the catalog's
+    vocabulary as a Python dict (~100 MB per worker for the 400 k terms of a full catalog)."""
+
+    def __init__(self, path: Path, mmap: bool = True) -> None:
+        mode = "r" if mmap else None
+        self.terms = np.load(path / "vocab.terms.npy", mmap_mode=mode)
+        self.ids = np.load(path / "vocab.ids.npy", mmap_mode=mode)
+
+    @staticmethod
+    def write(path: Path, vocab: dict[str, int]) -> None:
+        terms = np.array([t.encode("utf-8") for t in vocab], dtype=bytes)
+        order = np.argsort(terms, kind="stable")
+        np.save(path / "vocab.terms.npy", terms[order])
+        np.save(path / "vocab.ids.npy", np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))[order])
+
+    def get(self, term: str, default: int | None = None) -> int | None:
+        key = term.encode("utf-8")
+        j = int(np.searchsorted(self.terms, key))
+        if len(key) <= self.terms.dtype.itemsize and j < len(self.terms) and self.terms[j] == key:
+            return int(self.ids[j])
+        return default
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+
 class SearchEngine:
     """Top-k BM25 over a list of documents; results are document indexes.
 
@@ -156,18 +280,19 @@ class SearchEngine:
     builder and a killed build leaves nothing half-written) and memory-mapped by every worker
     through ``bm25s.BM25.load(mmap=True)``: the postings are shared page cache, not per-worker heap."""
 
-    def __init__(self, retriever: bm25s.BM25, built: bool = False) -> None:
+    def __init__(self, retriever: bm25s.BM25, built: bool = False, vocab: MappedVocab | None = None) -> None:
         retriever.dtype = "float32"  # the fast first pass (np.add.at of float32 postings); see search()
         self.retriever = retriever
-        self.vocab = retriever.vocab_dict
+        self.vocab: dict[str, int] | MappedVocab = vocab if vocab is not None else retriever.vocab_dict
         self.num_docs = int(retriever.scores["num_docs"])
         self.tie_rank: np.ndarray | None = None  # per document: the docid order ties follow
         self.built = built  # True when this process built the index (False: loaded from the cache)
 
     @classmethod
-    def build(cls, contents: Iterable[str]) -> SearchEngine:
+    def build(cls, contents: Iterable[str], processes: int | None = None) -> SearchEngine:
+        """Index ``contents`` (analysed over ``processes`` worker processes when larger than a chunk)."""
         logging.getLogger("bm25s").setLevel(logging.WARNING)
-        vocab, doc_text, texts = analyze_corpus(contents)
+        vocab, doc_text, texts = analyze_corpus(contents, processes)
         retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
         retriever.vocab_dict = vocab
         retriever.unique_token_ids_set = set(vocab.values())
@@ -203,6 +328,7 @@ class SearchEngine:
             engine = cls.build(contents_fn())
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             engine.retriever.save(str(tmp), show_progress=False)
+            MappedVocab.write(tmp, engine.vocab)
             tmp.rename(path)
         loaded = cls._load(path, mmap)  # serve from the mapped files, as every other worker does
         if loaded is None:
@@ -215,12 +341,13 @@ class SearchEngine:
         if not (path / "params.index.json").exists():
             return None
         try:
-            return cls(bm25s.BM25.load(str(path), mmap=mmap))
+            return cls(bm25s.BM25.load(str(path), mmap=mmap, load_vocab=False), vocab=MappedVocab(path, mmap))
         except Exception:  # noqa: BLE001 - a torn or foreign cache is rebuilt
             return None
 
     def _term_ids(self, query: str) -> list[int]:
-        return [self.vocab[t] for t in analyze(query) if t in self.vocab]
+        ids = (self.vocab.get(t) for t in analyze(query))
+        return [j for j in ids if j is not None]
 
     def _exact(self, ids: list[int], docs: np.ndarray) -> np.ndarray:
         """Lucene's score of each of ``docs`` (ascending): its disjunction scorers (WANDScorer,
