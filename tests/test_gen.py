@@ -46,15 +46,18 @@ def table_digests(out: Path) -> dict[str, str]:
 # then table_digests(X) above, on the shared benchmark data (HPL_DATA_DIR) with --workers 1.
 # This run uses other --workers/--concurrency on purpose: the result must not depend on them.
 # The engine rewrite matched every digest of that release. Since then the WebShop reward uses the
-# original's pinned spaCy tagger (tagger='original', issue 12): four WebShop digests were re-derived
+# spaCy tagger then called 'original' (issue 12): four WebShop digests were re-derived
 # the same way from this code with --workers 1 (webshop-default step_pairs, webshop-random-adaptive
 # trajectories_policy and traj_pairs, webshop-uncertainty step_pairs; the rows differ only in
-# rewards: e.g. task 1503's rejected value 0.071 -> 0.357). SQL and ALFWorld are still the release's.
+# rewards: e.g. task 1503's rejected value 0.071 -> 0.357). Issue 27 made tagger 'md-3.7.1' the default
+# (35/36 of WebShop's test_goal.py assertions; 'original' was sm-3.0.0): webshop-default and
+# webshop-uncertainty step_pairs re-derived the same way (with tagger sm-3.0.0 all three still match
+# the earlier digests). SQL and ALFWorld are still the release's.
 RELEASE = {
     "webshop-default": (
         ["--env", "webshop", "--limit", "6", "--workers", "2", "--concurrency", "4"],
         {"trajectories_expert": "6:897a5b4457861d2c", "trajectories_policy": "6:498ca621d8929e66",
-         "traj_pairs": "6:a70015ae93619ed5", "step_pairs": "15:7f6d8b263ff50b73", "group_pairs": "7:713148e46c13bfe2"}),
+         "traj_pairs": "6:a70015ae93619ed5", "step_pairs": "15:b6a7393fb75c7f66", "group_pairs": "7:713148e46c13bfe2"}),
     "webshop-random-adaptive": (
         ["--env", "webshop", "--limit", "4", "--policy", "random", "--mc-adaptive", "--mc-rollouts", "4", "--seed", "3",
          "--workers", "2", "--concurrency", "3"],
@@ -64,7 +67,7 @@ RELEASE = {
         ["--env", "webshop", "--limit", "4", "--segmenter", "uncertainty", "--entropy-samples", "4", "--levels",
          "step,group"],
         {"trajectories_expert": "4:94810cfcccd0aed2", "trajectories_policy": "4:cee4dff1bf4d5f98",
-         "traj_pairs": "4:8dd4b20eb3979a90", "step_pairs": "8:633d0cf8d495185d", "group_pairs": "6:46183f757fd1a90e"}),
+         "traj_pairs": "4:8dd4b20eb3979a90", "step_pairs": "8:0555b4816c490e93", "group_pairs": "6:46183f757fd1a90e"}),
     "intercode-sql-default": (
         ["--env", "intercode-sql", "--limit", "4", "--workers", "2", "--concurrency", "7"],
         {"trajectories_expert": "4:b1f2e6028cd46228", "trajectories_policy": "4:b2d395f363787d9f",
