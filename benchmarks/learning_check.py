@@ -62,13 +62,15 @@ class Size:
 
 
 SIZES = {
-    # 2-core CPU, ~75 min from an empty folder. SmolLM2 trains at ~50-80 tokens/s here (LoRA, forward +
-    # backward) and a WebShop sample is 2-4k tokens of which ~1 % are action tokens, so a minute buys about
-    # one sample; evaluation (50 tasks x 3 models, ~15 s per task at 8 turns) takes most of the time, so
-    # episodes get 6 turns (an oracle needs 4-5). 40 hpl-gen tasks give ~130 step+group pairs; 3 are held out.
+    # 2-core CPU, ~80 min from an empty folder. SmolLM2 trains at ~30-45 tokens/s here (LoRA, forward +
+    # backward) and scores ~90 tokens/s; a WebShop sample is 2-4k tokens of which ~1 % are action tokens,
+    # so a minute buys one or two samples. Rows of one sample each (max_row_tokens below the samples'
+    # length): with a dense 4-D mask, packing two ~2k-token samples into one row ran at 51 instead of
+    # 89 tokens/s. Evaluation (50 tasks x 3 models) takes about half the time, so episodes get 6 turns
+    # (an oracle needs 4-5). 40 hpl-gen tasks give ~130 step+group pairs; 2 are held out.
     "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=96, mc_rollouts=3,
-                  eval_fraction=0.075, sft_steps=6, hpl_steps=3, batch_size=2, hpl_batch_size=1, lora_r=16,
-                  lora_alpha=32, max_row_tokens=4096, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
+                  eval_fraction=0.05, sft_steps=5, hpl_steps=3, batch_size=2, hpl_batch_size=1, lora_r=16,
+                  lora_alpha=32, max_row_tokens=1024, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
                   gen_concurrency=6),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
     "gpu": Size(gen_tasks=1000, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128, mc_rollouts=3,
