@@ -57,6 +57,8 @@ class Size:
     beta: float
     backend: str  # hf | vllm, for evaluation
     gen_concurrency: int  # hpl-gen's LLM requests in flight (--reference sft)
+    eval_levels: str = "traj,step,group"  # held-out pair levels scored by both trainings
+    gradient_checkpointing: bool = True  # HPL: a packed ~7k-token row took 17.8 GB without it
     precision: str = "no"  # hpl-train mixed_precision
     train_threads: int = 0  # torch threads for training stages; 0: torch's default (every core)
 
@@ -66,12 +68,14 @@ SIZES = {
     # backward) and scores ~90 tokens/s; a WebShop sample is 2-4k tokens of which ~1 % are action tokens,
     # so a minute buys one or two samples. Rows of one sample each (max_row_tokens below the samples'
     # length): with a dense 4-D mask, packing two ~2k-token samples into one row ran at 51 instead of
-    # 89 tokens/s. Evaluation (50 tasks x 3 models) takes about half the time, so episodes get 6 turns
-    # (an oracle needs 4-5). 40 hpl-gen tasks give ~130 step+group pairs; 2 are held out.
-    "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=96, mc_rollouts=3,
-                  eval_fraction=0.05, sft_steps=5, hpl_steps=3, batch_size=2, hpl_batch_size=1, lora_r=16,
+    # 89 tokens/s, and a one-sample row (<= ~5k tokens) trains without checkpointing in ~11 GB.
+    # Evaluation (50 tasks x 3 models) takes about 40 % of the time, so episodes get 6 turns (an oracle
+    # needs 4-5). 40 hpl-gen tasks give ~150 step+group pairs; 2 tasks are held out, scored on their
+    # step and group pairs (a held-out pass over 2 tasks' pairs costs ~5 min; 2 traj pairs say little).
+    "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=80, mc_rollouts=3,
+                  eval_fraction=0.05, sft_steps=4, hpl_steps=2, batch_size=2, hpl_batch_size=1, lora_r=16,
                   lora_alpha=32, max_row_tokens=1024, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
-                  gen_concurrency=6),
+                  gen_concurrency=6, eval_levels="step,group", gradient_checkpointing=False),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
     "gpu": Size(gen_tasks=1000, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128, mc_rollouts=3,
                 eval_fraction=0.1, sft_steps=200, hpl_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32,
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
               [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", str(pairs),
                "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"lora_alpha={size.lora_alpha}",
                f"max_row_tokens={size.max_row_tokens}", f"mixed_precision={size.precision}",
-               f"eval_fraction={size.eval_fraction}", "log_every=1", *extra], times,
+               f"eval_fraction={size.eval_fraction}", f"eval_levels={json.dumps(size.eval_levels.split(','))}",
+               "log_every=1", *extra], times,
               env={"OMP_NUM_THREADS": str(size.train_threads or os.cpu_count() or 1)})
 
     if args.base_model:
@@ -243,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         if mc_failed_tasks(sft_data):
             raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(sft_data)} task(s) (see "
                              f"{work / 'sft_gen.log'}); rerun to retry them")
-    # a trajectory pair is one ~4-7k-token row: without checkpointing its activations took 17.8 GB
     train("hpl", "hpl", sft / "final", hpl_pairs, hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
-          f"max_steps={size.hpl_steps}", f"beta={size.beta}", "gradient_checkpointing=true")
+          f"max_steps={size.hpl_steps}", f"beta={size.beta}",
+          f"gradient_checkpointing={str(size.gradient_checkpointing).lower()}")
     results = {"base": evaluate("base", base), "sft": evaluate("sft", sft / "final"),
                "hpl": evaluate("hpl", hpl / "final")}
 

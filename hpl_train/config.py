@@ -41,6 +41,7 @@ class TrainConfig:
     eval_fraction: float = 0.1  # share of the data's tasks held out (0: none); ignored with eval_data
     eval_data: list[str] = field(default_factory=list)  # held-out hpl-gen dirs or Parquet files
     eval_every: int = 0  # optimizer steps between evaluations; 0: only at step 0 and at the end
+    eval_levels: list[str] = field(default_factory=lambda: ["traj", "step", "group"])  # held-out pair levels scored
     # optimisation
     lr: float = 3e-6
     weight_decay: float = 0.0
@@ -89,6 +90,8 @@ class TrainConfig:
         if not 0 <= self.eval_fraction < 1 or self.eval_every < 0:
             raise ValueError(f"config: eval_fraction must be in [0, 1) and eval_every >= 0, got "
                              f"{self.eval_fraction} and {self.eval_every}")
+        if not set(self.eval_levels) <= {"traj", "step", "group"}:
+            raise ValueError(f"config: eval_levels must be a subset of traj, step, group, got {self.eval_levels}")
         if all(w == 0 for w in (self.bc_weight, self.traj_weight, self.step_weight, self.group_weight)):
             raise ValueError("config: every loss weight is 0")
 

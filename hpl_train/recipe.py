@@ -114,11 +114,12 @@ class HPLRecipe:
                                    delta_thresholds=cfg.delta_thresholds, kinds=kinds)
 
         if cfg.eval_data:
-            heldout = load(cfg.eval_data, None)
+            heldout = load(cfg.eval_data, {"bc", *cfg.eval_levels})
             acc.print(f"held-out data ({', '.join(cfg.eval_data)}): {heldout.report()}")
             return load(cfg.data, self._wanted_kinds()), heldout
         data = load(cfg.data, None if evaluating else self._wanted_kinds())
         train, heldout, tasks = split_by_task(data, cfg.eval_fraction, cfg.seed)
+        heldout.segments = {k: v for k, v in heldout.segments.items() if k == "bc" or k in cfg.eval_levels}
         if evaluating and not tasks:
             acc.print("eval_fraction: fewer than 2 tasks in the data, nothing held out (pass --eval-data)")
         elif tasks:
