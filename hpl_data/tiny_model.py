@@ -9,6 +9,9 @@ what engine and fault tests need: episodes must still complete and be recorded.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -84,4 +87,38 @@ def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 1024, hidden_size
     model.save_pretrained(out, safe_serialization=True)
     gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id, "do_sample": True}
     (out / "generation_config.json").write_text(json.dumps(gen))
+    return out
+
+
+TINY_STAMP = {"model": "tiny", "builder": "hpl_data.tiny_model.build_tiny_model", "seed": 0}
+
+
+def write_tiny_model(out: str | Path) -> Path:
+    """``hpl-data model tiny``: the tests' tiny random Qwen2 (~0.14 M parameters, ChatML template) as a
+    public HF folder, for smoke runs of hpl-train and the engine (``hf:``/``vllm:``) without any
+    download. Written atomically with the same marker as :func:`hpl_data.models.convert`, so a
+    finished folder is reused and a folder holding something else is refused."""
+    from hpl_data.models import MARKER
+
+    out = Path(out)
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == TINY_STAMP:
+                return out
+        except (OSError, json.JSONDecodeError):
+            pass
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not marker.exists():
+        raise FileExistsError(f"{out} exists and holds something else; choose an empty or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build_tiny_model(tmp, seed=TINY_STAMP["seed"])
+        (tmp / MARKER).write_text(json.dumps(TINY_STAMP))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out

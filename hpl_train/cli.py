@@ -26,17 +26,20 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--config", default=None, help=f"YAML file or one of: {', '.join(sorted(f.stem for f in CONFIG_DIR.glob('*.yaml')))}")
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None, help="comma-separated hpl-gen dirs or Parquet files")
+    p.add_argument("--eval-data", default=None,
+                   help="comma-separated held-out hpl-gen dirs or Parquet files (default: eval_fraction of the tasks)")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--resume", default=None, help="a checkpoint dir or 'latest'")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides, model=args.model,
-                      data=args.data.split(",") if args.data else None, output_dir=args.output_dir,
+                      data=args.data.split(",") if args.data else None,
+                      eval_data=args.eval_data.split(",") if args.eval_data else None, output_dir=args.output_dir,
                       resume_from=args.resume)
     check_output(Path(cfg.output_dir), "dir", "output_dir")
     try:
         from hpl_train.data import check_tables
-        check_tables(cfg.data)  # before a model is loaded: bad data fails in a second, not minutes
+        check_tables(cfg.data + cfg.eval_data)  # before a model is loaded: bad data fails in a second, not minutes
         from hpl_train.recipe import train
     except ImportError as e:
         raise CliError(f"needs the training extras: pip install 'hpl[train]' ({e})") from e

@@ -37,6 +37,11 @@ class TrainConfig:
     phase_boundaries: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
     length_thresholds: list[int] | None = None  # None: the rows' length_bucket column (hpl-gen), else (0, 2, 4)
     delta_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4])
+    # held-out evaluation (hpl_train.evaluate): tasks split off the data, or a separate hpl-gen output
+    eval_fraction: float = 0.1  # share of the data's tasks held out (0: none); ignored with eval_data
+    eval_data: list[str] = field(default_factory=list)  # held-out hpl-gen dirs or Parquet files
+    eval_every: int = 0  # optimizer steps between evaluations; 0: only at step 0 and at the end
+    eval_levels: list[str] = field(default_factory=lambda: ["traj", "step", "group"])  # held-out pair levels scored
     # optimisation
     lr: float = 3e-6
     weight_decay: float = 0.0
@@ -82,6 +87,11 @@ class TrainConfig:
             raise ValueError("config: batch_size >= 1, max_row_tokens >= 16 and beta > 0 are required")
         if len(self.phase_boundaries) != 2 or not 0 <= self.phase_boundaries[0] <= self.phase_boundaries[1] <= 1:
             raise ValueError(f"config: phase_boundaries must be two fractions a <= b in [0, 1], got {self.phase_boundaries}")
+        if not 0 <= self.eval_fraction < 1 or self.eval_every < 0:
+            raise ValueError(f"config: eval_fraction must be in [0, 1) and eval_every >= 0, got "
+                             f"{self.eval_fraction} and {self.eval_every}")
+        if not set(self.eval_levels) <= {"traj", "step", "group"}:
+            raise ValueError(f"config: eval_levels must be a subset of traj, step, group, got {self.eval_levels}")
         if all(w == 0 for w in (self.bc_weight, self.traj_weight, self.step_weight, self.group_weight)):
             raise ValueError("config: every loss weight is 0")
 
@@ -95,7 +105,7 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
             value = json.loads(value)
         except json.JSONDecodeError:
             pass
-    if name == "data" and isinstance(value, str):
+    if name in ("data", "eval_data") and isinstance(value, str):
         value = [v for v in value.split(",") if v]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -201,7 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(names))}")
     values = {}
     for k, (v, source) in sourced.items():
-        if k == "data" and isinstance(v, str):
+        if k in ("data", "eval_data") and isinstance(v, str):
             v = [v]
         values[k] = _typed(k, v, source)
     cfg = TrainConfig(**values)

@@ -146,6 +146,12 @@ def fingerprint(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _task_of(row: dict, messages: list[dict]) -> dict:
+    """What identifies a sample's task, for splitting off held-out tasks (:mod:`hpl_train.evaluate`)."""
+    first_user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+    return {"task_id": row.get("task_id"), "instruction": first_user}
+
+
 def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", share_prefix: bool = True,
                     env: str | None = None, length_thresholds=None, delta_thresholds=DELTA_THRESHOLDS,
                     kinds: set[str] | None = None, max_row_tokens: int | None = None) -> TrainData:
@@ -189,7 +195,7 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
             if dropped:
                 data.truncated[kind] += 1
             meta = seg.meta
-            meta["delta_r"] = float(row.get("delta_r") or 0.0)
+            meta.update({"delta_r": float(row.get("delta_r") or 0.0), **_task_of(row, row["prompt"])})
             if kind == "group":
                 if row.get("length_bucket") and row.get("delta_bucket") and length_thresholds is None \
                         and tuple(delta_thresholds) == DELTA_THRESHOLDS:  # hpl-gen wrote the env's buckets
@@ -225,7 +231,7 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
                 data.skipped[("bc", str(e).split(";")[0])] += 1
                 data.examples.setdefault("bc", f"row {i}: {e}")
                 continue
-            segs.append(make_segment("bc", i, conv))
+            segs.append(make_segment("bc", i, conv, meta=_task_of(row, msgs)))
         data.segments["bc"] = segs
     return data
 

@@ -37,7 +37,8 @@ import torch
 
 from hpl_train.config import TrainConfig
 from hpl_train.curriculum import allowed, phase_at
-from hpl_train.data import PAIR_KINDS, fingerprint, load_train_data
+from hpl_train.data import PAIR_KINDS, TrainData, fingerprint, load_train_data
+from hpl_train.evaluate import score_heldout, split_by_task, task_key, task_keys
 from hpl_train.losses import bc_loss, dpo_loss
 from hpl_train.packing import Segment, collate, pack, sequence_logps
 
@@ -66,10 +67,7 @@ class HPLRecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{cfg.model}: the tokenizer has no chat template; hpl-train needs one to find turns")
-        self.data = load_train_data(self.tokenizer, cfg.data, bc_source=cfg.bc_source, share_prefix=cfg.share_prefix,
-                                    env=cfg.env, length_thresholds=cfg.length_thresholds,
-                                    delta_thresholds=cfg.delta_thresholds, kinds=self._wanted_kinds(),
-                                    max_row_tokens=cfg.max_row_tokens)
+        self.data, self.heldout = self._setup_data()
         self.weights = {"bc": cfg.bc_weight, "traj": cfg.traj_weight, "step": cfg.step_weight, "group": cfg.group_weight}
         self.active = [k for k in KINDS if self.weights[k] > 0 and self.data.segments.get(k)]
         if not self.active:
@@ -78,7 +76,10 @@ class HPLRecipe:
 
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
         self.additive_mask = model.config._attn_implementation == "eager"
-        self.ref = self._reference_logps(model)
+        self.total_steps = self._total_steps()
+        self.ref = self._reference_logps(model, self._drawn_pairs())
+        self.heldout_ref = self._reference_logps(model, {k: v for k, v in self.heldout.segments.items()
+                                                         if k in PAIR_KINDS and v}, tag="heldout")
         if cfg.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
@@ -90,7 +91,6 @@ class HPLRecipe:
             model.config.use_cache = False
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.total_steps = self._total_steps()
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
@@ -100,6 +100,33 @@ class HPLRecipe:
         if cfg.report_to != "none":
             acc.init_trackers("hpl", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                              for k, v in cfg.to_dict().items()})
+
+    def _setup_data(self) -> tuple[TrainData, TrainData]:
+        """(training data, held-out data): ``eval_data`` when given, else ``eval_fraction`` of the
+        tasks split off (every table, so no task is on both sides). Held-out data has every level,
+        whatever the loss weights, so an SFT run reports preference accuracy too."""
+        cfg, acc = self.cfg, self.accelerator
+        evaluating = bool(cfg.eval_data) or cfg.eval_fraction > 0
+
+        def load(paths: list[str], kinds: set[str] | None) -> TrainData:
+            return load_train_data(self.tokenizer, paths, bc_source=cfg.bc_source, share_prefix=cfg.share_prefix,
+                                   env=cfg.env, length_thresholds=cfg.length_thresholds,
+                                   delta_thresholds=cfg.delta_thresholds, kinds=kinds,
+                                   max_row_tokens=cfg.max_row_tokens)
+
+        if cfg.eval_data:
+            heldout = load(cfg.eval_data, {"bc", *cfg.eval_levels})
+            acc.print(f"held-out data ({', '.join(cfg.eval_data)}): {heldout.report()}")
+            return load(cfg.data, self._wanted_kinds()), heldout
+        data = load(cfg.data, None if evaluating else self._wanted_kinds())
+        train, heldout, tasks = split_by_task(data, cfg.eval_fraction, cfg.seed)
+        heldout.segments = {k: v for k, v in heldout.segments.items() if k == "bc" or k in cfg.eval_levels}
+        if evaluating and not tasks:
+            acc.print("eval_fraction: fewer than 2 tasks in the data, nothing held out (pass --eval-data)")
+        elif tasks:
+            counts = ", ".join(f"{k}: {len(v)}" for k, v in heldout.segments.items())
+            acc.print(f"held out {len(tasks)} task(s) of {len(tasks) + len(task_keys(train))} ({counts})")
+        return train, heldout
 
     def _wanted_kinds(self) -> set[str]:
         c = self.cfg
@@ -113,20 +140,33 @@ class HPLRecipe:
         largest = max(len(self.data.segments[k]) for k in pair_kinds)
         return max(1, math.ceil(self.cfg.epochs * largest / self.cfg.batch_size))
 
+    def _drawn_pairs(self) -> dict[str, list[Segment]]:
+        """The pairs the run's steps will draw (a pure function of seed and step): a run shorter than
+        an epoch needs the reference log-probs of those only, not of every pair in the data."""
+        drawn: dict[str, dict[int, Segment]] = {}
+        for kind in (k for k in PAIR_KINDS if k in self.active):
+            for step in range(self.total_steps):
+                phase = phase_at(step, self.total_steps, tuple(self.cfg.phase_boundaries))
+                drawn.setdefault(kind, {}).update((id(s), s) for s in self.draw(kind, step, phase))
+        return {k: sorted(v.values(), key=lambda s: s.index) for k, v in drawn.items()}
+
     # ------------------------------------------------------------------ reference log-probs
-    def _reference_logps(self, model) -> dict[str, torch.Tensor]:
-        """[n, 2] reference log-probs per pair kind, computed once and cached on disk."""
-        kinds = [k for k in PAIR_KINDS if self.weights[k] > 0 and self.data.segments.get(k)]
+    def _reference_logps(self, model, segments: dict[str, list[Segment]], tag: str = "") -> dict[str, torch.Tensor]:
+        """[rows, 2] reference log-probs per pair kind (by table row), computed once and cached on
+        disk beside the data, keyed by the model, the template, the files and the rows used."""
+        kinds = list(segments)
         if not kinds:
             return {}
         cfg, acc = self.cfg, self.accelerator
+        files = self.heldout.files if tag == "heldout" else self.data.files
         template = str(self.tokenizer.chat_template)
         model_id = cfg.model + json.dumps(model.config.to_dict(), sort_keys=True, default=str)
-        key = zlib.crc32((model_id + template + fingerprint(self.data.files)).encode()) & 0xFFFFFFFF
-        cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else self.data.files[0].parent
+        rows = json.dumps({k: [s.index for s in v] for k, v in sorted(segments.items())})
+        key = zlib.crc32((model_id + template + fingerprint(files) + rows).encode()) & 0xFFFFFFFF
+        cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else files[0].parent
         if not os.access(cache_dir, os.W_OK):
             cache_dir = self.out
-        path = cache_dir / f"ref_logps-{key:08x}.pt"
+        path = cache_dir / f"ref_logps{'-' + tag if tag else ''}-{key:08x}.pt"
         # one process per machine computes them: the cache folder need not be shared between
         # machines (on a shared one the first finished writes it, the others find it or write the
         # same bytes again under an atomic rename)
@@ -135,7 +175,7 @@ class HPLRecipe:
             out = {}
             with torch.no_grad():
                 for kind in kinds:
-                    segs = self.data.segments[kind]
+                    segs = segments[kind]
                     vals = torch.zeros(max(s.index for s in segs) + 1, 2)  # by table row
                     for row in pack(segs, cfg.max_row_tokens):
                         batch = collate([row], additive_mask=self.additive_mask)
@@ -148,7 +188,8 @@ class HPLRecipe:
             tmp.replace(path)
             model.train()
         acc.wait_for_everyone()
-        self.ref_cache_path = path
+        if not tag:
+            self.ref_cache_path = path
         return torch.load(path)
 
     # ------------------------------------------------------------------ batches
@@ -270,6 +311,8 @@ class HPLRecipe:
         metrics_path = self.out / "metrics.jsonl"
         if acc.is_main_process and self.start_step == 0 and metrics_path.exists():
             metrics_path.unlink()
+        if self.start_step == 0:
+            self.evaluate(0)
         for step in range(self.start_step, self.total_steps):
             m = self.train_step(step)
             history.append(m)
@@ -282,8 +325,11 @@ class HPLRecipe:
                     losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in m.items() if k.startswith("loss/"))
                     acc.print(f"step {m['step']}/{self.total_steps} phase {m['phase']} loss {m['loss']:.4f} "
                               f"[{losses}] {m['tokens_per_s']:.0f} tok/s")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < self.total_steps:
+                self.evaluate(step + 1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < self.total_steps:
                 self.save_checkpoint(step + 1)
+        self.evaluate(self.total_steps, final=True)
         self.save_checkpoint(self.total_steps)
         if cfg.save_model:
             self.save_model()
@@ -294,6 +340,36 @@ class HPLRecipe:
                 plot_training(metrics_path, self.out / "training.png", cfg.phase_boundaries, self.total_steps)
         acc.end_training()
         return history
+
+    # ------------------------------------------------------------------ held-out evaluation
+    def evaluate(self, step: int, final: bool = False) -> dict:
+        """Score the held-out pairs and expert actions; a ``metrics.jsonl`` row of ``eval/`` keys
+        (and tensorboard). The last evaluation also writes every pair's margin to
+        ``eval_margins.json`` (for intervals over pairs or tasks)."""
+        if not any(self.heldout.segments.values()):
+            return {}
+        acc, cfg = self.accelerator, self.cfg
+        t0 = time.perf_counter()
+        # before the first step the policy is the reference model, so every margin is 0 (a tie):
+        # only the BC loss needs a forward pass
+        metrics, margins = score_heldout(self.model, self.heldout, self.heldout_ref, acc, beta=cfg.beta,
+                                         max_row_tokens=cfg.max_row_tokens, additive_mask=self.additive_mask,
+                                         pairs=step > 0)
+        m = {"step": step, **metrics, "eval/seconds": round(time.perf_counter() - t0, 2)}
+        if acc.is_main_process:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(m) + "\n")
+            if cfg.report_to != "none":
+                acc.log({k: v for k, v in m.items() if k != "step"}, step=step)
+            if final:
+                tasks = {k: [task_key(s) for s in self.heldout.segments.get(k, [])] for k in margins}
+                (self.out / "eval_margins.json").write_text(json.dumps(
+                    {"step": step, "beta": cfg.beta, "margins": margins, "tasks": tasks}))
+            accs = " ".join(f"{k}={m[f'eval/{k}/accuracy']:.3f}(n={m[f'eval/{k}/pairs']})"
+                            for k in PAIR_KINDS if f"eval/{k}/accuracy" in m)
+            bc = f" bc_loss={m['eval/bc_loss']:.4f}" if "eval/bc_loss" in m else ""
+            acc.print(f"eval step {step}: accuracy {accs}{bc} ({m['eval/seconds']:.1f} s)")
+        return m
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> Path:

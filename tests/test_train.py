@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("accelerate")
 
-from hpl_data.tiny_model import LLAMA3_SPECIAL_TOKENS, LLAMA3_TEMPLATE, build_tiny_model, build_tokenizer  # noqa: E402
+from hpl_data.tiny_model import LLAMA3_SPECIAL_TOKENS, LLAMA3_TEMPLATE, build_tokenizer  # noqa: E402
 from hpl_train.config import load_config  # noqa: E402
 from hpl_train.curriculum import allowed, bucket  # noqa: E402
 from hpl_train.data import load_train_data  # noqa: E402
@@ -36,7 +36,35 @@ def _fresh_accelerate_state():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    """The tiny random Qwen2 through its public command, so every training test loads its output."""
+    from hpl_data.cli_data import main as hpl_data
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    assert hpl_data(["model", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+def test_model_tiny_command_is_reused_refuses_other_folders_and_loads_as_hf_policy(tiny, tmp_path, capsys):
+    import asyncio
+
+    from hpl_data.cli_data import main as hpl_data
+    from hpl_data.engine import EngineConfig, RolloutEngine
+    from hpl_data.policies import SamplingParams
+    from hpl_data.policies.hf_backend import HFPolicy
+
+    weights = (tiny / "model.safetensors").stat().st_mtime_ns
+    assert hpl_data(["model", "tiny", "--out", str(tiny)]) == 0 and (tiny / "model.safetensors").stat().st_mtime_ns == weights
+    (tmp_path / "notes.txt").write_text("mine")
+    assert hpl_data(["model", "tiny", "--out", str(tmp_path)]) == 2
+    assert "holds something else" in " ".join(capsys.readouterr().out.split()) and (tmp_path / "notes.txt").read_text() == "mine"
+
+    async def run():
+        cfg = EngineConfig(workers=1, concurrency=1, sampling=SamplingParams(temperature=1.0, max_tokens=8))
+        async with RolloutEngine("webshop", HFPolicy(str(tiny)), env_kwargs={"max_turns": 1}, config=cfg) as eng:
+            return await eng.run(["0"])
+
+    (ep,) = asyncio.run(run())
+    assert ep["error"] is None and len(ep["steps"]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -201,17 +229,80 @@ def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_dat
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["phase"] == b["phase"]
 
 
+def _easy_pair_set(out, tasks: range):
+    """Per task: two step pairs, one group pair and one expert trajectory, where the chosen side is
+    always the same action and the rejected side always another: a preference a model can learn
+    from some tasks and carry to others."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good, bad = "Action: click[buy now]", "Action: search[zebra umbrella lamp]"
+    obs = {"role": "user", "content": "Observation:\n[SEP] Buy Now [SEP] Back to Search"}
+    step, group, expert = [], [], []
+    for t in tasks:
+        prompt = [{"role": "user", "content": f"Task {t}: buy item number {t * 7919 % 1000} in colour {t}."}]
+        for k in range(2):
+            p = prompt + [{"role": "assistant", "content": f"Action: search[item {t} {k}]"}, obs]
+            step.append({"task_id": str(t), "prompt": p, "chosen": [{"role": "assistant", "content": good}],
+                         "rejected": [{"role": "assistant", "content": bad}], "delta_r": 1.0})
+        group.append({"task_id": str(t), "prompt": prompt, "group_length": 2, "delta_r": 1.0,
+                      "chosen": [{"role": "assistant", "content": good}, obs, {"role": "assistant", "content": good}],
+                      "rejected": [{"role": "assistant", "content": bad}, obs, {"role": "assistant", "content": bad}]})
+        expert.append({"task_id": str(t), "messages": prompt + [{"role": "assistant", "content": good}]})
+    out.mkdir(parents=True)
+    for name, rows in (("step_pairs", step), ("group_pairs", group), ("trajectories_expert", expert)):
+        pq.write_table(pa.Table.from_pylist(rows), out / f"{name}.parquet")
+    return out
+
+
+def test_heldout_pairs_share_no_task_and_their_accuracy_rises(tiny, tmp_path):
+    from hpl_train.evaluate import task_keys
+    from hpl_train.recipe import HPLRecipe
+
+    data = _easy_pair_set(tmp_path / "data", range(20))
+    r = HPLRecipe(_cfg(tiny, data, tmp_path / "run", "max_steps=6", "batch_size=8", "traj_weight=0",
+                       "eval_fraction=0.25", "eval_every=3"))
+    r.setup()
+    trained, held = task_keys(r.data), task_keys(r.heldout)
+    assert len(held) == 5 and not trained & held and trained | held == {str(t) for t in range(20)}
+    r.train()
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "eval/" in x]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    for e in evals:
+        assert (e["eval/step/pairs"], e["eval/group/pairs"], e["eval/bc/samples"]) == (10, 5, 5)
+        assert {"eval/step/accuracy", "eval/step/margin", "eval/group/accuracy", "eval/group/margin",
+                "eval/bc_loss"} <= set(e)
+    first, last = evals[0], evals[-1]
+    assert first["eval/step/accuracy"] == first["eval/group/accuracy"] == 0  # policy == reference: ties
+    assert max(last["eval/step/accuracy"], last["eval/group/accuracy"]) > 0.5, last
+    assert last["eval/bc_loss"] < first["eval/bc_loss"]
+    margins = json.loads((tmp_path / "run" / "eval_margins.json").read_text())
+    assert len(margins["margins"]["step"]) == 10 and set(margins["tasks"]["step"]) == held
+    # --eval-data: a separate output is the held-out set, and nothing is split off the training data
+    other = _easy_pair_set(tmp_path / "other", range(100, 103))
+    r2 = HPLRecipe(_cfg(tiny, data, tmp_path / "run2", "max_steps=1", f"eval_data={other}"))
+    r2.setup()
+    assert len(task_keys(r2.data)) == 20 and task_keys(r2.heldout) == {"100", "101", "102"}
+
+
 def test_two_process_cpu_run_trains_and_checkpoints(tiny, gen_data, tmp_path):
     # torchrun, not `accelerate launch --cpu`: the latter starts ONE process whatever --num_processes says
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hpl_train", "--config", "ipr", "--model", str(tiny), "--data", str(gen_data),
            "--output-dir", str(tmp_path), "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4",
-           "mixed_precision=no"]
+           "mixed_precision=no", "eval_fraction=0.2"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stderr[-4000:]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and all("loss/step" in r for r in rows)
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2] and all("loss/step" in r for r in train_rows)
+    # held-out evaluation at step 0 and at the end; each process scores every other pair, and the
+    # gathered margins are all there (a pair no process scored would be an exact 0)
+    evals = [r for r in rows if "eval/step/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    margins = json.loads((tmp_path / "eval_margins.json").read_text())["margins"]
+    assert len(margins["step"]) == evals[-1]["eval/step/pairs"] >= 2 and all(m != 0.0 for m in margins["step"])
     ckpt = tmp_path / "checkpoints" / "step-000002"
     assert (ckpt / "hpl_state.json").exists()
     assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
