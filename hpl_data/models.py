@@ -9,11 +9,13 @@ Hugging Face hub, and a folder that already holds this conversion is returned at
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +68,8 @@ def convert(name: str, out: str | Path) -> Path:
     source = packaged_file(model)
     out = Path(out)
     stamp = {"model": name, **_source_stamp(source)}
-    marker = out / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == stamp:
-                return out
-        except (OSError, json.JSONDecodeError):
-            pass
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise FileExistsError(f"{out} exists and holds something else; choose an empty or new folder")
+    if already_written(out, stamp):
+        return out
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,9 +78,7 @@ def convert(name: str, out: str | Path) -> Path:
             from e
     if importlib.util.find_spec("gguf") is None:
         raise ModelSourceError("hpl-data model needs the gguf package: pip install 'hpl[model]'")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with written_atomically(out, stamp) as tmp:
         tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         # the weights are de-quantised already; a model without the GGUF quantizer serialises normally
@@ -103,6 +96,32 @@ def convert(name: str, out: str | Path) -> Path:
         tok.model_max_length = int(config.max_position_embeddings)
         lm.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+    return out
+
+
+def already_written(out: Path, stamp: dict) -> bool:
+    """True when ``out`` is a finished folder of the model ``stamp`` describes (reuse it); an error when
+    it holds something else, so that a wrong ``--out`` never deletes a user's files."""
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == stamp:
+                return True
+        except (OSError, json.JSONDecodeError):
+            pass
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not marker.exists():
+        raise FileExistsError(f"{out} exists and holds something else; choose an empty or new folder")
+    return False
+
+
+@contextlib.contextmanager
+def written_atomically(out: Path, stamp: dict) -> Iterator[Path]:
+    """A staging folder beside ``out``: when the block succeeds it gets the marker and replaces
+    ``out`` in one rename; otherwise it is removed, and ``out`` is as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
         (tmp / MARKER).write_text(json.dumps(stamp))
         if out.exists():
             shutil.rmtree(out)
@@ -110,4 +129,3 @@ def convert(name: str, out: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out

@@ -9,9 +9,6 @@ what engine and fault tests need: episodes must still complete and be recorded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -98,27 +95,10 @@ def write_tiny_model(out: str | Path) -> Path:
     public HF folder, for smoke runs of hpl-train and the engine (``hf:``/``vllm:``) without any
     download. Written atomically with the same marker as :func:`hpl_data.models.convert`, so a
     finished folder is reused and a folder holding something else is refused."""
-    from hpl_data.models import MARKER
+    from hpl_data.models import already_written, written_atomically
 
     out = Path(out)
-    marker = out / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == TINY_STAMP:
-                return out
-        except (OSError, json.JSONDecodeError):
-            pass
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not marker.exists():
-        raise FileExistsError(f"{out} exists and holds something else; choose an empty or new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        build_tiny_model(tmp, seed=TINY_STAMP["seed"])
-        (tmp / MARKER).write_text(json.dumps(TINY_STAMP))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not already_written(out, TINY_STAMP):
+        with written_atomically(out, TINY_STAMP) as tmp:
+            build_tiny_model(tmp, seed=TINY_STAMP["seed"])
     return out
