@@ -158,10 +158,3 @@ def sequence_logps(model, batch: PackedBatch, device: torch.device | str = "cpu"
     sums = torch.zeros(3 * n_seg, device=device, dtype=logp.dtype).index_add(0, batch.owners.to(device), logp)
     sums = sums.view(n_seg, 3)
     return torch.stack([sums[:, 0] + sums[:, 1], sums[:, 0] + sums[:, 2]], dim=1)
-
-
-def token_counts(batch: PackedBatch) -> torch.Tensor:
-    """[n_segments, 2]: trainable tokens per branch (shared prefix tokens counted in both)."""
-    n_seg = len(batch.segments)
-    c = torch.zeros(3 * n_seg).index_add(0, batch.owners, torch.ones(len(batch.owners))).view(n_seg, 3)
-    return torch.stack([c[:, 0] + c[:, 1], c[:, 0] + c[:, 2]], dim=1)

@@ -30,10 +30,6 @@ class TokenizedConversation:
     trainable: list[bool]  # per token: True for assistant reply tokens (after the role header)
     prompt_len: int  # tokens of the prompt messages (a prefix of ids)
 
-    @property
-    def n_trainable(self) -> int:
-        return sum(self.trainable)
-
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,

@@ -63,7 +63,7 @@ def _pieces(paths: list[Path], title: str | None) -> Iterator[str]:
     written without holding it in memory twice)."""
     payload, pair_blocks, episode_blocks = collect(paths)
     payload["title"] = title or "hpl: " + ", ".join(Path(p).name or str(p) for p in paths)
-    payload["generated"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    payload["generated"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     fills = {"{{TITLE}}": lambda: [html.escape(payload["title"])],
              "/*{{CSS}}*/": lambda: [_asset("report.css")],
              "/*{{JS}}*/": lambda: [_asset("report.js")],
