@@ -32,11 +32,18 @@ from hpl_data.cli_common import (
     worker_count,
 )
 from hpl_data.engine import EngineConfig, RolloutEngine
-from hpl_data.policies import PolicyError, SamplingParams, check_model_available, make_chat_policy, parse_spec
+from hpl_data.policies import (
+    PolicyArgumentError,
+    PolicyError,
+    SamplingParams,
+    check_model_available,
+    make_chat_policy,
+    parse_spec,
+)
 from hpl_data.rollout import summarize
 from hpl_envs import canonical, make_env
 from hpl_envs.core import EnvUnavailableError, TaskNotFoundError
-from hpl_envs.registry import profile
+from hpl_envs.registry import EnvArgumentError, profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +113,7 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
     spec = parse_spec(args.agent)
     try:
         policy = None if spec.is_agent else make_chat_policy(spec, **args.policy_kwargs)  # one model for every run
-    except TypeError as e:  # a --policy-arg the backend does not take
+    except PolicyArgumentError as e:
         raise CliError(f"{e}; check --policy-arg") from e
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
     out = []
@@ -218,7 +225,7 @@ def _main(argv: list[str]) -> int:
     check_model_available(spec)
     try:
         runs = plan_runs(args)
-    except TypeError as e:  # an --env-arg the env does not take
+    except EnvArgumentError as e:
         raise CliError(f"{e}; check --env-arg") from e
     for env_name in {r[0] for r in runs}:
         check_agent(env_name, spec)

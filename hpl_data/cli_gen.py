@@ -40,12 +40,15 @@ from hpl_data.cli_common import (
 )
 from hpl_data.cli_eval import parse_kv
 from hpl_data.gen import GenConfig, Generation, GenError
-from hpl_data.policies import PolicyError
+from hpl_data.policies import PolicyArgumentError, PolicyError
 from hpl_envs.core import EnvUnavailableError
 from hpl_envs.data import DataCorruptError, DataMissingError
+from hpl_envs.registry import EnvArgumentError
 
-# Expected failures (a bad flag value, missing data, an unreachable server): one line, exit 2.
-KNOWN_ERRORS = (GenError, TypeError, DataMissingError, DataCorruptError, EnvUnavailableError, PolicyError)
+# Expected failures (a bad flag value or env/policy argument, missing data, an unreachable server):
+# one line, exit 2. Anything else (a TypeError included) is a bug: "internal error", exit 1.
+KNOWN_ERRORS = (GenError, EnvArgumentError, PolicyArgumentError, DataMissingError, DataCorruptError,
+                EnvUnavailableError, PolicyError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,9 +86,9 @@ def task_results(run: dict, source: Path) -> TaskResults | None:
     else:
         return None
     try:
-        succeeded = profile(run["env"]).succeeded
-    except KeyError as e:
-        raise ValueError(f"{where}: unknown env {run['env']!r}") from e
+        succeeded = profile(str(run.get("env"))).succeeded
+    except ValueError as e:  # canonical(): an unknown env
+        raise ValueError(f"{where}: {e}") from e
     rewards: dict[str, float] = {}
     successes: dict[str, float] = {}
     for e in rows:

@@ -15,6 +15,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,9 +174,13 @@ def download_alfworld(root: Path) -> list[Path]:
     return games[:3]
 
 
+# Envs whose data comes from their own downloader rather than from files in FILES.
+DOWNLOADERS: dict[str, Callable[[Path], list[Path]]] = {"alfworld": download_alfworld}
+
+
 def download(env: str, root: Path, full: bool = False) -> list[Path]:
-    if env == "alfworld":
-        return download_alfworld(root)
+    if env in DOWNLOADERS:
+        return DOWNLOADERS[env](root)
     specs = list(FILES.get(env, []))
     if not specs:
         raise DownloadError(f"no download recipe for {env!r}; available: {sorted(k for k in FILES if k != 'webshop-full')}")

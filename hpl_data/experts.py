@@ -22,9 +22,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from hpl_envs.react import parse_react
-from hpl_envs.registry import profile
+from hpl_envs.registry import PROFILES, profile
 
 INTERCODE_NOT_EXECUTED = ("Format your SQL command", "No sql code", "blocked")
+RECORD_ID_PREFIXES = tuple(prefix for p in PROFILES.values() for prefix in p.record_id_prefixes)
 
 
 def keep_expert(env_name: str, reward: float) -> bool:
@@ -50,7 +51,7 @@ def _task_key(item: dict) -> str | None:
     if key is None:
         return None
     key = str(key)
-    for prefix in ("webshop_", "alfworld_", "intercode_sql_", "sql_"):
+    for prefix in RECORD_ID_PREFIXES:
         if key.startswith(prefix):
             key = key[len(prefix):]
     return key
@@ -65,7 +66,10 @@ def _read_uri_table(uri: str):
     return pq.read_table(path, filesystem=fs)
 
 
-def load_expert_file(path: str, multiline: bool = False) -> dict[str, list[tuple[str, str]]]:
+Steps = list[tuple[str, str]]  # [(thought, action)] of one recorded trajectory
+
+
+def load_expert_file(path: str, multiline: bool = False) -> dict[str, Steps]:
     """task id -> [(thought, action)] from any supported file (a Parquet table may also be a
     ``pyarrow.fs`` URI: hpl-gen's own expert table on a shared ``--out``)."""
     from hpl_data.storage import is_uri
@@ -76,48 +80,63 @@ def load_expert_file(path: str, multiline: bool = False) -> dict[str, list[tuple
     if p.suffix == ".parquet" or is_uri(path):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(p) if not is_uri(path) else _read_uri_table(path)
-        out = {}
-        for r in table.to_pylist():
-            if r.get("error") or not r.get("actions"):
-                continue
-            thoughts = [parse_react(m["content"], multiline).thought for m in r.get("messages") or []
-                        if m["role"] == "assistant"]
-            thoughts = thoughts if len(thoughts) == len(r["actions"]) else [""] * len(r["actions"])
-            out[str(r["task_id"])] = list(zip(thoughts, r["actions"]))
-        return out
+        return _from_trajectories_table(pq.read_table(p) if not is_uri(path) else _read_uri_table(path), multiline)
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"expert file {p}: not readable JSON ({e})") from e
-    out: dict[str, list[tuple[str, str]]] = {}
     if isinstance(data, dict) and all(isinstance(v, dict) and "turn_history" in v for v in data.values()):
-        for key, run in data.items():
-            th = run["turn_history"]
-            thoughts = th.get("thoughts") or [""] * len(th["actions"])
-            steps = [(t or "", _unwrap_execute(a)) for t, a, o in zip(thoughts, th["actions"], th["observations"])
-                     if not (a in INTERCODE_NOT_EXECUTED or str(o).startswith(INTERCODE_NOT_EXECUTED))]
-            if steps:
-                out[str(run.get("task_id", key))] = steps
-        return out
+        return _from_intercode_results(data)
     if isinstance(data, list):
-        for item in data:
-            msgs = item.get("conversations") or item.get("messages") if isinstance(item, dict) else None
-            key = _task_key(item) if isinstance(item, dict) else None
-            if not msgs or key is None:
-                continue
-            steps = []
-            for m in msgs:
-                role = m.get("role") or ("assistant" if m.get("from") in ("gpt", "assistant") else "user")
-                if role == "assistant":
-                    turn = parse_react(m.get("content", m.get("value", "")), multiline)
-                    if turn.action:
-                        steps.append((turn.thought, turn.action))
-            if steps:
-                out[key] = steps
-        return out
+        return _from_conversations(data, multiline)
     raise ValueError(f"expert file {p}: not an InterCode results file, an ETO/IPR conversation list or an hpl "
                      "trajectories table")
+
+
+def _from_trajectories_table(table, multiline: bool) -> dict[str, Steps]:
+    """hpl's ``trajectories_*.parquet``: the actions, with the thoughts of its assistant turns."""
+    out = {}
+    for r in table.to_pylist():
+        if r.get("error") or not r.get("actions"):
+            continue
+        thoughts = [parse_react(m["content"], multiline).thought for m in r.get("messages") or []
+                    if m["role"] == "assistant"]
+        thoughts = thoughts if len(thoughts) == len(r["actions"]) else [""] * len(r["actions"])
+        out[str(r["task_id"])] = list(zip(thoughts, r["actions"]))
+    return out
+
+
+def _from_intercode_results(data: dict) -> dict[str, Steps]:
+    """InterCode's results JSON, without the turns InterCode answered itself without executing."""
+    out = {}
+    for key, run in data.items():
+        th = run["turn_history"]
+        thoughts = th.get("thoughts") or [""] * len(th["actions"])
+        steps = [(t or "", _unwrap_execute(a)) for t, a, o in zip(thoughts, th["actions"], th["observations"])
+                 if not (a in INTERCODE_NOT_EXECUTED or str(o).startswith(INTERCODE_NOT_EXECUTED))]
+        if steps:
+            out[str(run.get("task_id", key))] = steps
+    return out
+
+
+def _from_conversations(data: list, multiline: bool) -> dict[str, Steps]:
+    """ETO/IPR conversation lists: each assistant turn parsed into (thought, action)."""
+    out = {}
+    for item in data:
+        msgs = item.get("conversations") or item.get("messages") if isinstance(item, dict) else None
+        key = _task_key(item) if isinstance(item, dict) else None
+        if not msgs or key is None:
+            continue
+        steps = []
+        for m in msgs:
+            role = m.get("role") or ("assistant" if m.get("from") in ("gpt", "assistant") else "user")
+            if role == "assistant":
+                turn = parse_react(m.get("content", m.get("value", "")), multiline)
+                if turn.action:
+                    steps.append((turn.thought, turn.action))
+        if steps:
+            out[key] = steps
+    return out
 
 
 class FileExpert:

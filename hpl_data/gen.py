@@ -104,7 +104,7 @@ class GenConfig:
 
     def validate(self) -> tuple[str, float | str | None]:
         """Raise :class:`GenError` for a bad combination; returns the parsed segmenter."""
-        from hpl_data.policies import check_model_available
+        from hpl_data.policies import check_model_available, check_policy_options
         from hpl_data.policies import parse_spec as parse_policy
         from hpl_data.segmenters import parse_spec
 
@@ -116,6 +116,7 @@ class GenConfig:
             if seg[0] == "semantic" and parse_policy(str(seg[1])).is_agent:
                 raise GenError(f"segmenter semantic needs an LLM policy (vllm:, openai:, hf:), got {seg[1]!r}")
             check_model_available(parse_policy(self.policy))
+            check_policy_options(self.policy, self.policy_args)  # before any episode, not when the policy is built
             if seg[0] == "semantic":
                 check_model_available(parse_policy(str(seg[1])))
             if self.expert.startswith("teacher:"):
@@ -161,7 +162,8 @@ def data_identity(config: dict) -> dict:
 
 def run_metadata(config: GenConfig) -> dict:
     """What goes into manifest.json and every table's Parquet metadata (add provenance here)."""
-    return {"config": config.as_dict(), "versions": parquet.versions(), "git_revision": parquet.git_revision()}
+    return {"config": config.as_dict(), "versions": parquet.versions(), "git_revision": parquet.git_revision(),
+            "curriculum": profile(config.env).curriculum()}
 
 
 def resolve_expert(expert: str) -> tuple[str, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hpl_envs.registry import EnvProfile, profile
+
 # Possessive quantifiers (``*+``) keep matching linear in the line length: with plain ``\s*\**\s*``
 # a long run of spaces is split between the two ``\s*`` in every possible way before the match
 # fails (32 k spaces took 4 s). Each run is followed by a character none of them can match
@@ -23,16 +25,23 @@ class ParsedTurn:
     error: str = ""
 
 
-def format_observation(observation: str, env: str = "webshop") -> str:
+def _profile(env: str | EnvProfile) -> EnvProfile:
+    return env if isinstance(env, EnvProfile) else profile(env)
+
+
+def format_observation(observation: str, env: str | EnvProfile) -> str:
     """The user turn that carries an env observation, as ETO/IPR write it for each env
-    (WebShop: ``Observation:\\n...``; ALFWorld, InterCode-SQL: ``Observation: ...``)."""
-    return f"Observation:\n{observation}" if env == "webshop" else f"Observation: {observation}"
+    (WebShop: ``Observation:\\n...``; ALFWorld, InterCode-SQL: ``Observation: ...``). The env is
+    required: each env's format differs, and a silent default would give another env's."""
+    return f"Observation:{_profile(env).observation_separator}{observation}"
 
 
-def format_turn(action: str, thought: str | None = None, env: str = "webshop") -> str:
-    """An assistant turn; action-only when no thought is known. SQL goes in a ```sql fence (IPR)."""
-    if env == "intercode-sql" and not action.strip().lower().startswith(("submit", "skip")):
-        action = f"\n```sql\n{action}\n```"
+def format_turn(action: str, thought: str | None, env: str | EnvProfile) -> str:
+    """An assistant turn; action-only when no thought is known. An env with an ``action_fence``
+    puts its actions in that code fence (IPR's ```sql), except the bare control words."""
+    p = _profile(env)
+    if p.action_fence and not action.strip().lower().startswith(p.unfenced_actions):
+        action = f"\n```{p.action_fence}\n{action}\n```"
     return f"Thought: {thought}\nAction: {action}" if thought else f"Action: {action}"
 
 

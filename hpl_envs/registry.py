@@ -8,6 +8,7 @@ env reads what differs between envs from :func:`profile` instead of branching on
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +28,12 @@ class EnvProfile:
     reward_range: tuple[float, float]  # min and max episode outcome
     expert_min_reward: float  # the paper's filter on expert/teacher trajectories
     length_thresholds: tuple[int, int, int]  # curriculum group-length buckets: <= t1, <= t2, else
+    agents: dict[str, str] = field(default_factory=dict)  # built-in agents: name -> "module:Class" (and random)
     multiline_actions: bool = False  # an action may span lines (SQL)
+    observation_separator: str = " "  # between "Observation:" and the text, as ETO/IPR write it
+    action_fence: str | None = None  # a code-fence language that wraps the actions in chat turns (IPR's SQL)
+    unfenced_actions: tuple[str, ...] = ()  # actions that start with one of these words stay bare
+    record_id_prefixes: tuple[str, ...] = ()  # what ETO/IPR put before a task id in their records' ids
     episode_cache_kwarg: str | None = None  # constructor kwarg sizing the per-process game cache
     reward_range_when: dict[str, dict[Any, tuple[float, float]]] = field(default_factory=dict)
 
@@ -44,6 +50,11 @@ class EnvProfile:
         lo, hi = self.outcome_bounds(env_kwargs)
         return hi - lo
 
+    def curriculum(self) -> dict[str, list[float]]:
+        """The thresholds its curriculum buckets are cut by, as hpl-gen records them in its tables'
+        metadata and manifest (the trainer, which imports no env, reads them from there)."""
+        return {"length_thresholds": list(self.length_thresholds), "delta_thresholds": list(DELTA_THRESHOLDS)}
+
     def succeeded(self, episode: dict) -> bool:
         return bool(episode["won"]) if self.success_key == "won" else episode["reward"] == 1.0
 
@@ -51,17 +62,26 @@ class EnvProfile:
 DELTA_THRESHOLDS = (1.0, 0.7, 0.4)  # ΔR buckets of the paper's curriculum: >= 0.7, >= 0.4, else
 
 PROFILES: dict[str, EnvProfile] = {
-    "webshop": EnvProfile("webshop", "hpl/WebShop-v0", "hpl_envs.webshop.env:WebShopEnv", max_turns=10,
-                          eval_splits=("test",), success_key="reward", reward_range=(0.0, 1.0),
-                          expert_min_reward=0.8, length_thresholds=(0, 2, 4)),
-    "alfworld": EnvProfile("alfworld", "hpl/ALFWorld-v0", "hpl_envs.alfworld.env:AlfWorldEnv", max_turns=30,
-                           eval_splits=("valid_seen", "valid_unseen"), success_key="won", reward_range=(0.0, 1.0),
-                           expert_min_reward=1.0, length_thresholds=(0, 3, 6), episode_cache_kwarg="cache_games"),
-    "intercode-sql": EnvProfile("intercode-sql", "hpl/InterCodeSQL-v0",
-                                "hpl_envs.intercode_sql.env:InterCodeSqlEnv", max_turns=10, eval_splits=("test",),
-                                success_key="reward", reward_range=(-1.0, 1.0), expert_min_reward=1.0,
-                                length_thresholds=(0, 2, 4), multiline_actions=True,
-                                reward_range_when={"kendall_tau": {False: (0.0, 1.0)}}),
+    "webshop": EnvProfile(
+        "webshop", "hpl/WebShop-v0", "hpl_envs.webshop.env:WebShopEnv", max_turns=10, eval_splits=("test",),
+        success_key="reward", reward_range=(0.0, 1.0), expert_min_reward=0.8, length_thresholds=(0, 2, 4),
+        agents={"oracle": "hpl_envs.webshop.agents:WebShopOracle",
+                "heuristic": "hpl_envs.webshop.agents:WebShopHeuristic"},
+        observation_separator="\n", record_id_prefixes=("webshop_",)),
+    "alfworld": EnvProfile(
+        "alfworld", "hpl/ALFWorld-v0", "hpl_envs.alfworld.env:AlfWorldEnv", max_turns=30,
+        eval_splits=("valid_seen", "valid_unseen"), success_key="won", reward_range=(0.0, 1.0),
+        expert_min_reward=1.0, length_thresholds=(0, 3, 6), episode_cache_kwarg="cache_games",
+        agents={"oracle": "hpl_envs.alfworld.agents:AlfWorldOracle",
+                "heuristic": "hpl_envs.alfworld.agents:AlfWorldHeuristic"},
+        record_id_prefixes=("alfworld_",)),
+    "intercode-sql": EnvProfile(
+        "intercode-sql", "hpl/InterCodeSQL-v0", "hpl_envs.intercode_sql.env:InterCodeSqlEnv", max_turns=10,
+        eval_splits=("test",), success_key="reward", reward_range=(-1.0, 1.0), expert_min_reward=1.0,
+        length_thresholds=(0, 2, 4), multiline_actions=True, reward_range_when={"kendall_tau": {False: (0.0, 1.0)}},
+        agents={"oracle": "hpl_envs.intercode_sql.agents:SqlOracle",
+                "heuristic": "hpl_envs.intercode_sql.agents:SqlHeuristic"},
+        action_fence="sql", unfenced_actions=("submit", "skip"), record_id_prefixes=("intercode_sql_", "sql_")),
 }
 ENVS: dict[str, dict[str, Any]] = {  # the older dict view, kept for callers that read it
     n: {"gym_id": p.gym_id, "entry_point": p.entry_point, "max_turns": p.max_turns} for n, p in PROFILES.items()}
@@ -92,12 +112,33 @@ def delta_bucket(delta: float) -> int:
     return 1 if delta >= DELTA_THRESHOLDS[1] else 2 if delta >= DELTA_THRESHOLDS[2] else 3
 
 
+class EnvArgumentError(ValueError):
+    """Constructor arguments an env does not take (a user's ``--env-arg``): a bad configuration,
+    caught before the env is built, unlike a ``TypeError`` from inside it (a bug)."""
+
+
+def check_arguments(name: str, constructor: Any, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`EnvArgumentError` unless ``constructor(**kwargs)`` binds."""
+    signature = inspect.signature(constructor)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise EnvArgumentError(f"env {name}: {e}; it takes {', '.join(signature.parameters)}") from None
+
+
+def load_entry_point(entry_point: str) -> Any:
+    """The object a ``"package.module:Name"`` string names (imported on first use)."""
+    module, name = entry_point.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def make_env(name: str, **kwargs: Any):
     """The env, unwrapped, with the gymnasium spec ``gymnasium.make`` would give it (so gymnasium's
     checker can build it again, e.g. in each render mode)."""
     p = profile(name)
-    module, cls = p.entry_point.split(":")
-    env = getattr(importlib.import_module(module), cls)(**kwargs)
+    constructor = load_entry_point(p.entry_point)
+    check_arguments(p.name, constructor, kwargs)
+    env = constructor(**kwargs)
     register_all()
     registered = gym.spec(p.gym_id)
     env.spec = replace(registered, kwargs={**registered.kwargs, **kwargs})

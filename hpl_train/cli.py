@@ -16,6 +16,8 @@ from pathlib import Path
 from hpl_data.cli_common import CliError, CliParser, check_output, run_cli
 from hpl_train.config import CONFIG_DIR, load_config
 
+TRAIN_EXTRAS = {"torch", "transformers", "accelerate", "peft", "tensorboard", "yaml"}  # pyproject's train extra
+
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli("hpl-train", _main, argv)
@@ -41,7 +43,9 @@ def _main(argv: list[str]) -> int:
         from hpl_train.data import check_tables
         check_tables(cfg.data + cfg.eval_data)  # before a model is loaded: bad data fails in a second, not minutes
         from hpl_train.recipe import train
-    except ImportError as e:
+    except ModuleNotFoundError as e:  # a missing extra is the user's to install; any other ImportError is a bug
+        if (e.name or "").partition(".")[0] not in TRAIN_EXTRAS:
+            raise
         raise CliError(f"needs the training extras: pip install 'hpl[train]' ({e})") from e
     history = train(cfg)
     if history:

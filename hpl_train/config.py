@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpl_train.curriculum import DELTA_THRESHOLDS
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -24,7 +26,7 @@ class TrainConfig:
     model: str = ""  # path or hub id of the starting (and reference) model
     data: list[str] = field(default_factory=list)  # hpl-gen output dirs or TRL-style preference Parquet files
     output_dir: str = "runs/hpl"
-    env: str | None = None  # for the curriculum's length thresholds; default: the data's env column
+    env: str | None = None  # the data's env, for the record; default: the data's env column
     # objective
     bc_weight: float = 1.0
     traj_weight: float = 1.0
@@ -35,8 +37,10 @@ class TrainConfig:
     # curriculum over group pairs
     curriculum: str = "hpl"  # hpl | static | length-only | difficulty-only
     phase_boundaries: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])
-    length_thresholds: list[int] | None = None  # None: the rows' length_bucket column (hpl-gen), else (0, 2, 4)
-    delta_thresholds: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.4])
+    # None: hpl-gen's length_bucket column, else the thresholds its table records (its env profile's);
+    # pairs of other origin need them set here, e.g. [0, 2, 4]
+    length_thresholds: list[int] | None = None
+    delta_thresholds: list[float] = field(default_factory=lambda: list(DELTA_THRESHOLDS))
     # held-out evaluation (hpl_train.evaluate): tasks split off the data, or a separate hpl-gen output
     eval_fraction: float = 0.1  # share of the data's tasks held out (0: none); ignored with eval_data
     eval_data: list[str] = field(default_factory=list)  # held-out hpl-gen dirs or Parquet files

@@ -9,6 +9,7 @@ pairs unless it has a ``level`` column. Nothing here imports an env: data flows 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hpl_train.curriculum import DEFAULT_LENGTH_THRESHOLDS, DELTA_THRESHOLDS, bucket
+from hpl_train.curriculum import DELTA_THRESHOLDS, bucket
 from hpl_train.packing import Segment, make_segment
 from hpl_train.tokenize import (
     AlignmentError,
@@ -152,6 +153,76 @@ def _task_of(row: dict, messages: list[dict]) -> dict:
     return {"task_id": row.get("task_id"), "instruction": first_user}
 
 
+def recorded_curriculum(path: Path) -> dict:
+    """The curriculum thresholds hpl-gen recorded in a table's metadata (its env profile's length
+    thresholds and the ΔR thresholds it bucketed by); ``{}`` for a table of other origin."""
+    try:
+        meta = json.loads((pq.read_schema(path).metadata or {}).get(b"hpl", b"{}"))
+    except ValueError:
+        return {}
+    curriculum = meta.get("curriculum") if isinstance(meta, dict) else None
+    return curriculum if isinstance(curriculum, dict) else {}
+
+
+@dataclass
+class GroupBuckets:
+    """Curriculum buckets (length, ΔR) of group pairs. hpl-gen writes them as columns by the env's
+    thresholds and records those in the table's metadata; the trainer keeps no per-env table. The
+    columns are used unless the config sets its own thresholds (an ablation); else a pair is
+    bucketed by the config's length thresholds or, failing those, the ones its table records."""
+
+    length_thresholds: tuple[int, ...] | None  # the config's override
+    delta_thresholds: tuple[float, ...]
+    recorded: dict[Path, dict] = field(default_factory=dict)  # table -> recorded_curriculum()
+
+    def of(self, row: dict, path: Path, delta: float) -> tuple[int, int]:
+        if path not in self.recorded:
+            self.recorded[path] = recorded_curriculum(path)
+        recorded = self.recorded[path]
+        data_deltas = tuple(recorded.get("delta_thresholds") or DELTA_THRESHOLDS)
+        if (self.length_thresholds is None and row.get("length_bucket") and row.get("delta_bucket")
+                and self.delta_thresholds == data_deltas):
+            return int(row["length_bucket"]), int(row["delta_bucket"])
+        thresholds = self.length_thresholds or recorded.get("length_thresholds")
+        if not thresholds:
+            raise DataError(f"{path}: group pairs without length_bucket, and the table records no length "
+                            "thresholds (it is not hpl-gen's); set length_thresholds in the config, e.g. [0, 2, 4]")
+        length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
+        return bucket(length, delta, tuple(thresholds), self.delta_thresholds)
+
+
+PairRow = tuple[dict, Path]  # a pair table's row and the table it came from
+
+
+def _pair_rows(tables: dict[str, list[Path]], skipped: Counter) -> dict[str, list[PairRow]]:
+    """Rows of every pair table by level; a plain preference file's rows go by their ``level``."""
+    rows_by_kind: dict[str, list[PairRow]] = {k: [] for k in PAIR_KINDS}
+    for kind in PAIR_KINDS:
+        for f in tables.get(kind, []):
+            rows_by_kind[kind] += [(row, f) for row in _read(f, PAIR_COLUMNS)]
+    for f in tables.get("pairs", []):
+        for row in _read(f, PAIR_COLUMNS):
+            level = row.get("level") or "traj"
+            if level not in PAIR_KINDS:
+                skipped[("pairs", f"unknown level {level!r}")] += 1
+                continue
+            rows_by_kind[level].append((row, f))
+    return rows_by_kind
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The row budget: ``max_row_tokens`` (None: any length) and the longest token's characters."""
+
+    max_row_tokens: int | None
+    token_chars: int
+
+
+def _skip(data: TrainData, kind: str, index: int, error: Exception) -> None:
+    data.skipped[(kind, str(error).split(";")[0])] += 1
+    data.examples.setdefault(kind, f"row {index}: {error}")
+
+
 def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", share_prefix: bool = True,
                     env: str | None = None, length_thresholds=None, delta_thresholds=DELTA_THRESHOLDS,
                     kinds: set[str] | None = None, max_row_tokens: int | None = None) -> TrainData:
@@ -159,81 +230,84 @@ def load_train_data(tokenizer, paths: list[str], *, bc_source: str = "expert", s
 
     With ``max_row_tokens``, a longer sample is truncated or skipped by the rule in
     :mod:`hpl_train.tokenize` (whole oldest prompt turns dropped; task and completions kept) before
-    it is tokenised whole, and counted in ``truncated`` / ``skipped``."""
+    it is tokenised whole, and counted in ``truncated`` / ``skipped``. Group pairs' curriculum
+    buckets: :class:`GroupBuckets` (``length_thresholds`` overrides what the data says)."""
     tables = find_tables(paths)
     data = TrainData(files=[f for fs in tables.values() for f in fs], max_row_tokens=max_row_tokens)
-    token_chars = max_token_chars(tokenizer) if max_row_tokens else 0
-    rows_by_kind: dict[str, list[dict]] = {k: [] for k in PAIR_KINDS}
-    for kind in ("traj", "step", "group"):
-        for f in tables.get(kind, []):
-            rows_by_kind[kind] += _read(f, PAIR_COLUMNS)
-    for f in tables.get("pairs", []):
-        for row in _read(f, PAIR_COLUMNS):
-            level = row.get("level") or "traj"
-            if level not in PAIR_KINDS:
-                data.skipped[("pairs", f"unknown level {level!r}")] += 1
-                continue
-            rows_by_kind[level].append(row)
-    envs = {r.get("env") for rows in rows_by_kind.values() for r in rows if r.get("env")}
+    fit = _Fit(max_row_tokens, max_token_chars(tokenizer) if max_row_tokens else 0)
+    rows_by_kind = _pair_rows(tables, data.skipped)
+    envs = {r.get("env") for rows in rows_by_kind.values() for r, _ in rows if r.get("env")}
     data.env = env or (envs.pop() if len(envs) == 1 else None)
-    lt = tuple(length_thresholds or DEFAULT_LENGTH_THRESHOLDS)
-
+    buckets = GroupBuckets(tuple(length_thresholds) if length_thresholds else None, tuple(delta_thresholds))
     for kind in PAIR_KINDS:
-        if kinds is not None and kind not in kinds:
-            continue
-        segs = []
-        for i, row in enumerate(rows_by_kind[kind]):
-            try:
-                for col in ("prompt", "chosen", "rejected"):
-                    if not isinstance(row.get(col), list) or not row[col]:
-                        raise AlignmentError(f"column {col!r} is missing or empty")
-                seg, dropped = _pair_segment(tokenizer, kind, i, row, share_prefix, max_row_tokens, token_chars)
-            except (AlignmentError, TooLongError, KeyError, TypeError) as e:
-                data.skipped[(kind, str(e).split(";")[0])] += 1
-                data.examples.setdefault(kind, f"row {i}: {e}")
-                continue
-            if dropped:
-                data.truncated[kind] += 1
-            meta = seg.meta
-            meta.update({"delta_r": float(row.get("delta_r") or 0.0), **_task_of(row, row["prompt"])})
-            if kind == "group":
-                if row.get("length_bucket") and row.get("delta_bucket") and length_thresholds is None \
-                        and tuple(delta_thresholds) == DELTA_THRESHOLDS:  # hpl-gen wrote the env's buckets
-                    meta["bucket"] = (int(row["length_bucket"]), int(row["delta_bucket"]))
-                else:  # pairs of other origin, or thresholds chosen for an ablation
-                    length = int(row.get("group_length") or sum(m["role"] == "assistant" for m in row["chosen"]))
-                    meta["bucket"] = bucket(length, meta["delta_r"], lt, tuple(delta_thresholds))
-            segs.append(seg)
-        data.segments[kind] = segs
-
+        if kinds is None or kind in kinds:
+            data.segments[kind] = _pair_segments(tokenizer, kind, rows_by_kind[kind], data, share_prefix, fit, buckets)
     if kinds is None or "bc" in kinds:
-        bc_rows = []
-        if bc_source in ("expert", "both"):
-            bc_rows += [r for f in tables.get("expert", []) for r in _read(f, ("messages",)) if not r.get("error")]
-        if bc_source in ("policy-success", "both"):
-            bc_rows += [r for f in tables.get("policy", []) for r in _read(f, ("messages",))
-                        if not r.get("error") and (r.get("won") or r.get("reward") == 1.0)]
-        if not bc_rows and bc_source == "expert":  # plain preference files: clone the chosen trajectories
-            bc_rows = [{"messages": r["prompt"] + r["chosen"]} for r in rows_by_kind["traj"] if r.get("prompt")]
-        segs = []
-        for i, row in enumerate(bc_rows):
-            msgs = row.get("messages") or []
-            try:
-                if max_row_tokens and sum(len(str(m.get("content") or "")) for m in msgs) > max_row_tokens * token_chars:
-                    raise TooLongError(f"longer than max_row_tokens={max_row_tokens}; by its length in characters")
-                conv = tokenize_conversation(tokenizer, msgs[:1], msgs[1:])
-                if not any(conv.trainable):
-                    raise AlignmentError("no assistant tokens")
-                if max_row_tokens and len(conv.ids) > max_row_tokens:
-                    raise TooLongError(f"longer than max_row_tokens={max_row_tokens}; {len(conv.ids)} tokens "
-                                       "(a trajectory is trained whole or not at all)")
-            except (AlignmentError, TooLongError, KeyError, TypeError) as e:
-                data.skipped[("bc", str(e).split(";")[0])] += 1
-                data.examples.setdefault("bc", f"row {i}: {e}")
-                continue
-            segs.append(make_segment("bc", i, conv, meta=_task_of(row, msgs)))
-        data.segments["bc"] = segs
+        bc_rows = _bc_rows(tables, bc_source, [r for r, _ in rows_by_kind["traj"]])
+        data.segments["bc"] = _bc_segments(tokenizer, bc_rows, data, fit)
     return data
+
+
+def _pair_segments(tokenizer, kind: str, rows: list[PairRow], data: TrainData, share_prefix: bool, fit: _Fit,
+                   buckets: GroupBuckets) -> list[Segment]:
+    segs = []
+    for i, (row, path) in enumerate(rows):
+        try:
+            for col in PAIR_COLUMNS:
+                if not isinstance(row.get(col), list) or not row[col]:
+                    raise AlignmentError(f"column {col!r} is missing or empty")
+            seg, dropped = _pair_segment(tokenizer, kind, i, row, share_prefix, fit.max_row_tokens, fit.token_chars)
+        except (AlignmentError, TooLongError, KeyError, TypeError) as e:
+            _skip(data, kind, i, e)
+            continue
+        if dropped:
+            data.truncated[kind] += 1
+        seg.meta.update({"delta_r": float(row.get("delta_r") or 0.0), **_task_of(row, row["prompt"])})
+        if kind == "group":
+            seg.meta["bucket"] = buckets.of(row, path, seg.meta["delta_r"])
+        segs.append(seg)
+    return segs
+
+
+def _bc_rows(tables: dict[str, list[Path]], bc_source: str, traj_rows: list[dict]) -> list[dict]:
+    """Trajectories to clone: the expert's, successful policy ones (RFT), or both; for plain
+    preference files the chosen side of the trajectory pairs."""
+    rows = []
+    if bc_source in ("expert", "both"):
+        rows += [r for f in tables.get("expert", []) for r in _read(f, ("messages",)) if not r.get("error")]
+    if bc_source in ("policy-success", "both"):
+        rows += [r for f in tables.get("policy", []) for r in _read(f, ("messages",))
+                 if not r.get("error") and (r.get("won") or r.get("reward") == 1.0)]
+    if not rows and bc_source == "expert":
+        rows = [{"messages": r["prompt"] + r["chosen"]} for r in traj_rows if r.get("prompt")]
+    return rows
+
+
+def _bc_segments(tokenizer, rows: list[dict], data: TrainData, fit: _Fit) -> list[Segment]:
+    segs = []
+    for i, row in enumerate(rows):
+        msgs = row.get("messages") or []
+        try:
+            conv = _bc_conversation(tokenizer, msgs, fit)
+        except (AlignmentError, TooLongError, KeyError, TypeError) as e:
+            _skip(data, "bc", i, e)
+            continue
+        segs.append(make_segment("bc", i, conv, meta=_task_of(row, msgs)))
+    return segs
+
+
+def _bc_conversation(tokenizer, msgs: list[dict], fit: _Fit):
+    """A trajectory tokenized whole (it is trained whole or not at all)."""
+    limit = fit.max_row_tokens
+    if limit and sum(len(str(m.get("content") or "")) for m in msgs) > limit * fit.token_chars:
+        raise TooLongError(f"longer than max_row_tokens={limit}; by its length in characters")
+    conv = tokenize_conversation(tokenizer, msgs[:1], msgs[1:])
+    if not any(conv.trainable):
+        raise AlignmentError("no assistant tokens")
+    if limit and len(conv.ids) > limit:
+        raise TooLongError(f"longer than max_row_tokens={limit}; {len(conv.ids)} tokens "
+                           "(a trajectory is trained whole or not at all)")
+    return conv
 
 
 def _pair_segment(tokenizer, kind: str, index: int, row: dict, share_prefix: bool, max_row_tokens: int | None,

@@ -234,15 +234,7 @@ class HPLRecipe:
         world, rank = acc.num_processes, acc.process_index
         n_pairs = {k: len(v) for k, v in batch.items()}
         bc_tokens = sum(sum(t for t in s.branches[0][1][1:]) for s in batch.get("bc", []))
-        local = [s for k in self.active for s in batch[k][rank::world]]
-        if cfg.packing:
-            # rows no longer than the step's longest sample: a dense attention mask costs the
-            # square of the row length, so longer rows would cost more than padding saves
-            cap = min(cfg.max_row_tokens, max((s.n_tokens for s in local), default=1))
-            rows = [[r] for r in pack(local, cap)]
-        else:
-            ordered = sorted(local, key=lambda s: s.n_tokens)
-            rows = [[[s] for s in ordered[i:i + cfg.micro_batch]] for i in range(0, len(ordered), cfg.micro_batch)]
+        rows = self._micro_batches([s for k in self.active for s in batch[k][rank::world]])
         stats = torch.zeros(len(KINDS), 4, device=acc.device)  # loss sum, correct, margin sum, count
         bucket_stats: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
         tokens = 0
@@ -280,9 +272,25 @@ class HPLRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         stats = acc.reduce(stats, reduction="sum")
         tok = acc.reduce(torch.tensor(float(tokens), device=acc.device), reduction="sum").item()
-        dt = time.perf_counter() - t0
+        return self._step_metrics(step, phase, stats, tok, time.perf_counter() - t0, len(rows), bucket_stats)
+
+    def _micro_batches(self, local: list[Segment]) -> list[list[list[Segment]]]:
+        """This process's samples as forward passes: packed rows, or padded micro-batches."""
+        cfg = self.cfg
+        if cfg.packing:
+            # rows no longer than the step's longest sample: a dense attention mask costs the
+            # square of the row length, so longer rows would cost more than padding saves
+            cap = min(cfg.max_row_tokens, max((s.n_tokens for s in local), default=1))
+            return [[r] for r in pack(local, cap)]
+        ordered = sorted(local, key=lambda s: s.n_tokens)
+        return [[[s] for s in ordered[i:i + cfg.micro_batch]] for i in range(0, len(ordered), cfg.micro_batch)]
+
+    def _step_metrics(self, step: int, phase: int, stats: torch.Tensor, tok: float, dt: float, n_rows: int,
+                      bucket_stats: dict[tuple, list[float]]) -> dict:
+        """The logged metrics of one optimizer step from its reduced loss/accuracy sums."""
+        acc = self.accelerator
         m: dict = {"step": step + 1, "phase": phase, "lr": self.scheduler.get_last_lr()[0], "tokens": tok,
-                   "tokens_per_s": tok / dt if dt > 0 else 0.0, "step_s": dt, "rows": len(rows)}
+                   "tokens_per_s": tok / dt if dt > 0 else 0.0, "step_s": dt, "rows": n_rows}
         total = torch.zeros((), device=acc.device)
         for ki, kind in enumerate(KINDS):
             if kind not in self.active or stats[ki, 3] == 0:

@@ -61,6 +61,10 @@ def cases(p):
         (cli_gen, ["--env", "webshop", "--out", str(p / "g"), "--workers", "1000"], "more than this machine"),
         (cli_gen, ["--env", "webshop", "--out", str(f)], "is an existing file"),
         (cli_gen, ["--env", "webshop", "--out", str(f / "g")], "is a file, so nothing can be created"),
+        (cli_gen, ["--env", "webshop", "--out", str(p / "g"), "--env-arg", "no_such_option=1"],
+         "env webshop: got an unexpected keyword argument 'no_such_option'; it takes catalog, goals"),
+        (cli_gen, ["--env", "webshop", "--out", str(p / "g"), "--policy", "openai:http://127.0.0.1:9/v1#m",
+                   "--policy-arg", "bogus=1"], "openai policy: got an unexpected keyword argument 'bogus'"),
         (cli_train, ["--model", "m", "--data", "d", "lr=abc"], "lr must be a number, got 'abc'"),
         (cli_train, ["--model", "m", "--data", "d", "batch_size=abc"], "batch_size must be a whole number"),
         (cli_train, ["--model", "m", "--data", "d", "packing=maybe"], "packing must be true or false"),
@@ -135,3 +139,24 @@ def test_a_bug_is_one_line_pointing_to_debug(capsys, monkeypatch):
     assert cli_eval.main([*EVAL, "--limit", "1"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (ZeroDivisionError" in err and "--debug" in err
+
+
+def test_a_type_error_is_a_bug_not_bad_input(capsys, monkeypatch):
+    """Only typed configuration errors are 'bad input' (exit 2); a TypeError from inside the run is
+    a bug (exit 1, 'internal error'), whatever CLI it surfaces in."""
+    from hpl_data.gen import Generation
+
+    def broken(self):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(Generation, "run", broken)
+    assert cli_gen.main(["--env", "webshop", "--out", "/tmp/never-written", "--limit", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hpl-gen: internal error (TypeError" in err and "--debug" in err
+
+    def plan_bug(args):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(cli_eval, "plan_runs", plan_bug)
+    assert cli_eval.main([*EVAL, "--limit", "1"]) == 1
+    assert "hpl-eval: internal error (TypeError" in capsys.readouterr().err

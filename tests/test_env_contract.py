@@ -171,3 +171,21 @@ def test_docstring_follows_the_template_and_documents_every_info_key_and_argumen
         assert f"- ``{name}=" in arguments, f"argument {name} is not documented"
     assert f"``max_turns={profile(env.env_name).max_turns}``" in arguments
     assert profile(env.env_name).gym_id in arguments
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_the_profile_names_the_agents_and_bad_arguments_are_typed(name):
+    """Which built-in agents an env has is its profile's fact (no env-name branches elsewhere); an
+    argument the env does not take is an EnvArgumentError before anything is built, not a TypeError."""
+    from hpl_envs.agents import Agent, make_agent
+    from hpl_envs.registry import EnvArgumentError
+
+    agents = PROFILES[name].agents
+    assert set(agents) == {"oracle", "heuristic"}
+    for agent in [*agents, "random"]:
+        built = make_agent(name, agent, seed=1)
+        assert isinstance(built, Agent) and (agent == "random" or type(built).__name__ == agents[agent].split(":")[1])
+    with pytest.raises(ValueError, match=r"no built-in agent 'genius' .*\['heuristic', 'oracle', 'random'\]"):
+        make_agent(name, "genius")
+    with pytest.raises(EnvArgumentError, match=f"env {name}: got an unexpected keyword argument 'bogus'; it takes "):
+        make_env(name, bogus=1)

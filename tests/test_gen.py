@@ -11,6 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from hpl_data.parquet import read_metadata
+from hpl_envs.registry import profile
+
 TABLES = ("trajectories_expert", "trajectories_policy", "traj_pairs", "step_pairs", "group_pairs")
 HAS_SQL_SERVER = bool(shutil.which("mariadbd") or shutil.which("mysqld") or Path("/usr/sbin/mariadbd").exists())
 
@@ -92,8 +95,12 @@ def test_tables_identical_to_the_release(name, tmp_path):
     p = gen(tmp_path / "out", *args)
     assert p.returncode == 0, p.stderr[-3000:]
     assert table_digests(tmp_path / "out") == expected
-    counters = json.loads((tmp_path / "out" / "manifest.json").read_text())["counters"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    counters = manifest["counters"]
     assert counters["mc_failed_tasks"] == 0 and counters["rollouts"] > 0 and counters["pairs_labelled"] > 0
+    # the env's curriculum thresholds travel with the data (the trainer imports no env)
+    curriculum = profile(args[args.index("--env") + 1]).curriculum()
+    assert manifest["curriculum"] == read_metadata(tmp_path / "out" / "group_pairs.parquet")["curriculum"] == curriculum
 
 
 def test_env_args_reach_generation(tmp_path):

@@ -28,14 +28,32 @@ def test_parse_keeps_thought_and_multiline_sql():
 
 
 def test_format_roundtrip():
-    assert parse_react(format_turn("click[x]", "because")).action == "click[x]"
-    assert format_turn("click[x]") == "Action: click[x]"
-    assert format_observation("page") == "Observation:\npage"
+    assert parse_react(format_turn("click[x]", "because", "webshop")).action == "click[x]"
+    assert format_turn("click[x]", None, "webshop") == "Action: click[x]"
+    assert format_observation("page", "webshop") == "Observation:\npage"
     assert format_observation("You see a desk 1.", "alfworld") == "Observation: You see a desk 1."
     sql_turn = format_turn("SELECT 1", "t", "intercode-sql")
     assert sql_turn == "Thought: t\nAction: \n```sql\nSELECT 1\n```"
     assert parse_react(sql_turn, multiline=True).action == "SELECT 1"
     assert format_turn("submit", None, "intercode-sql") == "Action: submit"
+    assert format_turn(" SKIP", None, "sql") == "Action:  SKIP"  # an alias; control words stay bare
+
+
+def test_format_needs_the_env_and_takes_its_profile():
+    """Each env writes its turns its own way (the profile's facts): no env is a TypeError, not
+    silently WebShop's format; a profile object gives the same turns as its name."""
+    from hpl_envs.registry import PROFILES
+
+    with pytest.raises(TypeError):
+        format_observation("page")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        format_turn("click[x]", "because")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown env 'nope'"):
+        format_turn("x", None, "nope")
+    for name, prof in PROFILES.items():
+        assert format_observation("o", prof) == format_observation("o", name)
+        assert format_turn("SELECT 1", "t", prof) == format_turn("SELECT 1", "t", name)
+    assert {n for n, p in PROFILES.items() if format_turn("a", None, p) != "Action: a"} == {"intercode-sql"}
 
 
 def test_default_prompt_layout():

@@ -187,25 +187,37 @@ def test_all_four_losses_fall_on_a_fixed_batch(tiny, gen_data, tmp_path):
 
 
 def test_group_buckets_are_read_from_the_data(tiny, tmp_path):
-    """hpl-gen writes each group pair's buckets by its env's thresholds; the trainer keeps no copy
-    of them and takes the columns, unless an ablation asks for its own thresholds."""
+    """hpl-gen writes each group pair's buckets by its env's thresholds and records those thresholds
+    in the table's metadata; the trainer keeps no copy of them: it takes the columns, else the
+    recorded thresholds, unless the config sets its own; with neither, one clear error."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
+    from hpl_data.parquet import build_table
+    from hpl_envs.registry import profile
+    from hpl_train.data import DataError, recorded_curriculum
+
+    path = tmp_path / "group_pairs.parquet"
     row = {"prompt": PROMPT, "chosen": COMPLETION[:1], "rejected": [{"role": "assistant", "content": "Action: x"}],
            "level": "group", "group_length": 3, "delta_r": 0.5, "length_bucket": 2, "delta_bucket": 2}
-    pq.write_table(pa.Table.from_pylist([row, {**row, "length_bucket": None, "delta_bucket": None}]),
-                   tmp_path / "group_pairs.parquet")
+    rows = [row, {**row, "length_bucket": None, "delta_bucket": None}]
+    pq.write_table(build_table(rows, None, {"curriculum": profile("alfworld").curriculum()}), path)  # as hpl-gen
+    assert recorded_curriculum(path) == {"length_thresholds": [0, 3, 6], "delta_thresholds": [1.0, 0.7, 0.4]}
     tok = AutoTokenizer.from_pretrained(tiny)
-    got = [s.meta["bucket"] for s in load_train_data(tok, [str(tmp_path)], kinds={"group"}).segments["group"]]
-    assert got == [(2, 2), bucket(3, 0.5)] and bucket(3, 0.5) == (2, 2)  # column; recomputed when absent
-    alfworld_like = {**row, "length_bucket": 1}  # (0, 3, 6): a 3-action group is in length bucket 1
-    pq.write_table(pa.Table.from_pylist([alfworld_like]), tmp_path / "group_pairs.parquet")
-    got = load_train_data(tok, [str(tmp_path)], kinds={"group"}).segments["group"][0].meta["bucket"]
-    assert got == (1, 2)
-    own = load_train_data(tok, [str(tmp_path)], kinds={"group"}, length_thresholds=(0, 1, 2))
-    assert own.segments["group"][0].meta["bucket"] == (3, 2)
+
+    def buckets(**kwargs):
+        return [s.meta["bucket"] for s in load_train_data(tok, [str(tmp_path)], kinds={"group"}, **kwargs).segments["group"]]
+
+    assert buckets() == [(2, 2), (1, 2)]  # the column; recomputed by the recorded (0, 3, 6): 3 actions <= 3
+    assert buckets(length_thresholds=(0, 1, 2)) == [(3, 2), (3, 2)]  # an ablation's own thresholds
+    assert buckets(delta_thresholds=(1.0, 0.4, 0.2)) == [(1, 1), (1, 1)]  # other ΔR cuts than the data's
+    pq.write_table(pa.Table.from_pylist(rows), path)  # a table of other origin: no recorded thresholds
+    with pytest.raises(DataError, match="set length_thresholds in the config"):
+        buckets()
+    assert buckets(length_thresholds=(0, 2, 4)) == [(2, 2), (2, 2)] and bucket(3, 0.5, (0, 2, 4)) == (2, 2)
+    pq.write_table(pa.Table.from_pylist(rows[:1]), path)
+    assert buckets() == [(2, 2)]  # its columns suffice
 
 
 def test_curriculum_phases_switch_group_data_and_resume_reproduces(tiny, gen_data, tmp_path):

@@ -15,6 +15,7 @@ Two kinds share the spec namespace:
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ CHAT_BACKENDS = ("vllm", "openai", "hf")
 
 class PolicyError(RuntimeError):
     """The policy could not produce a completion (after its retries)."""
+
+
+class PolicyArgumentError(ValueError):
+    """Options a chat backend does not take (a user's ``--policy-arg``): a bad configuration,
+    caught before the backend is built, unlike a ``TypeError`` from inside it (a bug)."""
 
 
 class ContextLengthError(PolicyError):
@@ -207,19 +213,43 @@ def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -
     return agent
 
 
-def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
-    """A chat policy for a ``vllm:``/``openai:``/``hf:`` spec; ``options`` go to the backend."""
-    spec = parse_spec(spec) if isinstance(spec, str) else spec
+def _backend(spec: PolicySpec) -> tuple[type, tuple, dict[str, Any]]:
+    """The chat backend class of a spec and the arguments the spec itself gives it."""
     if spec.kind == "openai":
         from hpl_data.policies.openai_backend import OpenAIPolicy
 
-        return OpenAIPolicy(spec.endpoints(), model=spec.model, **options)
+        return OpenAIPolicy, (spec.endpoints(),), {"model": spec.model}
     if spec.kind == "vllm":
         from hpl_data.policies.vllm_backend import VLLMPolicy
 
-        return VLLMPolicy(spec.target, **options)
+        return VLLMPolicy, (spec.target,), {}
     if spec.kind == "hf":
         from hpl_data.policies.hf_backend import HFPolicy
 
-        return HFPolicy(spec.target, **options)
+        return HFPolicy, (spec.target,), {}
     raise ValueError(f"{spec} is an agent, not a chat policy")
+
+
+def check_policy_options(spec: str | PolicySpec, options: dict[str, Any]) -> None:
+    """:class:`PolicyArgumentError` for an option the spec's backend does not take (checked before
+    any work, without building the backend); nothing for an agent spec."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.is_agent:
+        return
+    backend, args, given = _backend(spec)
+    signature = inspect.signature(backend)
+    try:
+        signature.bind(*args, **given, **options)
+    except TypeError as e:
+        taken = [n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        raise PolicyArgumentError(f"{spec.kind} policy: {e}; its options: {', '.join(taken)}") from None
+
+
+def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
+    """A chat policy for a ``vllm:``/``openai:``/``hf:`` spec; ``options`` go to the backend
+    (:class:`PolicyArgumentError` for one it does not take)."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    check_policy_options(spec, options)
+    backend, args, given = _backend(spec)
+    return backend(*args, **given, **options)
+

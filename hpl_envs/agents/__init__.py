@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from hpl_envs.registry import load_entry_point, profile
+
 
 @runtime_checkable
 class Agent(Protocol):
@@ -102,24 +104,11 @@ def play(env: Any, agent: Agent, task_id: str) -> tuple[str, float, dict, list[s
 
 
 def make_agent(env_name: str, agent: str, seed: int = 0, **kwargs: Any) -> Agent:
-    """A built-in agent by name for an env."""
+    """A built-in agent by name for an env (``random``, or one of the env profile's ``agents``)."""
     if agent == "random":
         return RandomAgent(seed=seed, **kwargs)
-    if env_name == "webshop":
-        from hpl_envs.webshop import agents as ws
-
-        table = {"oracle": ws.WebShopOracle, "heuristic": ws.WebShopHeuristic}
-    elif env_name == "intercode-sql":
-        from hpl_envs.intercode_sql import agents as sql
-
-        table = {"oracle": sql.SqlOracle, "heuristic": sql.SqlHeuristic}
-    elif env_name == "alfworld":
-        from hpl_envs.alfworld import agents as alf
-
-        table = {"oracle": alf.AlfWorldOracle, "heuristic": alf.AlfWorldHeuristic}
-    else:
-        table = {}
+    table = profile(env_name).agents
     if agent not in table:
         raise ValueError(f"no built-in agent {agent!r} for env {env_name!r}; "
                          f"choose from {sorted([*table, 'random'])}")
-    return table[agent](seed=seed, **kwargs)
+    return load_entry_point(table[agent])(seed=seed, **kwargs)
