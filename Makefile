@@ -71,7 +71,7 @@ test: venv system-deps docker-engine
 # import contracts (layers hpl_train > hpl_data > hpl_envs, no cycles: pyproject [tool.importlinter]).
 # Both run even when the first fails, so one pass lists every violation.
 lint: venv
-	status=0; $(BIN)/ruff check hpl_envs hpl_data hpl_train tests benchmarks || status=1; \
+	status=0; $(BIN)/ruff check --output-format concise hpl_envs hpl_data hpl_train tests benchmarks || status=1; \
 	$(BIN)/lint-imports --no-cache || status=1; exit $$status
 
 bench: venv

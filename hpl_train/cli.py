@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from hpl_data.cli_common import CliError, CliParser, check_output, run_cli
-from hpl_train.config import CONFIG_DIR, load_config
+from hpl_train.config import CONFIG_DIR, ConfigError, load_config
 
 TRAIN_EXTRAS = {"torch", "transformers", "accelerate", "peft", "tensorboard", "yaml"}  # pyproject's train extra
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("hpl-train", _main, argv)
+    return run_cli("hpl-train", _main, argv, expected=(ConfigError,))
 
 
 def _main(argv: list[str]) -> int:

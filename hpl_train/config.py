@@ -18,6 +18,12 @@ from typing import Any
 
 from hpl_train.curriculum import DELTA_THRESHOLDS
 
+
+class ConfigError(ValueError):
+    """A bad training configuration (a YAML file, a key=value override, a value out of range):
+    ``hpl-train`` reports it in one line and exits with 2."""
+
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -80,28 +86,40 @@ class TrainConfig:
         from hpl_train.curriculum import MODES
 
         if not self.model:
-            raise ValueError("config: 'model' is required (a path or hub id)")
+            raise ConfigError("config: 'model' is required (a path or hub id)")
         if not self.data:
-            raise ValueError("config: 'data' is required (hpl-gen output dirs or preference Parquet files)")
+            raise ConfigError("config: 'data' is required (hpl-gen output dirs or preference Parquet files)")
         if self.curriculum not in MODES:
-            raise ValueError(f"config: curriculum must be one of {MODES}, got {self.curriculum!r}")
+            raise ConfigError(f"config: curriculum must be one of {MODES}, got {self.curriculum!r}")
         if self.bc_source not in ("expert", "policy-success", "both"):
-            raise ValueError(f"config: bc_source must be expert, policy-success or both, got {self.bc_source!r}")
+            raise ConfigError(f"config: bc_source must be expert, policy-success or both, got {self.bc_source!r}")
         if self.batch_size < 1 or self.max_row_tokens < 16 or self.beta <= 0:
-            raise ValueError("config: batch_size >= 1, max_row_tokens >= 16 and beta > 0 are required")
+            raise ConfigError("config: batch_size >= 1, max_row_tokens >= 16 and beta > 0 are required")
         if len(self.phase_boundaries) != 2 or not 0 <= self.phase_boundaries[0] <= self.phase_boundaries[1] <= 1:
-            raise ValueError(f"config: phase_boundaries must be two fractions a <= b in [0, 1], got {self.phase_boundaries}")
+            raise ConfigError(f"config: phase_boundaries must be two fractions a <= b in [0, 1], got {self.phase_boundaries}")
         if not 0 <= self.eval_fraction < 1 or self.eval_every < 0:
-            raise ValueError(f"config: eval_fraction must be in [0, 1) and eval_every >= 0, got "
+            raise ConfigError(f"config: eval_fraction must be in [0, 1) and eval_every >= 0, got "
                              f"{self.eval_fraction} and {self.eval_every}")
         if not set(self.eval_levels) <= {"traj", "step", "group"}:
-            raise ValueError(f"config: eval_levels must be a subset of traj, step, group, got {self.eval_levels}")
+            raise ConfigError(f"config: eval_levels must be a subset of traj, step, group, got {self.eval_levels}")
+        if self.length_thresholds is not None and not _cuts(self.length_thresholds, ascending=True):
+            raise ConfigError(f"config: length_thresholds must be three numbers t0 <= t1 <= t2, got {self.length_thresholds}")
+        if not _cuts(self.delta_thresholds, ascending=False):
+            raise ConfigError(f"config: delta_thresholds must be three numbers d0 >= d1 >= d2, got {self.delta_thresholds}")
         if all(w == 0 for w in (self.bc_weight, self.traj_weight, self.step_weight, self.group_weight)):
-            raise ValueError("config: every loss weight is 0")
+            raise ConfigError("config: every loss weight is 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+
+def _cuts(values: list, ascending: bool) -> bool:
+    """Three bucket thresholds in order (the curriculum's length or ΔR cuts)."""
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return False
+    a, b, c = values if ascending else values[::-1]
+    return a <= b <= c
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
     if isinstance(value, str):
@@ -127,16 +145,16 @@ def _file_values(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, An
         p = CONFIG_DIR / f"{path}.yaml"
     if p.resolve() in chain:
         cycle = " -> ".join(str(c) for c in (*chain, p.resolve()))
-        raise ValueError(f"config {path}: 'base:' chain comes back to itself ({cycle}); remove the cycle")
+        raise ConfigError(f"config {path}: 'base:' chain comes back to itself ({cycle}); remove the cycle")
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"config {path}: cannot read ({one_line(e)})") from e
+        raise ConfigError(f"config {path}: cannot read ({one_line(e)})") from e
     if not isinstance(loaded, dict):
-        raise ValueError(f"config {path}: expected a mapping of options, got {type(loaded).__name__}")
+        raise ConfigError(f"config {path}: expected a mapping of options, got {type(loaded).__name__}")
     base = loaded.pop("base", None)
     if base is not None and not isinstance(base, str):
-        raise ValueError(f"config {path}: 'base' must name a config file or shipped config, got {base!r}")
+        raise ConfigError(f"config {path}: 'base' must name a config file or shipped config, got {base!r}")
     values = _file_values(base, (*chain, p.resolve())) if base else {}
     values.update({k: (v, f"config {p}") for k, v in loaded.items()})  # (value, where it was set)
     return values
@@ -191,7 +209,7 @@ def _typed(name: str, value: Any, source: str) -> Any:
     hint = typing.get_type_hints(TrainConfig)[name]
     ok, converted = _conforms(value, hint)
     if not ok:
-        raise ValueError(f"{source}: {name} must be {_describe_type(hint)}, got {value!r}")
+        raise ConfigError(f"{source}: {name} must be {_describe_type(hint)}, got {value!r}")
     return converted
 
 
@@ -203,16 +221,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     default = TrainConfig()
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r}: expected key=value")
+            raise ConfigError(f"override {item!r}: expected key=value")
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
         if k not in names:
-            raise ValueError(f"unknown option {k!r}; options: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown option {k!r}; options: {', '.join(sorted(names))}")
         sourced[k] = (_coerce(k, v, getattr(default, k)), f"override {item!r}")
     sourced.update({k: (v, f"--{k.replace('_', '-')}") for k, v in kwargs.items() if v is not None})
     unknown = set(sourced) - set(names)
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(names))}")
     values = {}
     for k, (v, source) in sourced.items():
         if k in ("data", "eval_data") and isinstance(v, str):

@@ -68,6 +68,8 @@ def cases(p):
         (cli_train, ["--model", "m", "--data", "d", "lr=abc"], "lr must be a number, got 'abc'"),
         (cli_train, ["--model", "m", "--data", "d", "batch_size=abc"], "batch_size must be a whole number"),
         (cli_train, ["--model", "m", "--data", "d", "packing=maybe"], "packing must be true or false"),
+        (cli_train, ["--model", "m", "--data", "d", "length_thresholds=[0,4,2]"], "three numbers t0 <= t1 <= t2"),
+        (cli_train, ["--model", "m", "--data", "d", "delta_thresholds=[0.4,0.7]"], "three numbers d0 >= d1 >= d2"),
         (cli_train, ["--config", str(p / "self.yaml"), "--model", "m", "--data", "d"], "comes back to itself"),
         (cli_train, ["--config", str(p / "notjson.txt"), "--model", "m", "--data", "d"], "cannot read"),
         (cli_train, ["--model", "m", "--data", "d", "--output-dir", str(f / "o")], "is a file"),

@@ -271,9 +271,9 @@ def test_heldout_pairs_share_no_task_and_their_accuracy_rises(tiny, tmp_path):
     from hpl_train.evaluate import task_keys
     from hpl_train.recipe import HPLRecipe
 
-    data = _easy_pair_set(tmp_path / "data", range(20))
+    data = _easy_pair_set(tmp_path / "data", range(20))  # not hpl-gen's: the config gives the length thresholds
     r = HPLRecipe(_cfg(tiny, data, tmp_path / "run", "max_steps=6", "batch_size=8", "traj_weight=0",
-                       "eval_fraction=0.25", "eval_every=3"))
+                       "eval_fraction=0.25", "eval_every=3", "length_thresholds=[0,2,4]"))
     r.setup()
     trained, held = task_keys(r.data), task_keys(r.heldout)
     assert len(held) == 5 and not trained & held and trained | held == {str(t) for t in range(20)}
@@ -292,7 +292,7 @@ def test_heldout_pairs_share_no_task_and_their_accuracy_rises(tiny, tmp_path):
     assert len(margins["margins"]["step"]) == 10 and set(margins["tasks"]["step"]) == held
     # --eval-data: a separate output is the held-out set, and nothing is split off the training data
     other = _easy_pair_set(tmp_path / "other", range(100, 103))
-    r2 = HPLRecipe(_cfg(tiny, data, tmp_path / "run2", "max_steps=1", f"eval_data={other}"))
+    r2 = HPLRecipe(_cfg(tiny, data, tmp_path / "run2", "max_steps=1", f"eval_data={other}", "length_thresholds=[0,2,4]"))
     r2.setup()
     assert len(task_keys(r2.data)) == 20 and task_keys(r2.heldout) == {"100", "101", "102"}
 
