@@ -126,8 +126,14 @@ async def run_all(args, runs, console: Console) -> list[tuple[dict, list[dict]]]
 
             protocol = compute_protocol(env_name, args.env_kwargs, split, ids)  # before workers share the env's server
             engine = RolloutEngine(env_name, policy or args.agent, env_kwargs=args.env_kwargs, config=config)
-            async with engine:
+            try:
+                await engine.start()  # a failed start closes what it had started
+            except RuntimeError as e:  # env workers that could not start: one line; later errors are bugs
+                raise CliError(str(e)) from e
+            try:
                 episodes = await _with_progress(engine, ids, f"{env_name}/{split}", console, args.quiet)
+            finally:
+                await engine.close()
             summary = summarize(env_name, split, str(spec), episodes, engine.counters.wall_s)
             summary["counters"] = engine.counters.as_dict()
             summary["protocol"] = protocol
@@ -231,10 +237,7 @@ def _main(argv: list[str]) -> int:
         check_agent(env_name, spec)
     if args.out is not None:  # before the run, so that its results cannot be lost
         check_output(args.out, "file" if len(runs) == 1 and args.out.suffix == ".json" else "dir")
-    try:
-        results = asyncio.run(run_all(args, runs, console))
-    except RuntimeError as e:  # the engine could not start (env workers died at start, ...)
-        raise CliError(str(e)) from e
+    results = asyncio.run(run_all(args, runs, console))
     for summary, _ in results:
         print_summary(Console(), summary)
     if len(results) > 1:

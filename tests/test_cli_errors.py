@@ -162,3 +162,25 @@ def test_a_type_error_is_a_bug_not_bad_input(capsys, monkeypatch):
     monkeypatch.setattr(cli_eval, "plan_runs", plan_bug)
     assert cli_eval.main([*EVAL, "--limit", "1"]) == 1
     assert "hpl-eval: internal error (TypeError" in capsys.readouterr().err
+
+
+def test_only_a_failed_worker_start_is_an_expected_runtime_error(capsys, monkeypatch):
+    """hpl-eval: env workers that cannot start are one line and exit 2; a RuntimeError while the
+    episodes run is a bug (exit 1), no longer reported as bad input."""
+    from hpl_data.engine import RolloutEngine
+
+    async def no_start(self):
+        raise RuntimeError("env worker 0 for webshop did not start: connection refused")
+
+    monkeypatch.setattr(RolloutEngine, "start", no_start)
+    assert cli_eval.main([*EVAL, "--limit", "1", "--workers", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "hpl-eval: env worker 0 for webshop did not start: connection refused"]
+    monkeypatch.undo()
+
+    async def run_bug(engine, ids, title, console, quiet):
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(cli_eval, "_with_progress", run_bug)
+    assert cli_eval.main([*EVAL, "--limit", "1", "--workers", "1"]) == 1
+    assert "hpl-eval: internal error (RuntimeError: dictionary changed size" in capsys.readouterr().err

@@ -252,4 +252,3 @@ def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
     check_policy_options(spec, options)
     backend, args, given = _backend(spec)
     return backend(*args, **given, **options)
-
