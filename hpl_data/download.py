@@ -178,12 +178,18 @@ def download_alfworld(root: Path) -> list[Path]:
 DOWNLOADERS: dict[str, Callable[[Path], list[Path]]] = {"alfworld": download_alfworld}
 
 
+def targets() -> list[str]:
+    """What ``hpl-data download`` fetches: each env with files or its own downloader, and the prompts
+    (an env's ``-full`` files come with ``--full``)."""
+    return sorted({*DOWNLOADERS, *(k for k in FILES if not k.endswith("-full"))})
+
+
 def download(env: str, root: Path, full: bool = False) -> list[Path]:
     if env in DOWNLOADERS:
         return DOWNLOADERS[env](root)
     specs = list(FILES.get(env, []))
     if not specs:
-        raise DownloadError(f"no download recipe for {env!r}; available: {sorted(k for k in FILES if k != 'webshop-full')}")
+        raise DownloadError(f"no download recipe for {env!r}; available: {targets()}")
     if full:
         specs += FILES.get(f"{env}-full", [])
     done, errors = [], []
