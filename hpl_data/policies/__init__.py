@@ -208,12 +208,14 @@ def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -
 
 
 def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
-    """A chat policy for a ``vllm:``/``openai:``/``hf:`` spec; ``options`` go to the backend."""
+    """A chat policy for a ``vllm:``/``openai:``/``hf:`` spec; ``options`` go to the backend (for
+    ``openai:`` the fields of :class:`~hpl_data.policies.openai_backend.OpenAIOptions`; an unknown
+    one is a TypeError, as for the other backends' keyword arguments)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "openai":
-        from hpl_data.policies.openai_backend import OpenAIPolicy
+        from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
-        return OpenAIPolicy(spec.endpoints(), model=spec.model, **options)
+        return OpenAIPolicy(spec.endpoints(), model=spec.model, options=OpenAIOptions(**options))
     if spec.kind == "vllm":
         from hpl_data.policies.vllm_backend import VLLMPolicy
 
