@@ -140,7 +140,10 @@ def _load_dump(cnx, info: ServerInfo, dump: Path) -> None:
 
 
 class SqlServer:
-    """Interface: ``acquire()`` returns a ready server, ``release()`` gives it back."""
+    """A backend's server. ``acquire()`` starts it or joins a running one (idempotent) and returns
+    where it answers (:class:`ServerInfo`: address, admin account, flavor) once the Spider data and
+    the agent account are in place; ``release()`` gives it back (a backend that started it stops it
+    when no user is left)."""
 
     name = ""
     # release when the process's last open env closes (True), or only at exit: a URL server has
