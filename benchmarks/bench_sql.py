@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="first 200 dev tasks only")
     args = ap.parse_args(argv)
     from hpl_envs.data import require
-    from hpl_envs.intercode_sql.server import LocalServer
+    from hpl_envs.intercode_sql.servers import LocalServer
 
     dump = require("intercode_sql/ic_spider_dbs.sql", "intercode-sql")
     with tempfile.TemporaryDirectory(prefix="hpl-bench-sql-") as tmp:

@@ -241,7 +241,7 @@ def test_hpl_gen_with_an_in_process_vllm_policy(tiny_model, tmp_path):
 
 
 def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
-    from hpl_data.policies.openai_backend import OpenAIPolicy
+    from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
     proxy = FaultProxy(server.url.removesuffix("/v1"))
     ids = make_env("webshop").task_ids("test")[:4]
@@ -254,8 +254,8 @@ def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
             return eps, eng.counters.as_dict()
 
     async def main():
-        quick = dict(model=str(server.model), backoff_s=0.05, backoff_max_s=0.2)
-        policy = OpenAIPolicy(proxy.url, max_retries=4, request_timeout=3.0, **quick)
+        quick = dict(backoff_s=0.05, backoff_max_s=0.2, request_timeout=3.0)
+        policy = OpenAIPolicy(proxy.url, str(server.model), OpenAIOptions(max_retries=4, **quick))
         try:
             eps, c = await run(policy, "error500", 3)  # transient 500s: retried, nothing fails
             assert proxy.sabotaged == 3 and policy.retries >= 3 and c["failed_episodes"] == 0
@@ -266,7 +266,7 @@ def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
             check_episodes(eps, 4, 2)
         finally:
             await policy.close()
-        policy = OpenAIPolicy(proxy.url, max_retries=2, request_timeout=3.0, **quick)
+        policy = OpenAIPolicy(proxy.url, str(server.model), OpenAIOptions(max_retries=2, **quick))
         try:
             eps, c = await run(policy, "error500", -1)  # a server that only fails: recorded, not fatal
         finally:
@@ -306,12 +306,13 @@ def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path):
 def test_openai_server_killed_mid_run(server):
     """Kill the server (SIGKILL, engine processes included) after the first episode: the run
     finishes, the finished episode is kept, the others fail with the connection error."""
-    from hpl_data.policies.openai_backend import OpenAIPolicy
+    from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
     ids = make_env("webshop").task_ids("test")[:6]
 
     async def main():
-        policy = OpenAIPolicy(server.url, max_retries=2, backoff_s=0.1, backoff_max_s=0.3, request_timeout=10)
+        policy = OpenAIPolicy(server.url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
+                                                                request_timeout=10))
         cfg = EngineConfig(workers=1, concurrency=2, sampling=SAMPLING)
         try:
             async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 3}, config=cfg) as eng:

@@ -21,7 +21,7 @@ pytest.importorskip("openai")
 from llm_helpers import ScriptedServer  # noqa: E402
 
 from hpl_data.policies import PolicyError, SamplingParams, check_model_available, parse_spec  # noqa: E402
-from hpl_data.policies.openai_backend import OpenAIPolicy  # noqa: E402
+from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy  # noqa: E402
 
 ANSWER = json.dumps({
     "id": "c", "object": "chat.completion", "created": 0, "model": "m",
@@ -70,7 +70,7 @@ def a_b(servers):
 
 
 def policy(*urls: str, **kw) -> OpenAIPolicy:
-    return OpenAIPolicy(list(urls), model="m", backoff_s=0.01, backoff_max_s=0.02, **kw)
+    return OpenAIPolicy(list(urls), model="m", options=OpenAIOptions(backoff_s=0.01, backoff_max_s=0.02, **kw))
 
 
 def run_calls(p: OpenAIPolicy, n: int, affinity=None, *, concurrent: bool = True) -> list:

@@ -18,7 +18,7 @@ pytest.importorskip("openai")
 from llm_helpers import ScriptedServer  # noqa: E402
 
 from hpl_data.policies import MalformedResponseError, PolicyError, SamplingParams  # noqa: E402
-from hpl_data.policies.openai_backend import OpenAIPolicy  # noqa: E402
+from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy  # noqa: E402
 
 
 def completion(content: object = "Thought: look\nAction: search[shoes]", **choice: object) -> bytes:
@@ -85,7 +85,7 @@ def chat(policy: OpenAIPolicy):
 
 
 def quick_policy(url: str, **kw) -> OpenAIPolicy:
-    return OpenAIPolicy(url, model="m", backoff_s=0.01, backoff_max_s=0.02, **kw)
+    return OpenAIPolicy(url, model="m", options=OpenAIOptions(backoff_s=0.01, backoff_max_s=0.02, **kw))
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))

@@ -14,7 +14,7 @@ from hpl_envs import make_env
 from hpl_envs.agents import make_agent
 from hpl_envs.intercode_sql.agents import gold_tables
 from hpl_envs.intercode_sql.env import check_statement
-from hpl_envs.intercode_sql.server import LocalServer, ServerUnavailableError, UrlServer, find_server_binary
+from hpl_envs.intercode_sql.servers import LocalServer, ServerUnavailableError, UrlServer, find_server_binary
 
 pytestmark = pytest.mark.skipif(find_server_binary() is None and not os.environ.get("CI"),
                                 reason="no mariadbd/mysqld here (CI installs mariadb-server)")
@@ -63,7 +63,7 @@ ABUSE = [
 
 
 def docker_engine_or_skip():
-    from hpl_envs.intercode_sql.docker_backend import docker_client
+    from hpl_envs.intercode_sql.servers.docker import docker_client
 
     try:
         return docker_client()
@@ -74,7 +74,7 @@ def docker_engine_or_skip():
 @pytest.fixture(scope="module")
 def docker_sql_env():
     """One container for this module, built from the cached image; gone at teardown."""
-    from hpl_envs.intercode_sql.docker_backend import LABEL_PID, LABEL_ROLE, ROLE
+    from hpl_envs.intercode_sql.servers.docker import LABEL_PID, LABEL_ROLE, ROLE
 
     client = docker_engine_or_skip()
     env = make_env("intercode-sql", backend="docker")
@@ -209,7 +209,7 @@ def test_recorded_gpt4_runs_replay(sql_env):
 
 
 def test_url_backend_against_the_running_server(sql_env):
-    from hpl_envs.intercode_sql.server import connect
+    from hpl_envs.intercode_sql.servers import connect
 
     info = sql_env.shared.ensure_server()
     cnx = connect(info.admin_args())  # root is socket-only; make a TCP admin like a user's own server has
@@ -228,9 +228,9 @@ def test_url_backend_against_the_running_server(sql_env):
 
 
 def test_missing_binary_has_install_hint(monkeypatch, tmp_path):
-    import hpl_envs.intercode_sql.server as srv
+    import hpl_envs.intercode_sql.servers.local as local_backend
 
-    monkeypatch.setattr(srv, "find_server_binary", lambda: None)
+    monkeypatch.setattr(local_backend, "find_server_binary", lambda: None)
     with pytest.raises(ServerUnavailableError, match="apt-get install mariadb-server"):
         LocalServer(tmp_path / "dump.sql")
 
@@ -274,10 +274,11 @@ def test_concurrent_processes_share_one_server(tmp_path):
 
 
 def test_without_a_choice_the_error_lists_each_backend_tried(monkeypatch, tmp_path):
-    import hpl_envs.intercode_sql.server as srv
+    import hpl_envs.intercode_sql.servers as srv
+    import hpl_envs.intercode_sql.servers.local as local_backend
 
-    monkeypatch.setattr(srv, "find_server_binary", lambda: None)
-    from hpl_envs.intercode_sql.docker_backend import SHARE_ENV
+    monkeypatch.setattr(local_backend, "find_server_binary", lambda: None)
+    from hpl_envs.intercode_sql.servers.docker import SHARE_ENV
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     monkeypatch.delenv(SHARE_ENV, raising=False)  # not this process's docker_sql_env container
@@ -291,7 +292,7 @@ def test_without_a_choice_the_error_lists_each_backend_tried(monkeypatch, tmp_pa
 
 
 def _hpl_containers(client, exclude_pid: int) -> list:
-    from hpl_envs.intercode_sql.docker_backend import LABEL_PID, LABEL_ROLE, ROLE
+    from hpl_envs.intercode_sql.servers.docker import LABEL_PID, LABEL_ROLE, ROLE
 
     return [c for c in client.containers.list(all=True, filters={"label": f"{LABEL_ROLE}={ROLE}"})
             if c.labels.get(LABEL_PID) != str(exclude_pid)]
@@ -303,7 +304,7 @@ def test_docker_eval_run_leaves_no_container_even_after_sigkill(tmp_path, docker
     its own at exit. (docker_sql_env: the image is built once, by the fixture.)"""
     import signal
 
-    from hpl_envs.intercode_sql.docker_backend import SHARE_ENV
+    from hpl_envs.intercode_sql.servers.docker import SHARE_ENV
 
     client = docker_engine_or_skip()
     env = {k: v for k, v in os.environ.items() if k != SHARE_ENV}

@@ -6,7 +6,7 @@ import pytest
 
 from hpl_envs import make_env
 from hpl_envs.intercode_sql import compat
-from hpl_envs.intercode_sql.server import find_server_binary
+from hpl_envs.intercode_sql.servers import find_server_binary
 
 needs_server = pytest.mark.skipif(find_server_binary() is None and not os.environ.get("CI"),
                                   reason="no mariadbd/mysqld here (CI installs mariadb-server)")

@@ -16,7 +16,7 @@ import pytest
 
 from hpl_envs import make_env
 from hpl_envs.intercode_sql.env import check_statement
-from hpl_envs.intercode_sql.server import (
+from hpl_envs.intercode_sql.servers import (
     AGENT_MAX_STATEMENT_TIME_S,
     LocalServer,
     ServerUnavailableError,
@@ -65,11 +65,47 @@ def test_time_limit_holds_without_the_text_check(env):
     cnx.close()
     fast = make_env("intercode-sql", time_limit_s=1)
     fast.reset(options={"task_id": "0"})
-    fast._cnx.cursor().execute("SET SESSION max_statement_time = 0")
+    fast.session.connection().cursor().execute("SET SESSION max_statement_time = 0")
     obs, took, _ = timed_step(fast, "SELECT SLEEP(9)")
     assert "interrupted" in obs and took < 1 + 2, (obs, took)
     assert fast.step("SELECT COUNT(*) FROM people")[0] == "[(7,)]"  # the connection still works
     fast.close()
+
+
+def test_the_session_alone_bounds_time_and_bytes_and_reconnects_into_its_database(env):
+    """SqlSession without an env: its watchdog kills a statement that escaped the server's limit
+    (through the session's own kill), a result is cut at its byte cap, and a connection killed
+    from outside is replaced by one in the session's database."""
+    from hpl_envs.intercode_sql.session import SqlSession, StatementError
+
+    kills = []
+
+    class CountingSession(SqlSession):
+        def kill_query(self, connection_id: int) -> None:
+            kills.append(connection_id)
+            super().kill_query(connection_id)
+
+    session = CountingSession(env.shared.ensure_server, time_limit_s=1, row_cap=100, result_byte_cap=1000)
+    session.fresh("world_1")
+    first = session.connection()
+    first.cursor().execute("SET SESSION max_statement_time = 0")  # as if the server's limit were gone
+    start = time.monotonic()
+    with pytest.raises(StatementError, match="interrupted"):
+        session.execute("SELECT SLEEP(9)")
+    assert time.monotonic() - start < 1 + 2 and kills == [first.connection_id]
+    cut = session.execute("SELECT REPEAT('x', 100) FROM city LIMIT 50")
+    assert cut.truncated_bytes and not cut.wire_cut and 0 < len(str(cut.rows)) <= 1000
+    assert len(kills) == 2  # the rest of the result was killed, not read
+    killer = connect(env.shared.ensure_server().agent_args())
+    killer.cursor().execute(f"KILL {session.connection().connection_id}")
+    killer.close()
+    serial = session.serial
+    assert session.execute("SELECT DATABASE(), COUNT(*) FROM city").rows == [("world_1", 4079)]
+    assert session.serial == serial + 1  # a new connection, in the session's database
+    with pytest.raises(StatementError, match="doesn't exist"):
+        session.execute("SELECT * FROM no_such_table")
+    assert session.execute("SELECT 1").rows == [(1,)]
+    session.close()
 
 
 HUGE = {"rows of 8 MB (320 MB)": "SELECT REPEAT('x', 8000000) FROM world_1.city LIMIT 40",

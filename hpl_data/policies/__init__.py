@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -213,20 +214,24 @@ def make_agent_from_spec(env_name: str, spec: str | PolicySpec, seed: int = 0) -
     return agent
 
 
-def _backend(spec: PolicySpec) -> tuple[type, tuple, dict[str, Any]]:
-    """The chat backend class of a spec and the arguments the spec itself gives it."""
+def _backend(spec: PolicySpec) -> tuple[Callable[..., ChatPolicy], Callable[..., Any], tuple, dict[str, Any]]:
+    """How a chat spec is built: (factory, the callable whose keyword arguments are its options, the
+    arguments the spec itself gives the factory)."""
     if spec.kind == "openai":
-        from hpl_data.policies.openai_backend import OpenAIPolicy
+        from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
-        return OpenAIPolicy, (spec.endpoints(),), {"model": spec.model}
+        def openai_policy(endpoints: list[str], *, model: str | None = None, **options: Any) -> ChatPolicy:
+            return OpenAIPolicy(endpoints, model=model, options=OpenAIOptions(**options))
+
+        return openai_policy, OpenAIOptions, (spec.endpoints(),), {"model": spec.model}
     if spec.kind == "vllm":
         from hpl_data.policies.vllm_backend import VLLMPolicy
 
-        return VLLMPolicy, (spec.target,), {}
+        return VLLMPolicy, VLLMPolicy, (spec.target,), {}
     if spec.kind == "hf":
         from hpl_data.policies.hf_backend import HFPolicy
 
-        return HFPolicy, (spec.target,), {}
+        return HFPolicy, HFPolicy, (spec.target,), {}
     raise ValueError(f"{spec} is an agent, not a chat policy")
 
 
@@ -236,12 +241,17 @@ def check_policy_options(spec: str | PolicySpec, options: dict[str, Any]) -> Non
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.is_agent:
         return
-    backend, args, given = _backend(spec)
-    signature = inspect.signature(backend)
+    factory, takes_options, args, given = _backend(spec)
+    signature = inspect.signature(takes_options)
     try:
-        signature.bind(*args, **given, **options)
+        if takes_options is factory:
+            signature.bind(*args, **given, **options)
+        else:  # a separate options object (openai:) takes only the options
+            signature.bind(**options)
     except TypeError as e:
-        taken = [n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        kinds = (inspect.Parameter.KEYWORD_ONLY,) if takes_options is factory else (
+            inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        taken = [n for n, p in signature.parameters.items() if p.kind in kinds]
         raise PolicyArgumentError(f"{spec.kind} policy: {e}; its options: {', '.join(taken)}") from None
 
 
@@ -250,5 +260,5 @@ def make_chat_policy(spec: str | PolicySpec, **options: Any) -> ChatPolicy:
     (:class:`PolicyArgumentError` for one it does not take)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     check_policy_options(spec, options)
-    backend, args, given = _backend(spec)
-    return backend(*args, **given, **options)
+    factory, _, args, given = _backend(spec)
+    return factory(*args, **given, **options)

@@ -9,13 +9,10 @@ Unicode) are retried with exponential backoff and jitter. Other 4xx errors are n
 retry cannot fix them). Whatever fails ends as a :class:`PolicyError`: the engine records it on
 the episode and the run goes on.
 
-With several endpoints each attempt goes to the endpoint with the fewest requests outstanding;
-a retryable failure is retried at once on another endpoint (backoff only once every endpoint
-failed the call). ``eject_after`` consecutive failures eject an endpoint; after a backoff
-(doubling per ejection, up to ``eject_max_s``) it gets one probe request and comes back if that
-succeeds (passive health checking: a dead server costs no polling, a revived one rejoins).
-Calls with the same ``affinity`` key (the engine: one episode; MC: one task's rollouts) stay on
-one endpoint while it is healthy, so the server's prefix cache holds their shared prompt.
+With several endpoints, which one takes each attempt is :class:`~hpl_data.policies.endpoints.EndpointPool`'s
+choice (fewest requests outstanding, ejection of a failing server and its probe, per-key affinity
+for the prefix cache); a retryable failure is retried at once on another endpoint (backoff only
+once every endpoint failed the call). This module does only the SDK calls and their retries.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ import asyncio
 import math
 import os
 import random
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +34,7 @@ from hpl_data.policies import (
     SamplingParams,
     topk_entropy,
 )
+from hpl_data.policies.endpoints import EjectionPolicy, Endpoint, EndpointPool
 
 T = TypeVar("T")
 
@@ -54,67 +50,66 @@ def normalise_url(url: str) -> str:
     return url
 
 
-AFFINITY_MEMORY = 65536  # affinity keys remembered (least recently used forgotten first)
+@dataclass(frozen=True)
+class OpenAIOptions:
+    """How an ``openai:`` policy talks to its servers; each field is a ``--policy-arg KEY=VALUE``."""
 
+    api_key: str | None = None  # default: $OPENAI_API_KEY, else "EMPTY" (vLLM needs none)
+    concurrency: int = 64  # requests in flight at most, over all endpoints
+    request_timeout: float = 120.0  # one HTTP request
+    call_timeout_s: float = 300.0  # one call, all its attempts together
+    max_retries: int = 5
+    backoff_s: float = 0.5  # the first backoff once every endpoint failed a call; doubled per round
+    backoff_max_s: float = 20.0
+    logprobs: bool = True  # False: never ask the server for log-probs
+    eject_after: int = 3  # consecutive failures that eject an endpoint (see EndpointPool)
+    eject_s: float = 5.0
+    eject_max_s: float = 60.0
 
-@dataclass(eq=False)
-class Endpoint:
-    """One server of a multi-endpoint policy, with its health and its counters."""
+    def __post_init__(self) -> None:
+        if not self.call_timeout_s > 0:
+            raise ValueError(f"openai: call_timeout_s must be > 0 seconds, got {self.call_timeout_s!r}")
+        self.ejection()  # validates the ejection fields
 
-    url: str
-    client: Any
-    outstanding: int = 0  # requests in flight now
-    consecutive_errors: int = 0
-    ejected_until: float | None = None  # monotonic time of the next probe; None: healthy
-    eject_s: float = 0.0  # the current ejection backoff
-    calls: int = 0  # requests sent
-    errors: int = 0  # retryable failures (connection, 5xx, 429, timeout, malformed answer)
-    ejections: int = 0
-    recoveries: int = 0  # came back after an ejection
-
-    def stats(self) -> dict[str, int]:
-        return {"calls": self.calls, "errors": self.errors, "ejections": self.ejections,
-                "recoveries": self.recoveries}
+    def ejection(self) -> EjectionPolicy:
+        return EjectionPolicy(after=int(self.eject_after), first_s=float(self.eject_s), max_s=float(self.eject_max_s))
 
 
 class OpenAIPolicy:
-    def __init__(self, url: str | list[str], model: str | None = None, *, api_key: str | None = None,
-                 concurrency: int = 64, request_timeout: float = 120.0, call_timeout_s: float = 300.0,
-                 max_retries: int = 5, backoff_s: float = 0.5, backoff_max_s: float = 20.0, logprobs: bool = True,
-                 eject_after: int = 3, eject_s: float = 5.0, eject_max_s: float = 60.0) -> None:
+    """A chat policy on one or several OpenAI-compatible servers of one model: the SDK calls, their
+    retries and the call deadline; the choice of server is the :class:`EndpointPool`'s."""
+
+    def __init__(self, endpoints: str | list[str] | EndpointPool, model: str | None = None,
+                 options: OpenAIOptions | None = None) -> None:
         try:
             import openai
         except ImportError as e:  # pragma: no cover - depends on the install
             raise PolicyError("openai: policy needs the openai package: pip install 'hpl[vllm]' or pip install openai") from e
         self._openai = openai
-        urls = [normalise_url(u.strip()) for u in ([url] if isinstance(url, str) else url) if u.strip()]
-        if not urls:
-            raise ValueError("openai: no endpoint URL given")
-        if len(set(urls)) != len(urls):
-            raise ValueError(f"openai: an endpoint is listed twice in {urls}")
-        key = api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
-        self.endpoints = [Endpoint(u, openai.AsyncOpenAI(base_url=u, api_key=key, timeout=request_timeout,
-                                                         max_retries=0)) for u in urls]
-        self.url = ",".join(urls)
+        self.options = options = options or OpenAIOptions()
+        if not isinstance(endpoints, EndpointPool):
+            urls = [normalise_url(u.strip()) for u in ([endpoints] if isinstance(endpoints, str) else endpoints)
+                    if u.strip()]
+            endpoints = EndpointPool(urls, options.ejection())
+        self.pool = endpoints
+        key = options.api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
+        self._clients = {e: openai.AsyncOpenAI(base_url=e.url, api_key=key, timeout=options.request_timeout,
+                                               max_retries=0) for e in self.pool.endpoints}
+        self.url = ",".join(self.pool.urls)
         self.model = model
         self.name = f"openai:{self.url}" + (f"#{model}" if model else "")
-        self.semaphore = asyncio.Semaphore(max(1, concurrency))
-        self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
-        if not call_timeout_s > 0:
-            raise ValueError(f"openai: call_timeout_s must be > 0 seconds, got {call_timeout_s!r}")
-        if eject_after < 1 or not 0 < eject_s <= eject_max_s:
-            raise ValueError("openai: eject_after must be >= 1 and 0 < eject_s <= eject_max_s")
-        self.call_timeout_s = float(call_timeout_s)
-        self.eject_after, self.eject_s, self.eject_max_s = int(eject_after), float(eject_s), float(eject_max_s)
-        self.logprobs = logprobs
+        self.semaphore = asyncio.Semaphore(max(1, options.concurrency))
         self.retries = 0  # requests retried (counter for the run's metadata)
         self.malformed_responses = 0  # answers that were not a usable completion
-        self._affinity: OrderedDict[str, Endpoint] = OrderedDict()
         self._model_lock = asyncio.Lock()
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self.pool.endpoints
 
     def endpoint_stats(self) -> dict[str, dict[str, int]]:
         """Per endpoint: requests sent, retryable errors, ejections, recoveries (run metadata)."""
-        return {e.url: e.stats() for e in self.endpoints}
+        return self.pool.stats()
 
     async def _model_name(self) -> str:
         async with self._model_lock:
@@ -125,113 +120,80 @@ class OpenAIPolicy:
                 self.model = ids[0]
         return self.model
 
-    # ---------------------------------------------------------------- endpoint choice and health
-    def _pick(self, affinity: str | None, tried: set[Endpoint]) -> Endpoint:
-        """The endpoint for the next attempt: the affinity key's while healthy, else a due probe,
-        else the healthy one with the fewest requests outstanding; when every endpoint is
-        ejected or failed this call, the one whose probe is due first."""
-        now = time.monotonic()
-        healthy = [e for e in self.endpoints if e.ejected_until is None and e not in tried]
-        if affinity is not None:
-            sticky = self._affinity.get(affinity)
-            if sticky is not None and sticky in healthy:
-                self._affinity.move_to_end(affinity)
-                return sticky
-        due = [e for e in self.endpoints if e.ejected_until is not None and e.ejected_until <= now
-               and e.outstanding == 0 and e not in tried]
-        if due:  # one probe at a time; it brings the endpoint back if it succeeds
-            choice = due[0]
-        elif healthy:
-            choice = min(healthy, key=lambda e: (e.outstanding, e.calls))
-        else:
-            rest = [e for e in self.endpoints if e not in tried] or self.endpoints
-            choice = min(rest, key=lambda e: (e.ejected_until or 0.0, e.outstanding))
-        if affinity is not None and choice.ejected_until is None:
-            self._affinity[affinity] = choice
-            self._affinity.move_to_end(affinity)
-            if len(self._affinity) > AFFINITY_MEMORY:
-                self._affinity.popitem(last=False)
-        return choice
-
-    def _answered(self, ep: Endpoint) -> None:
-        ep.consecutive_errors = 0
-        if ep.ejected_until is not None:
-            ep.ejected_until, ep.eject_s = None, 0.0
-            ep.recoveries += 1
-
-    def _failed(self, ep: Endpoint) -> None:
-        ep.errors += 1
-        ep.consecutive_errors += 1
-        if ep.consecutive_errors >= self.eject_after and (ep.ejected_until is None
-                                                          or ep.ejected_until <= time.monotonic()):
-            ep.eject_s = min(self.eject_max_s, ep.eject_s * 2 if ep.eject_s else self.eject_s)
-            ep.ejected_until = time.monotonic() + ep.eject_s
-            ep.ejections += 1
-
     # ---------------------------------------------------------------- attempts
     async def _with_retries(self, make_call: Callable[[Any], Awaitable[Any]], parse: Callable[[Any], T],
                             affinity: str | None = None) -> T:
         """``parse(await make_call(client))``, retried; all attempts together end by ``call_timeout_s``."""
         attempts = [0]
+        deadline_s = self.options.call_timeout_s
         try:
-            async with asyncio.timeout(self.call_timeout_s):
+            async with asyncio.timeout(deadline_s):
                 return await self._attempts(make_call, parse, attempts, affinity)
         except TimeoutError as e:
-            raise PolicyError(f"{self.url}: no answer within the {self.call_timeout_s:g} s call deadline "
+            raise PolicyError(f"{self.url}: no answer within the {deadline_s:g} s call deadline "
                               f"({attempts[0]} attempt(s)); raise it with --policy-arg call_timeout_s=SECONDS "
                               "if the server is just slow") from e
 
     async def _attempts(self, make_call: Callable[[Any], Awaitable[Any]], parse: Callable[[Any], T],
                         attempts: list[int], affinity: str | None) -> T:
-        o = self._openai
-        delay = self.backoff_s
+        opts = self.options
+        delay = opts.backoff_s
         tried: set[Endpoint] = set()
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(opts.max_retries + 1):
             attempts[0] = attempt + 1
-            ep = self._pick(affinity, tried)
-            ep.outstanding += 1
-            ep.calls += 1
+            ep = self.pool.pick(affinity, tried)
             try:
-                try:
-                    resp = await make_call(ep.client)
-                except (ValueError, o.APIResponseValidationError) as e:  # json.JSONDecodeError is a ValueError
-                    raise self._malformed(e) from e
-                try:
-                    result = parse(resp)
-                except (ValueError, TypeError, AttributeError) as e:
-                    # the SDK builds response objects without validating them (a JSON array stays a
-                    # list), so a wrong shape shows up as we read it; UnicodeError is a ValueError
-                    raise self._malformed(e) from e
-                self._answered(ep)
-                return result
+                return await self._attempt(ep, make_call, parse, attempt + 1)
+            except _RetryableFailure as failure:
+                if attempt == opts.max_retries:
+                    raise PolicyError(f"{ep.url}: {failure}") from failure.__cause__
+            self.retries += 1
+            if self.pool.fail_over(ep, tried):
+                continue  # at once, on a healthy endpoint this call has not tried
+            await asyncio.sleep(min(opts.backoff_max_s, delay) * (0.5 + random.random()))
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, ep: Endpoint, make_call: Callable[[Any], Awaitable[Any]], parse: Callable[[Any], T],
+                       number: int) -> T:
+        """One request to ``ep``; the pool hears whether the server answered. What another attempt
+        may fix (429, 5xx, timeouts, connection errors, malformed answers) raises _RetryableFailure;
+        other refusals end the call."""
+        o = self._openai
+        with self.pool.sending(ep):
+            try:
+                result = await self._call_and_parse(self._clients[ep], make_call, parse)
             except o.BadRequestError as e:
-                self._answered(ep)  # the server is fine; the request is not
-                text = str(e).lower()
-                if any(h in text for h in _CONTEXT_HINTS):
+                self.pool.answered(ep)  # the server is fine; the request is not
+                if any(h in str(e).lower() for h in _CONTEXT_HINTS):
                     raise ContextLengthError(f"{ep.url}: {e}") from e
                 raise PolicyError(f"{ep.url}: request rejected ({e})") from e
             except (o.RateLimitError, o.InternalServerError, o.APITimeoutError, o.APIConnectionError,
                     MalformedResponseError) as e:
-                self._failed(ep)
-                if attempt == self.max_retries:
-                    raise PolicyError(f"{ep.url}: {type(e).__name__} after {attempt + 1} attempts: {e}") from e
+                self.pool.failed(ep)
+                raise _RetryableFailure(f"{type(e).__name__} after {number} attempts: {e}") from e
             except o.APIStatusError as e:
                 if e.status_code < 500:
-                    self._answered(ep)
-                    raise PolicyError(f"{ep.url}: HTTP {e.status_code} after {attempt + 1} attempt(s): {e}") from e
-                self._failed(ep)
-                if attempt == self.max_retries:
-                    raise PolicyError(f"{ep.url}: HTTP {e.status_code} after {attempt + 1} attempt(s): {e}") from e
-            finally:
-                ep.outstanding -= 1
-            self.retries += 1
-            tried.add(ep)
-            if any(e not in tried and e.ejected_until is None for e in self.endpoints):
-                continue  # fail over to a healthy endpoint at once
-            tried.clear()
-            await asyncio.sleep(min(self.backoff_max_s, delay) * (0.5 + random.random()))
-            delay *= 2
-        raise AssertionError("unreachable")
+                    self.pool.answered(ep)
+                    raise PolicyError(f"{ep.url}: HTTP {e.status_code} after {number} attempt(s): {e}") from e
+                self.pool.failed(ep)
+                raise _RetryableFailure(f"HTTP {e.status_code} after {number} attempt(s): {e}") from e
+            self.pool.answered(ep)
+            return result
+
+    async def _call_and_parse(self, client: Any, make_call: Callable[[Any], Awaitable[Any]],
+                              parse: Callable[[Any], T]) -> T:
+        """The SDK call and its parse; an answer that is no usable result raises MalformedResponseError."""
+        try:
+            resp = await make_call(client)
+        except (ValueError, self._openai.APIResponseValidationError) as e:  # json.JSONDecodeError is a ValueError
+            raise self._malformed(e) from e
+        try:
+            return parse(resp)
+        except (ValueError, TypeError, AttributeError) as e:
+            # the SDK builds response objects without validating them (a JSON array stays a list),
+            # so a wrong shape shows up as we read it; UnicodeError is a ValueError
+            raise self._malformed(e) from e
 
     def _malformed(self, e: Exception) -> MalformedResponseError:
         self.malformed_responses += 1
@@ -245,7 +207,7 @@ class OpenAIPolicy:
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        if self.logprobs and params.logprobs:
+        if self.options.logprobs and params.logprobs:
             kwargs["logprobs"] = True
             if params.top_logprobs:
                 kwargs["top_logprobs"] = params.top_logprobs
@@ -254,7 +216,11 @@ class OpenAIPolicy:
                                             affinity)
 
     async def close(self) -> None:
-        await asyncio.gather(*(e.client.close() for e in self.endpoints))
+        await asyncio.gather(*(client.close() for client in self._clients.values()))
+
+
+class _RetryableFailure(Exception):
+    """An attempt failed in a way another attempt may fix; the message ends the call's error if none is left."""
 
 
 def _model_ids(models: Any) -> list[str]:
@@ -302,5 +268,3 @@ def _completions(resp: Any) -> list[Completion]:
         for c in out:
             c.completion_tokens = total // len(out)
     return out
-    async def close(self) -> None:
-        await asyncio.gather(*(e.client.close() for e in self.endpoints))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +17,8 @@ from hpl_envs.core import ActionResult, EpisodeState, HplTextEnv, TaskNotFoundEr
 from hpl_envs.data import DataCorruptError, require
 from hpl_envs.intercode_sql import compat
 from hpl_envs.intercode_sql.reward import sql_reward
-from hpl_envs.intercode_sql.server import ServerInfo, ServerUnavailableError, connect, dump_databases, make_server
+from hpl_envs.intercode_sql.servers import ServerInfo, connect, dump_databases, make_server
+from hpl_envs.intercode_sql.session import SqlSession, StatementError
 
 ALLOWED_FIRST_WORDS = {"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH", "USE", "VALUES", "TABLE"}
 BLOCKED_MESSAGE = ("only one read-only statement per action is allowed "
@@ -94,7 +93,6 @@ _REFUSALS = [  # (pattern on _code_view(sql) and on sql, reason)
                 r"|\bSHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s*)?(?:WARNINGS|ERRORS)\b", re.IGNORECASE),
      "session state (user variables, warnings, last statement counts) is not allowed: snapshots cannot keep it"),
 ]
-_USE_WORD = re.compile(r"\bUSE\b", re.IGNORECASE)
 
 
 def _code_view(sql: str) -> tuple[str, bool]:
@@ -142,66 +140,6 @@ def check_statement(sql: str, max_bytes: int = MAX_STATEMENT_BYTES) -> str | Non
         if pattern.search(code) or pattern.search(sql):  # (NO_BACKSLASH_ESCAPES); refusing more is safe
             return reason
     return None
-
-
-DEADLINE_GRACE_S = 1.0  # the client kills a statement this long after the server should have
-WIRE_ALLOWANCE_BYTES = 16 << 20  # bytes read beyond result_byte_cap (one full protocol packet)
-FETCH_BATCH_ROWS = 256
-OBSERVATION_CHARS_PER_WIRE_BYTE = 8  # str(rows) is at most ~7 characters per byte received (NULL: "None, ")
-
-
-class _Watchdog:
-    """Kills one running statement at a deadline unless cancelled first (the server-side limit is the
-    first line; this one holds even if a statement escaped it)."""
-
-    def __init__(self, env: InterCodeSqlEnv, connection_id: int, seconds: float) -> None:
-        self.env, self.connection_id = env, connection_id
-        self.lock, self.done = threading.Lock(), False
-        self.timer = threading.Timer(seconds, self.kill_now)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def kill_now(self) -> None:
-        with self.lock:
-            if not self.done:
-                self.done = True
-                self.env._kill_query(self.connection_id)
-
-    def cancel(self) -> None:
-        self.timer.cancel()
-        with self.lock:
-            self.done = True
-
-
-class _ResultTooLarge(Exception):
-    """The server sent more bytes for one statement than the env keeps (a row can be gigabytes)."""
-
-
-@dataclass
-class _WireCounter:
-    read: int = 0  # bytes the connection has read for the current statement
-
-
-@contextlib.contextmanager
-def _wire_budget(cnx, limit: int):
-    """Count the bytes the connection reads while inside; past ``limit`` raise _ResultTooLarge (the
-    connection is then mid-packet and is dropped). Bounds memory where row-wise checks cannot: the
-    connector reads a whole row, however many 16 MB packets it spans, before returning it."""
-    sock = cnx._socket  # mysql-connector's pure-Python socket wrapper; recv() returns one packet
-    read_packet, counter = sock.recv, _WireCounter()
-
-    def counting_recv(*args, **kwargs):
-        packet = read_packet(*args, **kwargs)
-        counter.read += len(packet)
-        if counter.read > limit:
-            raise _ResultTooLarge
-        return packet
-
-    sock.recv = counting_recv
-    try:
-        yield counter
-    finally:
-        del sock.recv  # back to the class's method
 
 
 class _Shared:
@@ -378,9 +316,9 @@ class InterCodeSqlEnv(HplTextEnv):
         self.row_cap = int(row_cap)
         self.result_byte_cap = int(result_byte_cap)
         self.max_statement_bytes = int(max_statement_bytes)
-        self._cnx = None
-        self._gold_cache: dict[tuple, Any] = {}
-        self._cnx_serial = 0  # which connection the cached gold results were computed on
+        self.session = SqlSession(self._server_info, time_limit_s=self.time_limit_s, row_cap=self.row_cap,
+                                  result_byte_cap=self.result_byte_cap)
+        self._gold_cache: dict[tuple, Any] = {}  # (session connection serial, task index) -> gold result
 
     # --- tasks -------------------------------------------------------------------------
     def task_ids(self, split: str) -> list[str]:
@@ -412,159 +350,37 @@ class InterCodeSqlEnv(HplTextEnv):
     def warm_caches(self) -> None:
         self.shared.ensure_server(self)
 
-    # --- connection ----------------------------------------------------------------------
-    def _connection(self):
-        if self._cnx is None or not self._cnx.is_connected():
-            info = self.shared.ensure_server(self)
-            self._cnx_serial += 1
-            try:
-                self._cnx = connect(info.agent_args(), connection_timeout=10)
-            except Exception as e:  # noqa: BLE001
-                raise ServerUnavailableError(f"intercode-sql: cannot connect as the agent account: {e}") from e
-            self._session_limits()
-        return self._cnx
+    def _server_info(self) -> ServerInfo:
+        """The server (started or joined if needed); this env holds it until close()."""
+        return self.shared.ensure_server(self)
 
-    def _session_limits(self) -> None:
-        cur = self._cnx.cursor()
-        if self.shared.info.flavor == "mariadb":
-            cur.execute(f"SET SESSION max_statement_time = {self.time_limit_s:.3f}")
-            # One statement, one result on every connection: in-memory (HEAP) temporary tables hand
-            # filesort row references that are memory addresses, so rows tied on the sort key
-            # (GROUP BY ... ORDER BY count(*) LIMIT 1) came back in a per-connection order. On-disk
-            # (Aria) temporary tables reference rows by file offset, the same everywhere.
-            cur.execute("SET SESSION tmp_memory_table_size = 0")
-        else:
-            cur.execute(f"SET SESSION max_execution_time = {int(self.time_limit_s * 1000)}")
-        cur.execute(f"SET SESSION sql_select_limit = {self.row_cap + 1}")
-        cur.close()
-
-    def _fresh_session(self, db: str | None) -> None:
-        """The agent connection as a new one would be (no user variables or other session state of
-        earlier statements), limits applied, in ``db``. Snapshots hold only the database: statements
-        that would leave other session state are refused (see ``check_statement``)."""
-        cnx = self._connection()
-        try:
-            cnx.cmd_reset_connection()
-            self._session_limits()
-        except Exception:  # noqa: BLE001
-            self._cnx = None
-            self._connection()
-        if db:
-            self._use(db)
-
-    def _use(self, db: str) -> None:
-        cur = self._connection().cursor()
-        try:
-            cur.execute(f"USE `{db}`")
-        finally:
-            cur.close()
+    def _shown_as_mysql8(self) -> bool:
+        """Whether MariaDB's messages and DESCRIBE types are rewritten as MySQL 8 shows them."""
+        return self.mysql8_compat and self.shared.info.flavor == "mariadb"
 
     def _execute(self, sql: str) -> tuple[Any, bool]:
-        """Run one agent statement; returns (InterCode observation, executed ok). Rows are streamed
-        and kept only up to ``result_byte_cap`` (``SqlState.truncated_bytes``); a client-side deadline
-        kills the statement from a second connection should the server's own limit not stop it."""
+        """Run one agent statement; returns (InterCode observation, executed ok). Refused statements
+        never reach the server; the session bounds time and result size (``SqlState.truncated_bytes``)."""
         self._state.truncated_bytes = False
         refusal = check_statement(sql, self.max_statement_bytes)
         if refusal is not None:
             return f"Error executing query: {refusal}", False
-        cnx = self._connection()
-        cur = cnx.cursor(buffered=False)
-        watchdog = _Watchdog(self, cnx.connection_id, self.time_limit_s + DEADLINE_GRACE_S)
-        rows: list = []
         try:
-            try:
-                with _wire_budget(cnx, self.result_byte_cap + WIRE_ALLOWANCE_BYTES) as wire:
-                    cur.execute(sql)
-                    obs = self._fetch_bounded(cnx, watchdog, rows, wire) if cur.with_rows else None
-            except _ResultTooLarge:
-                self._state.truncated_bytes = True
-                self._drop_connection()
-                return rows, True
-            if self.mysql8_compat and obs and self.shared.info.flavor == "mariadb" and compat.is_schema_listing(sql):
-                obs = compat.mysql8_schema_rows(obs, self.describe_types)
-            if _USE_WORD.search(sql):  # USE, however commented: ask the server where the session now is
-                self._state.db = self._connection().database or self._state.db
-            return obs, True
-        except Exception as err:  # noqa: BLE001
-            msg = getattr(err, "msg", None) or str(err)
-            if self.mysql8_compat and self.shared.info.flavor == "mariadb":
-                msg = compat.mysql8_error(msg)
-            if not cnx.is_connected():
-                self._cnx = None
-                self._connection()
-                self._use(self._state.db)
+            result = self.session.execute(sql)
+        except StatementError as err:
+            msg = compat.mysql8_error(err.msg) if self._shown_as_mysql8() else err.msg
             return f"Error executing query: {msg}", False
-        finally:
-            watchdog.cancel()
-            try:
-                cur.close()
-            except Exception:  # noqa: BLE001
-                pass
-
-    def _fetch_bounded(self, cnx, watchdog: _Watchdog, rows: list, wire: _WireCounter) -> list:
-        """Rows in batches into ``rows`` until ``result_byte_cap`` bytes of observation text; then the
-        statement is killed and the rest of its result read and dropped (within the wire budget).
-        Rows are measured only once the result could be near the cap (measuring costs a str() each)."""
-        used = None
-        while cnx.unread_result:
-            batch, _ = cnx.get_rows(count=FETCH_BATCH_ROWS)
-            if used is None:
-                if OBSERVATION_CHARS_PER_WIRE_BYTE * wire.read < self.result_byte_cap:
-                    rows.extend(batch)
-                    continue
-                used = len(str(rows))
-            for i, row in enumerate(batch):
-                cheap = sum(len(v) for v in row if isinstance(v, (str, bytes, bytearray)))
-                size = cheap + 2 if cheap > self.result_byte_cap else len(str(row)) + 2
-                if used + size > self.result_byte_cap:
-                    self._state.truncated_bytes = True
-                    del batch[i:], row
-                    watchdog.kill_now()
-                    self._drain(cnx)
-                    return rows
-                rows.append(row)
-                used += size
-        return rows
-
-    def _drain(self, cnx) -> None:
-        """Read and drop what is left of a killed result; give the connection up if that takes long."""
-        deadline = time.monotonic() + DEADLINE_GRACE_S + 2
-        try:
-            while cnx.unread_result:
-                cnx.get_rows(count=1)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-        except _ResultTooLarge:
-            raise
-        except Exception:  # noqa: BLE001 - the kill ends the result with an error packet
-            if cnx.unread_result or not cnx.is_connected():
-                self._drop_connection()
-
-    def _drop_connection(self) -> None:
-        """Forget a connection in an unknown state; the next statement reconnects to the episode's db."""
-        cnx, self._cnx = self._cnx, None
-        try:
-            cnx.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-        self._connection()
-        self._use(self._state.db)
-
-    def _kill_query(self, connection_id: int) -> None:
-        """KILL QUERY from a second connection of the same account (allowed on its own threads)."""
-        try:
-            killer = connect(self.shared.ensure_server(self).agent_args(), connection_timeout=5)
-            try:
-                killer.cursor().execute(f"KILL QUERY {int(connection_id)}")
-            finally:
-                killer.close()
-        except Exception:  # noqa: BLE001 - the statement may have ended meanwhile
-            pass
+        self._state.truncated_bytes = result.truncated_bytes
+        self._state.db = self.session.database or self._state.db
+        obs = result.rows
+        if obs and not result.wire_cut and self._shown_as_mysql8() and compat.is_schema_listing(sql):
+            obs = compat.mysql8_schema_rows(obs, self.describe_types)
+        return obs, True
 
     # --- the episode (HplTextEnv's hooks) -------------------------------------------------
     def _reset_task(self, task_id: str) -> SqlState:
         task = self.task(task_id)
-        self._fresh_session(task.db)
+        self.session.fresh(task.db)
         return SqlState(task_id=str(task.index), db=task.db, observation=task.query)
 
     def _apply_action(self, action: str) -> ActionResult:
@@ -586,19 +402,9 @@ class InterCodeSqlEnv(HplTextEnv):
         episode's own connection: MariaDB may order tied rows (``GROUP BY ... ORDER BY count(*)
         LIMIT 1``) differently on another connection, but not within one. The agent cannot
         influence it: its account is read-only and SET statements are refused."""
-        key = (self._cnx_serial, task.index)
+        key = (self.session.serial, task.index)
         if key not in self._gold_cache:
-            cur = self._connection().cursor()
-            try:
-                cur.execute(f"USE `{task.db}`")
-                cur.execute(task.gold)
-                result = cur.fetchall() if cur.with_rows else []
-            except Exception as err:  # noqa: BLE001 - broken gold SQL exists in Spider
-                result = f"Error executing query: {getattr(err, 'msg', err)}"
-            finally:
-                cur.close()
-            if self._state is not None:
-                self._use(self._state.db)
+            result = self.session.run_trusted(task.db, task.gold)
             if len(self._gold_cache) > 4096:
                 self._gold_cache.clear()
             self._gold_cache[key] = result
@@ -633,15 +439,10 @@ class InterCodeSqlEnv(HplTextEnv):
     def _restore(self, state: SqlState) -> None:
         self.task(state.task_id)
         super()._restore(state)
-        self._fresh_session(state.db)
+        self.session.fresh(state.db)
 
     def close(self) -> None:
-        if self._cnx is not None:
-            try:
-                self._cnx.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self._cnx = None
+        self.session.close()
         self.shared.let_go(self)
 
     # --- protocol fingerprint ----------------------------------------------------------

@@ -3,7 +3,7 @@
 * Image: ``docker/intercode-sql.Dockerfile`` on a base (default ``hpl-mariadb-base:bookworm``, made
   offline with ``mmdebstrap`` + ``docker import`` when missing; ``mysql:8.0`` or ``mariadb:*`` where a
   registry answers), then started once to load the Spider dump with the local backend's own code
-  (:func:`~hpl_envs.intercode_sql.server.ensure_loaded`) and committed as
+  (:func:`~hpl_envs.intercode_sql.servers.base.ensure_loaded`) and committed as
   ``hpl-intercode-sql:<content hash>``. An image with the right hash is reused, so it is built once.
 * Container: ``--network none``; the server listens only on a unix socket in a host directory
   bind-mounted at ``/run/hpl``, so no traffic goes to Docker's bridge. Started by the first process
@@ -30,17 +30,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hpl_envs.data import cache_dir, file_digest, file_lock
-from hpl_envs.intercode_sql.server import (
+from hpl_envs.intercode_sql.servers.base import (
     ServerInfo,
     ServerUnavailableError,
     SqlServer,
-    _flavor,
-    _pid_alive,
     connect,
     ensure_loaded,
+    pid_alive,
+    server_flavor,
 )
 
-DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
+DOCKER_DIR = Path(__file__).resolve().parents[3] / "docker"
 DOCKERFILE = "intercode-sql.Dockerfile"
 ENTRYPOINT = "intercode-sql-server.sh"
 OFFLINE_BASE = "hpl-mariadb-base:bookworm"
@@ -102,7 +102,7 @@ def owner_alive(labels: dict[str, str]) -> bool:
         pid = int(labels.get(LABEL_PID, ""))
     except ValueError:
         return False
-    return _pid_alive(pid) and process_start(pid) == labels.get(LABEL_START, "")
+    return pid_alive(pid) and process_start(pid) == labels.get(LABEL_START, "")
 
 
 def prune_orphans(client) -> list[str]:
@@ -205,7 +205,7 @@ class SqlContainer:
             if os.path.exists(self.info.socket):
                 try:
                     cnx = connect(self.info.admin_args(), connection_timeout=3)
-                    self.info.flavor = _flavor(cnx)
+                    self.info.flavor = server_flavor(cnx)
                     cnx.close()
                     return self.info
                 except Exception:  # noqa: BLE001 - not up yet, or the password not set yet
@@ -308,12 +308,12 @@ class DockerServer(SqlServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m hpl_envs.intercode_sql.docker_backend build|prune [--base IMAGE]`"""
+    """`python -m hpl_envs.intercode_sql.servers.docker build|prune [--base IMAGE]`"""
     import argparse
 
     from hpl_envs.data import require
 
-    p = argparse.ArgumentParser(prog="python -m hpl_envs.intercode_sql.docker_backend", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m hpl_envs.intercode_sql.servers.docker", description=main.__doc__)
     p.add_argument("command", choices=["build", "prune"])
     p.add_argument("--base", default=OFFLINE_BASE, help=f"base image (default {OFFLINE_BASE}; e.g. mysql:8.0)")
     args = p.parse_args(argv)
