@@ -118,15 +118,22 @@ def hpl_invocation(words: list[str]) -> list[str] | None:
     return None
 
 
-@functools.cache
-def train_config_fields() -> set[str]:
-    from hpl_train.config import TrainConfig
+def train_config_problem(words: list[str]) -> str | None:
+    """Why ``hpl-train``'s ``--config`` and ``key=value`` words would not load (None: they load)."""
+    from hpl_train.config import CONFIG_DIR, load_config
 
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+    args, _ = docgen.parse_known(words)
+    config = args.config if args.config and (CONFIG_DIR / f"{args.config}.yaml").exists() else None
+    overrides = [w for w in args.overrides if "=" in w and w != "key=value"]
+    try:
+        load_config(config, overrides, model="m", data=["d"], output_dir="o")
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def unknown_names(words: list[str]) -> list[str]:
-    """Flags (and hpl-train ``key=value`` keys) in one hpl command line that its parser lacks."""
+    """Flags in one hpl command line that its parser lacks (and, for hpl-train, a config that does not load)."""
     resolved = docgen.resolve(words)
     assert resolved is not None, words
     parser, rest = resolved
@@ -138,9 +145,8 @@ def unknown_names(words: list[str]) -> list[str]:
             flag = word.split("=", 1)[0]
             if flag not in known:
                 bad.append(flag)
-        elif words[0] == "hpl-train" and re.match(r"^[a-z_]+=", word) and word != "key=value":
-            if word.split("=", 1)[0] not in train_config_fields():
-                bad.append(word.split("=", 1)[0])
+    if words[0] == "hpl-train" and (problem := train_config_problem(words)):
+        bad.append(problem)
     return bad
 
 

@@ -64,6 +64,13 @@ def resolve(words: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | Non
     return None
 
 
+def parse_known(words: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """A documented command line parsed by its CLI's parser (placeholders such as ``...`` kept as extras)."""
+    parser, _ = resolve(words)
+    head = next(c for c in CLIS if words[: len(c.command.split())] == c.command.split())
+    return parser.parse_known_args([w for w in words[len(head.command.split()):] if w != "..."])
+
+
 def _cell(text: str) -> str:
     """Table-cell text: pipes escaped, brackets escaped (``[#model]`` is no link reference)."""
     return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]").replace("\n", " ")
