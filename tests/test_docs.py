@@ -145,7 +145,7 @@ def unknown_names(words: list[str]) -> list[str]:
             flag = word.split("=", 1)[0]
             if flag not in known:
                 bad.append(flag)
-    if words[0] == "hpl-train" and (problem := train_config_problem(words)):
+    if words[0] == "hpl-train" and not {"-h", "--help"} & set(words) and (problem := train_config_problem(words)):
         bad.append(problem)
     return bad
 
