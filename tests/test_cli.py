@@ -105,16 +105,17 @@ def test_hpl_gen_writes_loadable_pairs(tmp_path, capsys):
         assert a == b, level
 
 
-def test_hpl_gen_bad_options(tmp_path, cli_error):
+@pytest.mark.parametrize("extra,message", [
+    (["--levels", "traj,nope"], "unknown levels ['nope']"),
+    (["--segmenter", "fixed-k"], "fixed-k needs a positive integer"),
+    (["--segmenter", "semantic"], "semantic needs a policy spec"),
+    (["--mc-rollouts", "0"], "--mc-rollouts must be >= 1"),
+])
+def test_hpl_gen_bad_options(tmp_path, cli_error, extra, message):
     from hpl_data import cli_gen
 
-    for extra, message in ((["--levels", "traj,nope"], "unknown levels ['nope']"),
-                           (["--segmenter", "fixed-k"], "fixed-k needs a positive integer"),
-                           (["--segmenter", "semantic"], "semantic needs a policy spec"),
-                           (["--mc-rollouts", "0"], "--mc-rollouts must be >= 1")):
-        argv = ["--env", "webshop", "--limit", "2", "--out", str(tmp_path / "x"), *extra]
-        assert message in cli_error(cli_gen, argv), extra
-    assert not (tmp_path / "x").exists()
+    assert message in cli_error(cli_gen, ["--env", "webshop", "--limit", "2", "--out", str(tmp_path / "x"), *extra])
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_hpl_data_info():
