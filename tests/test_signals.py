@@ -1,6 +1,6 @@
 """SIGTERM (preemption) and SIGINT (Ctrl-C), sent to the process or to its whole process group at
 random (seeded) moments of ``hpl-gen`` with an agent policy, ``hpl-gen`` with an LLM policy (the
-tiny model on one real vLLM server, shared by every case) and ``hpl-eval``: one line on stderr and
+tiny model on the session's shared vLLM server) and ``hpl-eval``: one line on stderr and
 no traceback (the env workers' included), exit status 143 / 130, no process of the command left
 running, the finished shards kept, and rerunning the command resumes to the tables of an
 undisturbed run."""
@@ -25,26 +25,12 @@ psutil = pytest.importorskip("psutil")
 
 from test_gen import table_digests  # noqa: E402
 
-from hpl_data.policies.vllm_server import VLLMServer  # noqa: E402
-
 EXIT = {signal.SIGTERM: (143, "terminated (SIGTERM)"), signal.SIGINT: (130, "interrupted (SIGINT)")}
 NOISE = re.compile(r"Traceback|Error|Exception|exception|Warning|never retrieved|destroyed|Broken", re.IGNORECASE)
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
-    from hpl_data.tiny_model import build_tiny_model
-
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    srv = VLLMServer(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")),
-                     log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
-    yield srv
-    srv.stop()
-
-
 def commands(url: str) -> dict[str, tuple[str, list[str]]]:
-    """name -> (module, arguments): small runs, so that twelve interrupted runs stay cheap."""
+    """name -> (module, arguments)."""
     gen = ["--no-progress", "--env", "webshop", "--workers", "2", "--mc-rollouts", "2"]
     return {
         "gen-agent": ("hpl_data.cli_gen", [*gen, "--limit", "6", "--seed", "3"]),
