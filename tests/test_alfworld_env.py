@@ -165,14 +165,15 @@ def test_task_types_and_splits(alf):
     assert info["instruction"] and info["task_type"] in TASK_TYPES
 
 
-def test_oracle_solves_every_eval_game(tmp_path):
-    out = tmp_path / "r.json"
+def test_oracle_solves_every_eval_game(alf, tmp_path):
+    """Both eval splits in one hpl-eval process (its default splits): every game is won."""
+    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_eval", "--env", "alfworld", "--agent", "oracle",
+                        "--workers", "2", "--out", str(tmp_path), "--quiet"],
+                       capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+    assert p.returncode == 0, p.stderr
     for split in ("valid_seen", "valid_unseen"):
-        p = subprocess.run([sys.executable, "-m", "hpl_data.cli_eval", "--env", "alfworld", "--agent", "oracle",
-                            "--split", split, "--workers", "2", "--out", str(out), "--quiet"],
-                           capture_output=True, text=True, timeout=1200, env=dict(os.environ))
-        assert p.returncode == 0, p.stderr
-        s = json.loads(out.read_text())
+        s = json.loads((tmp_path / f"alfworld_{split}.json").read_text())
+        assert s["split"] == split and s["episodes"] == len(alf.task_ids(split)) and s["failed_episodes"] == 0
         assert s["success_rate"] == 1.0 and set(s["by_task_type"]) == set(TASK_TYPES), split
 
 

@@ -59,12 +59,14 @@ def test_eto_conversation_file_as_expert(tmp_path):
     assert all(m["content"].startswith("Thought: I act.") for r in rows for m in r["messages"] if m["role"] == "assistant")
 
 
-def test_bad_expert_files(tmp_path):
+def test_bad_expert_files(tmp_path, cli_error):
+    from hpl_data import cli_gen
+
+    def error(out, expert):
+        return cli_error(cli_gen, ["--no-progress", "--env", "webshop", "--expert", expert, "--out", str(tmp_path / out)])
+
     (tmp_path / "bad.json").write_text("{not json")
-    p = gen(tmp_path / "o1", "--env", "webshop", "--expert", f"file:{tmp_path / 'bad.json'}")
-    assert p.returncode == 2 and "not readable JSON" in p.stderr
+    assert "not readable JSON" in error("o1", f"file:{tmp_path / 'bad.json'}")
     (tmp_path / "other.json").write_text(json.dumps([{"id": "nope-1", "conversations": [{"from": "gpt", "value": "Action: x"}]}]))
-    p = gen(tmp_path / "o2", "--env", "webshop", "--expert", str(tmp_path / "other.json"))
-    assert p.returncode == 2 and "no trajectory for any" in p.stderr
-    p = gen(tmp_path / "o3", "--env", "webshop", "--expert", "teacher:heuristic")
-    assert p.returncode == 2 and "needs an LLM policy" in p.stderr
+    assert "no trajectory for any" in error("o2", str(tmp_path / "other.json"))
+    assert "needs an LLM policy" in error("o3", "teacher:heuristic")

@@ -28,22 +28,10 @@ ENVS = [("webshop", "test"), ("intercode-sql", "test"), ("alfworld", "valid_unse
 SAMPLING = SamplingParams(temperature=1.0, max_tokens=24)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _vllm_env(tmp_path_factory):
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from hpl_data.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    srv = VLLMServer(tiny_model, log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
+@pytest.fixture
+def own_server(tiny_model, tmp_path):
+    """A server of this test's own, for a test that kills it (the others share conftest's)."""
+    srv = VLLMServer(tiny_model, log_path=tmp_path / "vllm.log", startup_timeout_s=900).start()
     yield srv
     srv.stop()
 
@@ -120,16 +108,16 @@ def test_hf_backend_all_envs(tiny_model):
     asyncio.run(main())
 
 
-def test_openai_server_all_envs(server):
+def test_openai_server_all_envs(vllm_server):
     from hpl_data.policies.openai_backend import OpenAIPolicy
 
     async def main():
-        policy = OpenAIPolicy(server.url)  # model name discovered from /v1/models
+        policy = OpenAIPolicy(vllm_server.url)  # model name discovered from /v1/models
         try:
             out = await run_envs(policy, concurrency=16)
         finally:
             await policy.close()
-        assert policy.model == str(server.model)
+        assert policy.model == str(vllm_server.model)
         return out
 
     out = asyncio.run(main())
@@ -137,12 +125,12 @@ def test_openai_server_all_envs(server):
     assert counters["prompt_tokens"] > 1000 and counters["completion_tokens"] > 0
 
 
-def test_semantic_segmenter_with_garbage_model_falls_back(server):
+def test_semantic_segmenter_with_garbage_model_falls_back(vllm_server):
     from hpl_data.policies.openai_backend import OpenAIPolicy
     from hpl_data.segmenters import semantic_groups
 
     async def main():
-        policy = OpenAIPolicy(server.url)
+        policy = OpenAIPolicy(vllm_server.url)
         try:
             acts = ["go to desk 1", "take mug 1 from desk 1", "go to sinkbasin 1", "clean mug 1 with sinkbasin 1"]
             return await semantic_groups(policy, "put a clean mug on desk", acts, ["ok"] * 4, fallback_k=2)
@@ -153,33 +141,34 @@ def test_semantic_segmenter_with_garbage_model_falls_back(server):
     assert fell_back and groups == [(0, 2), (2, 4)]
 
 
-def test_hpl_gen_semantic_segmenter_counts_fallbacks(server, tmp_path):
+def test_hpl_gen_semantic_segmenter_counts_fallbacks(vllm_server, tmp_path, cli_error):
     """hpl-gen asks the real server for groups; the random model's answers are never valid JSON
     covers, so every trajectory falls back to Fixed-K:3, counted in the manifest."""
     import pyarrow.parquet as pq
 
     out = tmp_path / "gen"
     p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "3", "--levels",
-                        "group", "--segmenter", f"semantic:openai:{server.url}", "--out", str(out)],
+                        "group", "--segmenter", f"semantic:openai:{vllm_server.url}", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     counters = json.loads((out / "manifest.json").read_text())["counters"]
     assert counters["semantic_calls"] == 3 and counters["semantic_fallbacks"] == 3
     rows = pq.read_table(out / "group_pairs.parquet").to_pylist()
     assert rows and all(r["segmenter"].startswith("semantic:openai:") and r["group_start"] % 3 == 0 for r in rows)
-    bad = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--segmenter",
-                          "semantic:heuristic", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "needs an LLM policy" in bad.stderr
+    from hpl_data import cli_gen
+
+    bad = ["--env", "webshop", "--limit", "1", "--segmenter", "semantic:heuristic", "--out", str(tmp_path / "bad")]
+    assert "needs an LLM policy" in cli_error(cli_gen, bad)
 
 
-def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
+def test_hpl_gen_with_an_llm_reference_policy(vllm_server, tmp_path):
     """The reference policy is the served model: it explores (engine) and plays every MC rollout
     (in the workers, seeing the conversation that led to the state)."""
     import pyarrow.parquet as pq
 
     out = tmp_path / "gen"
     p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "1", "--policy",
-                        f"openai:{server.url}", "--policy-max-tokens", "16", "--max-turns", "8", "--mc-rollouts", "1",
+                        f"openai:{vllm_server.url}", "--policy-max-tokens", "16", "--max-turns", "8", "--mc-rollouts", "1",
                         "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     c = json.loads((out / "manifest.json").read_text())["counters"]
@@ -191,7 +180,7 @@ def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
     assert rows and all(r["policy_id"].startswith("openai:") for r in rows)
     # the served model as a teacher expert: its episodes are recorded, then dropped by the paper's filter
     p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--env", "webshop", "--limit", "2", "--expert",
-                        f"teacher:openai:{server.url}", "--levels", "traj", "--max-turns", "3", "--policy-max-tokens",
+                        f"teacher:openai:{vllm_server.url}", "--levels", "traj", "--max-turns", "3", "--policy-max-tokens",
                         "16", "--out", str(tmp_path / "teacher")], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     c = json.loads((tmp_path / "teacher" / "manifest.json").read_text())["counters"]
@@ -200,7 +189,7 @@ def test_hpl_gen_with_an_llm_reference_policy(server, tmp_path):
     assert all(r["agent"].startswith("openai:") and r["n_steps"] >= 1 for r in ex)
 
 
-def test_hpl_gen_llm_plays_drawn_separately(server, tmp_path):
+def test_hpl_gen_llm_plays_drawn_separately(vllm_server, tmp_path):
     """--no-mc-share-rollouts (IPR style): every step alternative and group play is its own n-action
     play of the served model from the expert's snapshot (the first action redrawn while it equals
     the expert's), then valued by rollouts from where the play stopped."""
@@ -208,7 +197,7 @@ def test_hpl_gen_llm_plays_drawn_separately(server, tmp_path):
 
     out = tmp_path / "gen"
     p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", "--env", "webshop", "--limit", "1",
-                        "--policy", f"openai:{server.url}", "--policy-max-tokens", "16", "--max-turns", "6",
+                        "--policy", f"openai:{vllm_server.url}", "--policy-max-tokens", "16", "--max-turns", "6",
                         "--mc-rollouts", "1", "--levels", "step,group", "--segmenter", "fixed-k:2",
                         "--no-mc-share-rollouts", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -240,10 +229,10 @@ def test_hpl_gen_with_an_in_process_vllm_policy(tiny_model, tmp_path):
     assert len(pol) == 5 and all(r["agent"] == f"vllm:{tiny_model}" and r["n_steps"] >= 1 for r in pol)
 
 
-def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
+def test_openai_faults_500s_and_hangs_are_retried_or_recorded(vllm_server):
     from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
-    proxy = FaultProxy(server.url.removesuffix("/v1"))
+    proxy = FaultProxy(vllm_server.url.removesuffix("/v1"))
     ids = make_env("webshop").task_ids("test")[:4]
 
     async def run(policy, mode, faults):
@@ -255,7 +244,7 @@ def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
 
     async def main():
         quick = dict(backoff_s=0.05, backoff_max_s=0.2, request_timeout=3.0)
-        policy = OpenAIPolicy(proxy.url, str(server.model), OpenAIOptions(max_retries=4, **quick))
+        policy = OpenAIPolicy(proxy.url, str(vllm_server.model), OpenAIOptions(max_retries=4, **quick))
         try:
             eps, c = await run(policy, "error500", 3)  # transient 500s: retried, nothing fails
             assert proxy.sabotaged == 3 and policy.retries >= 3 and c["failed_episodes"] == 0
@@ -266,7 +255,7 @@ def test_openai_faults_500s_and_hangs_are_retried_or_recorded(server):
             check_episodes(eps, 4, 2)
         finally:
             await policy.close()
-        policy = OpenAIPolicy(proxy.url, str(server.model), OpenAIOptions(max_retries=2, **quick))
+        policy = OpenAIPolicy(proxy.url, str(vllm_server.model), OpenAIOptions(max_retries=2, **quick))
         try:
             eps, c = await run(policy, "error500", -1)  # a server that only fails: recorded, not fatal
         finally:
@@ -303,7 +292,7 @@ def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path):
     assert "heuristic" in p.stdout and "vllm:" in p.stdout and (tmp_path / "cmp.png").stat().st_size > 5000
 
 
-def test_openai_server_killed_mid_run(server):
+def test_openai_server_killed_mid_run(own_server):
     """Kill the server (SIGKILL, engine processes included) after the first episode: the run
     finishes, the finished episode is kept, the others fail with the connection error."""
     from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
@@ -311,14 +300,14 @@ def test_openai_server_killed_mid_run(server):
     ids = make_env("webshop").task_ids("test")[:6]
 
     async def main():
-        policy = OpenAIPolicy(server.url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
-                                                                request_timeout=10))
+        policy = OpenAIPolicy(own_server.url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
+                                                                    request_timeout=10))
         cfg = EngineConfig(workers=1, concurrency=2, sampling=SAMPLING)
         try:
             async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 3}, config=cfg) as eng:
                 def on_episode(ep):
                     if eng.counters.episodes == 1:
-                        server.kill()
+                        own_server.kill()
                 eps = await eng.run(ids, on_episode)
                 return eps, eng.counters.as_dict()
         finally:

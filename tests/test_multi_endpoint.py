@@ -233,29 +233,16 @@ def test_hpl_eval_with_a_dead_endpoint_records_it_per_endpoint(a_b, tmp_path):
 
 
 # ------------------------------------------------------------------ two real vLLM servers
-@pytest.fixture(scope="module")
-def two_vllm_servers(tmp_path_factory):
-    pytest.importorskip("vllm")
-    import os
-
+@pytest.fixture
+def two_vllm_servers(vllm_server, tiny_model, tmp_path):
+    """A: a server of the test's own (it is killed); B: the session's shared server, same model."""
     from hpl_data.policies.vllm_server import VLLMServer
-    from hpl_data.tiny_model import build_tiny_model
 
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
-    model = build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
-    logs = tmp_path_factory.mktemp("srv")
-    servers = [VLLMServer(model, log_path=logs / f"vllm{i}.log", extra_args=["--max-model-len", "4096"],
-                          startup_timeout_s=900)
-               for i in range(2)]
+    a = VLLMServer(tiny_model, log_path=tmp_path / "vllm-a.log", startup_timeout_s=900).start()
     try:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(2) as pool:  # vLLM's start is mostly imports: start both at once
-            list(pool.map(VLLMServer.start, servers))
-        yield servers, model
+        yield (a, vllm_server), tiny_model
     finally:
-        for s in servers:
-            s.stop()
+        a.stop()
 
 
 @pytest.mark.slow

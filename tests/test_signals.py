@@ -1,6 +1,6 @@
 """SIGTERM (preemption) and SIGINT (Ctrl-C), sent to the process or to its whole process group at
 random (seeded) moments of ``hpl-gen`` with an agent policy, ``hpl-gen`` with an LLM policy (the
-tiny model on one real vLLM server, shared by every case) and ``hpl-eval``: one line on stderr and
+tiny model on the session's shared vLLM server) and ``hpl-eval``: one line on stderr and
 no traceback (the env workers' included), exit status 143 / 130, no process of the command left
 running, the finished shards kept, and rerunning the command resumes to the tables of an
 undisturbed run."""
@@ -25,39 +25,43 @@ psutil = pytest.importorskip("psutil")
 
 from test_gen import table_digests  # noqa: E402
 
-from hpl_data.policies.vllm_server import VLLMServer  # noqa: E402
-
 EXIT = {signal.SIGTERM: (143, "terminated (SIGTERM)"), signal.SIGINT: (130, "interrupted (SIGINT)")}
 NOISE = re.compile(r"Traceback|Error|Exception|exception|Warning|never retrieved|destroyed|Broken", re.IGNORECASE)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from hpl_data.tiny_model import build_tiny_model
-
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm-cache")))
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    srv = VLLMServer(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2")),
-                     log_path=tmp_path_factory.mktemp("srv") / "vllm.log").start()
-    yield srv
-    srv.stop()
-
-
-def commands(url: str) -> dict[str, tuple[str, list[str], float]]:
-    """name -> (module, arguments, seconds over which the signal time is drawn once workers run)."""
+def commands(url: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (module, arguments)."""
     gen = ["--no-progress", "--env", "webshop", "--workers", "2", "--mc-rollouts", "2"]
     return {
-        "gen-agent": ("hpl_data.cli_gen", [*gen, "--limit", "6", "--seed", "3"], 10.0),
+        "gen-agent": ("hpl_data.cli_gen", [*gen, "--limit", "6", "--seed", "3"]),
         "gen-llm": ("hpl_data.cli_gen", [*gen, "--limit", "4", "--policy", f"openai:{url}", "--policy-max-tokens",
-                                         "16", "--max-turns", "6"], 16.0),
+                                         "16", "--max-turns", "6"]),
         "eval": ("hpl_data.cli_eval", ["--env", "webshop", "--agent", f"openai:{url}", "--limit", "12", "--max-turns",
-                                       "6", "--max-tokens", "16", "--workers", "2", "--quiet"], 6.0),
+                                       "6", "--max-tokens", "16", "--workers", "2", "--quiet"]),
     }
 
 
 def start(module: str, args: list[str], out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_workers(p: subprocess.Popen) -> tuple[dict, float]:
+    """The command's processes once its workers run, and the moment they were first seen."""
+    seen = {}
+    while p.poll() is None and not seen:
+        seen = {c.pid: c for c in descendants(p)}
+        time.sleep(0.05)
+    return seen, time.monotonic()
+
+
+def timed_run(module: str, args: list[str], out: Path) -> float:
+    """Runs a command undisturbed; the seconds it worked after its workers started."""
+    p = start(module, args, out)
+    _, at_work = wait_for_workers(p)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    return time.monotonic() - at_work
 
 
 def descendants(proc: subprocess.Popen) -> list:
@@ -92,41 +96,42 @@ def finished(out: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_sigterm_and_sigint_at_random_moments(server, tmp_path):
-    cmds = commands(server.url)
-    reference = {}
-    for name in ("gen-agent", "gen-llm"):
-        module, args, _ = cmds[name]
-        p = start(module, args, tmp_path / f"{name}-reference")
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-        reference[name] = table_digests(tmp_path / f"{name}-reference")
+def test_sigterm_and_sigint_at_random_moments(vllm_server, tmp_path):
+    """Each of the 12 cases (command x signal x target) is delivered while the command works: the
+    signal moment is drawn from the command's own measured working time (timed undisturbed runs),
+    and a run that finishes before its moment (a resumed folder has less left to do) shortens the
+    span of the next attempt to what that run took."""
+    cmds = commands(vllm_server.url)
+    reference, span = {}, {}
+    for name, (module, args) in cmds.items():
+        out = tmp_path / f"{name}-reference" / ("summary.json" if name == "eval" else "")
+        span[name] = timed_run(module, args, out)
+        if name != "eval":
+            reference[name] = table_digests(out)
 
     rng = random.Random(24)
     cases = list(itertools.product(cmds, (signal.SIGTERM, signal.SIGINT), ("process", "group")))
     rng.shuffle(cases)
-    delivered, resumed_runs = [], 0
+    delivered = []
     for name, signum, target in cases:
-        module, args, span = cmds[name]
+        module, args = cmds[name]
         out = tmp_path / name / ("summary.json" if name == "eval" else "")
-        for _attempt in range(3):  # a run that ends before its signal time is done again
+        for _attempt in range(6):
             if out.suffix == ".json":
                 out.unlink(missing_ok=True)
             before = shards(out)
             p = start(module, args, out)
-            seen = {}
-            while p.poll() is None and not seen:  # the command is at work once its workers run
-                seen = {c.pid: c for c in descendants(p)}
-                time.sleep(0.05)
-            wait_until = time.monotonic() + rng.uniform(0, span)
+            seen, at_work = wait_for_workers(p)
+            wait_until = at_work + rng.uniform(0.05, 0.8) * span[name]
             while p.poll() is None and time.monotonic() < wait_until:
                 seen.update({c.pid: c for c in descendants(p)})
-                time.sleep(0.05)
+                time.sleep(0.02)
             if p.poll() is None:
                 (os.killpg if target == "group" else os.kill)(p.pid, signum)
             _, err = p.communicate(timeout=120)
             lines = err.strip().splitlines()
             if finished(out):  # it finished first: a gen folder is compared and started over
+                span[name] = min(span[name], time.monotonic() - at_work)
                 if name != "eval":
                     assert table_digests(out) == reference[name], err[-3000:]
                     shutil.rmtree(out)
@@ -140,14 +145,13 @@ def test_sigterm_and_sigint_at_random_moments(server, tmp_path):
             assert before <= shards(out) and not list(out.parent.rglob("*.tmp")), case  # shards kept, whole
             delivered.append(case)
             break
-    assert len(delivered) >= 10, delivered
+    assert len(delivered) == len(cases) == 12, delivered
 
-    for name in ("gen-agent", "gen-llm"):  # the interrupted folders resume to the undisturbed tables
-        module, args, _ = cmds[name]
-        if (tmp_path / name).exists():
-            resumed_runs += 1
-            p = start(module, args, tmp_path / name)
-            _, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err[-3000:]
-            assert table_digests(tmp_path / name) == reference[name]
-    assert resumed_runs >= 1
+    resumed = [name for name in reference if (tmp_path / name).exists()]
+    for name in resumed:  # the interrupted folders resume to the undisturbed tables
+        module, args = cmds[name]
+        p = start(module, args, tmp_path / name)
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        assert table_digests(tmp_path / name) == reference[name]
+    assert resumed

@@ -297,41 +297,16 @@ def test_heldout_pairs_share_no_task_and_their_accuracy_rises(tiny, tmp_path):
     assert len(task_keys(r2.data)) == 20 and task_keys(r2.heldout) == {"100", "101", "102"}
 
 
-def test_two_process_cpu_run_trains_and_checkpoints(tiny, gen_data, tmp_path):
-    # torchrun, not `accelerate launch --cpu`: the latter starts ONE process whatever --num_processes says
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hpl_train", "--config", "ipr", "--model", str(tiny), "--data", str(gen_data),
-           "--output-dir", str(tmp_path), "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4",
-           "mixed_precision=no", "eval_fraction=0.2"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert p.returncode == 0, p.stderr[-4000:]
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "loss" in r]
-    assert [r["step"] for r in train_rows] == [1, 2] and all("loss/step" in r for r in train_rows)
-    # held-out evaluation at step 0 and at the end; each process scores every other pair, and the
-    # gathered margins are all there (a pair no process scored would be an exact 0)
-    evals = [r for r in rows if "eval/step/accuracy" in r]
-    assert [r["step"] for r in evals] == [0, 2]
-    margins = json.loads((tmp_path / "eval_margins.json").read_text())["margins"]
-    assert len(margins["step"]) == evals[-1]["eval/step/pairs"] >= 2 and all(m != 0.0 for m in margins["step"])
-    ckpt = tmp_path / "checkpoints" / "step-000002"
-    assert (ckpt / "hpl_state.json").exists()
-    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
-    assert (tmp_path / "final" / "model.safetensors").exists()
+def test_bad_inputs_exit_cleanly(tiny, tmp_path, cli_error):
+    """In-process (hpl-train's process is tested by the torchrun runs); the one-line error is checked."""
+    from hpl_train import cli
 
-
-def test_bad_inputs_exit_cleanly(tiny, tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "hpl_train", *args], capture_output=True, text=True, timeout=300)
-
-    p = run("--model", str(tiny), "--data", str(tmp_path / "missing"))
-    assert p.returncode == 2 and "no such file or directory" in p.stderr
-    p = run("--config", "hpl", "--model", str(tiny), "--data", str(tmp_path), "learning_rate=1")
-    assert p.returncode == 2 and "unknown option 'learning_rate'" in p.stderr
+    assert "no such file or directory" in cli_error(cli, ["--model", str(tiny), "--data", str(tmp_path / "missing")])
+    argv = ["--config", "hpl", "--model", str(tiny), "--data", str(tmp_path), "learning_rate=1"]
+    assert "unknown option 'learning_rate'" in cli_error(cli, argv)
     (tmp_path / "traj_pairs.parquet").write_bytes(b"not parquet")
-    p = run("--model", str(tiny), "--data", str(tmp_path), "--output-dir", str(tmp_path / "o"))
-    assert p.returncode == 2 and "not a readable Parquet file" in p.stderr
+    argv = ["--model", str(tiny), "--data", str(tmp_path), "--output-dir", str(tmp_path / "o")]
+    assert "not a readable Parquet file" in cli_error(cli, argv)
 
 
 @pytest.mark.parametrize("row,expected", [
@@ -340,17 +315,17 @@ def test_bad_inputs_exit_cleanly(tiny, tmp_path):
     ({"prompt": PROMPT, "chosen": COMPLETION}, "no 'rejected' column"),  # used to train BC only, silently
     ({"prompt": PROMPT, "chosen": COMPLETION, "rejected": COMPLETION, "delta_r": "abc"}, "'delta_r' holds string"),
 ])
-def test_malformed_pair_tables_are_one_line_errors(tiny, tmp_path, row, expected):
+def test_malformed_pair_tables_are_one_line_errors(tiny, tmp_path, row, expected, cli_error):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from hpl_train import cli
+
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist([row]), path)
-    p = subprocess.run([sys.executable, "-m", "hpl_train", "--model", str(tiny), "--data", str(path), "--output-dir",
-                        str(tmp_path / "o"), "max_steps=1", "report_to=none"], capture_output=True, text=True,
-                       timeout=300)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"hpl-train: {path}: ") and expected in lines[0]
+    line = cli_error(cli, ["--model", str(tiny), "--data", str(path), "--output-dir", str(tmp_path / "o"), "max_steps=1",
+                           "report_to=none"])
+    assert line.startswith(f"hpl-train: {path}: ") and expected in line
 
 
 def test_trl_dpo_trainer_accepts_hpl_gen_pairs(tiny, gen_data, tmp_path):
@@ -401,11 +376,14 @@ def test_lora_run_saves_a_model_that_policies_load(tiny, gen_data, tmp_path):
     assert all(e["error"] is None and len(e["steps"]) >= 1 for e in eps)
 
 
-def test_two_machines_on_one_host_form_one_process_group(tiny, gen_data, tmp_path):
-    """A multi-node launch on 127.0.0.1: two "machines" (torchrun --nnodes 2, node_rank 0/1, one
-    process each, gloo), each with its own copy of the data and its own output folder, train as one
-    2-rank group: only the global rank 0 logs, each machine computed its reference log-probs.
-    (``accelerate launch --cpu`` would start one independent process per launch instead.)"""
+def test_two_machines_on_one_host_train_as_one_group_and_checkpoint(tiny, gen_data, tmp_path):
+    """One 2-process run (torchrun's launch is ~20 s of both cores, so one run checks both sets of
+    things). A multi-node launch on 127.0.0.1: two "machines" (torchrun --nnodes 2, node_rank 0/1,
+    one process each, gloo), each with its own copy of the data and its own output folder, train as
+    one 2-rank group: only the global rank 0 logs, each machine computed its reference log-probs; the
+    held-out evaluation is gathered over both ranks; the checkpoint holds both ranks' RNG states.
+    (torchrun, not ``accelerate launch --cpu``, which starts one independent process per launch
+    whatever --num_processes says.)"""
     import shutil
 
     from hpl_data.policies.vllm_server import free_port
@@ -420,7 +398,8 @@ def test_two_machines_on_one_host_form_one_process_group(tiny, gen_data, tmp_pat
              "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "hpl_train",
              "--config", "ipr", "--model", str(tiny), "--data", str(data), "--output-dir",
              str(tmp_path / f"machine{rank}" / "run"), "max_steps=2", "batch_size=2", "report_to=none", "lr=1e-4",
-             "mixed_precision=no"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+             "mixed_precision=no", "eval_fraction=0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env))
     try:
         for p in procs:
             _, err = p.communicate(timeout=900)
@@ -430,9 +409,22 @@ def test_two_machines_on_one_host_form_one_process_group(tiny, gen_data, tmp_pat
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    rows = [json.loads(x) for x in (tmp_path / "machine0" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
-    assert [r["step"] for r in rows if "eval/bc_loss" in r] == [0, 2]  # held-out eval, gathered over both ranks
+    run0 = tmp_path / "machine0" / "run"
+    rows = [json.loads(x) for x in (run0 / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2] and all("loss/step" in r for r in train_rows)
     assert not (tmp_path / "machine1" / "run" / "metrics.jsonl").exists()  # rank 1: one group, not two runs
     for rank in (0, 1):
         assert list((tmp_path / f"machine{rank}" / "data").glob("ref_logps-*.pt"))
+    # held-out evaluation at step 0 and at the end, gathered over both ranks; each process scores
+    # every other pair, and the gathered margins are all there (a pair no process scored would be 0)
+    assert [r["step"] for r in rows if "eval/bc_loss" in r] == [0, 2]
+    evals = [r for r in rows if "eval/step/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    margins = json.loads((run0 / "eval_margins.json").read_text())["margins"]
+    assert len(margins["step"]) == evals[-1]["eval/step/pairs"] >= 2 and all(m != 0.0 for m in margins["step"])
+    ckpts = [tmp_path / f"machine{rank}" / "run" / "checkpoints" / "step-000002" for rank in (0, 1)]
+    assert (ckpts[0] / "hpl_state.json").exists()
+    assert sorted(p.name for c in ckpts for p in c.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                                      "random_states_1.pkl"]
+    assert (run0 / "final" / "model.safetensors").exists()

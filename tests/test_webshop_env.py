@@ -178,10 +178,34 @@ def test_heuristic_is_nontrivial_and_stochastic(webshop_env):
     assert len(traces) > 1  # different seeds explore differently
 
 
-def test_random_agent_runs(webshop_env):
-    agent = make_agent("webshop", "random", seed=0)
-    for tid in webshop_env.task_ids("test")[:20]:
-        play(webshop_env, agent, tid)
+def test_random_agent_plays_admissible_actions_to_an_end(webshop_env):
+    """The random agent picks among the admissible actions (templates filled in); every episode
+    ends by a purchase or by truncation at max_turns, rewarded in [0, 1] at its end only; the seed
+    replays the same episodes."""
+    def episodes(seed):
+        agent, out = make_agent("webshop", "random", seed=seed), []
+        for tid in webshop_env.task_ids("test")[:20]:
+            obs, info = webshop_env.reset(options={"task_id": tid})
+            agent.reset(webshop_env, obs, info)
+            steps, done = [], False
+            while not done:
+                admissible = info["admissible_actions"]
+                action = agent.act(obs, info)
+                assert action in admissible or (action.startswith("search[") and "search[<keywords>]" in admissible)
+                obs, r, term, trunc, info = webshop_env.step(action)
+                steps.append((action, r, term, trunc))
+                done = term or trunc
+            out.append(steps)
+        return out
+
+    runs = episodes(0)
+    for steps in runs:
+        *middle, (last_action, reward, term, trunc) = steps
+        assert len(steps) <= webshop_env.max_turns and all(r == 0 and not (t or u) for _, r, t, u in middle)
+        assert 0 <= reward <= 1
+        assert (term and last_action == "click[buy now]") or (trunc and len(steps) == webshop_env.max_turns and reward == 0)
+    assert any(steps[-1][2] for steps in runs) and any(steps[-1][3] for steps in runs)  # both endings occur
+    assert episodes(0) == runs and episodes(1) != runs
 
 
 def test_product_disjoint_split_mode():
