@@ -174,7 +174,7 @@ class RolloutEngine:
                 await asyncio.wait_for(coro, self.config.episode_timeout_s)
             else:
                 await coro
-        except asyncio.TimeoutError:
+        except TimeoutError:
             ep.error, ep.stop_reason = f"episode timeout after {self.config.episode_timeout_s:.0f}s", "timeout"
         except (PolicyError, EnvCallError, WorkerDied, RuntimeError) as e:
             ep.error, ep.stop_reason = f"{type(e).__name__}: {e}", "error"

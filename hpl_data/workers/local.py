@@ -33,7 +33,7 @@ class EnvPool(WorkerPool):
         w.generation += 1
         try:
             msg = await asyncio.wait_for(self._recv(w), self.start_timeout_s)
-        except (asyncio.TimeoutError, WorkerDied) as e:
+        except (TimeoutError, WorkerDied) as e:
             self._kill(w)
             raise RuntimeError(f"env worker {w.index} for {self.env_name} did not start: {e}") from e
         if msg[0] != "ready":

@@ -96,7 +96,7 @@ class WorkerPool:
             try:
                 answers = await asyncio.wait_for(self._exchange(w, [request for request, _ in batch]),
                                                  self.env_timeout_s * len(batch))
-            except (WorkerDied, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, WorkerDied, OSError) as e:
                 await self._fail_batch(w, batch, e)
                 continue
             w.idle = True
@@ -109,7 +109,7 @@ class WorkerPool:
         and the worker is restarted."""
         reason = error if isinstance(error, WorkerDied) else WorkerDied(
             f"env worker {w.index} (pid {w.pid}{w.where}) "
-            f"{'hung' if isinstance(error, asyncio.TimeoutError) else 'broke'}: {error!r}")
+            f"{'hung' if isinstance(error, TimeoutError) else 'broke'}: {error!r}")
         for _, fut in batch:
             if not fut.done():
                 fut.set_exception(reason)

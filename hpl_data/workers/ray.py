@@ -144,7 +144,7 @@ class RayEnvPool(WorkerPool):
         w.generation += 1
         try:
             w.pid, node = await asyncio.wait_for(self._result(w.actor.ready.remote()), self.start_timeout_s)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             self._kill(w)
             raise RuntimeError(f"Ray env actor {w.index} for {self.env_name} did not start within "
                                f"{self.start_timeout_s:.0f}s (does the cluster have {self.cpus_per_worker:g} free "
