@@ -211,11 +211,10 @@ class RolloutEngine:
                 reset = await self._reset(ep, handle, str(self.spec), False)
                 obs, info, done = reset.obs, reset.info, False
                 while not done:
-                    turn = await self._call(handle, Op.AGENT_STEP)
-                    step = turn.step
+                    step = await self._call(handle, Op.AGENT_STEP)
                     self.counters.env_steps += 1
-                    ep.steps.append(Step(obs, turn.action, step.reward, bool(step.info.get("action_valid", True)),
-                                         thought=turn.thought))
+                    ep.steps.append(Step(obs, step.action, step.reward, bool(step.info.get("action_valid", True)),
+                                         thought=step.thought))
                     obs, info, done = step.obs, step.info, step.done
                     ep.reward, ep.terminated, ep.truncated = step.reward, step.terminated, step.truncated
                 break

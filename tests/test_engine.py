@@ -107,7 +107,7 @@ def test_worker_core_answers_typed_messages():
     is 'lost', an unknown op an error; requests and answers survive the pipe's pickling."""
     import pickle
 
-    from hpl_data.workers import EnvWorkerCore, Op, Request, ResetResult, Status, StepResult
+    from hpl_data.workers import EnvWorkerCore, Failed, Op, Request, ResetResult, Status, StepResult
 
     core = EnvWorkerCore("webshop", {})
     try:
@@ -115,12 +115,13 @@ def test_worker_core_answers_typed_messages():
         reset, step, lost, bad = core.run_batch([
             Request(Op.RESET, 1, (task, 7, None, True)), Request(Op.STEP, 1, ("search[shoes]", True)),
             Request(Op.STEP, 2, ("search[shoes]", False)), Request("teleport", 1)])
-        assert reset.status == Status.OK and isinstance(reset.value, ResetResult) and reset.value.state is not None
-        assert step.status == Status.OK and isinstance(step.value, StepResult) and not step.value.done
-        assert step.value.obs != reset.value.obs and "state" not in step.value.info
-        assert lost.status == Status.LOST and "episode slot 2" in lost.value
-        assert bad.status == Status.ERR and "unknown op 'teleport'" in bad.value
-        assert pickle.loads(pickle.dumps([step, Request(Op.SAVE, 1, ("x",))])) == [step, Request(Op.SAVE, 1, ("x",))]
+        assert isinstance(reset, ResetResult) and reset.state is not None
+        assert type(step) is StepResult and not step.done and step.state is not None
+        assert step.obs != reset.obs and "state" not in step.info
+        assert lost == Failed(Status.LOST, lost.message) and "episode slot 2" in lost.message
+        assert bad.status == Status.ERR and "unknown op 'teleport'" in bad.message
+        assert pickle.loads(pickle.dumps([step, lost, Request(Op.SAVE, 1, ("x",))])) == [step, lost,
+                                                                                          Request(Op.SAVE, 1, ("x",))]
     finally:
         core.close()
 

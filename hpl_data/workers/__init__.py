@@ -15,8 +15,8 @@ from hpl_data.workers.local import EnvPool
 from hpl_data.workers.pool import WorkerPool, WorkerSlot
 from hpl_data.workers.protocol import (
     AgentStepResult,
-    Answer,
     EnvCallError,
+    Failed,
     Op,
     Request,
     ResetResult,
@@ -26,7 +26,7 @@ from hpl_data.workers.protocol import (
 )
 
 __all__ = [
-    "AgentStepResult", "Answer", "EnvCallError", "EnvPool", "EnvWorkerCore", "Op", "PoolSettings", "Request",
+    "AgentStepResult", "EnvCallError", "EnvPool", "EnvWorkerCore", "Failed", "Op", "PoolSettings", "Request",
     "ResetResult", "Status", "StepResult", "WorkerDied", "WorkerPool", "WorkerSlot", "make_pool",
 ]
 

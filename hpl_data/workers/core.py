@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hpl_data.rollout import ignore_interrupts
-from hpl_data.workers.protocol import AgentStepResult, Answer, Op, Request, ResetResult, Status, StepResult
+from hpl_data.workers.protocol import AgentStepResult, Failed, Op, Request, ResetResult, Status, StepResult
 from hpl_envs.agents import ActionRecord
 from hpl_envs.agents import steps as agent_steps
 
@@ -84,8 +84,8 @@ class EnvWorkerCore:
         if rec is None:
             raise RuntimeError(f"episode slot {slot} is over; reset it before the next agent_step")
         self._keep(slot, False)
-        return AgentStepResult(rec.action, rec.thought, StepResult(rec.obs, rec.reward, rec.terminated, rec.truncated,
-                                                                   _clean_info(rec.info)))
+        return AgentStepResult(rec.obs, rec.reward, rec.terminated, rec.truncated, _clean_info(rec.info),
+                               action=rec.action, thought=rec.thought)
 
     def restore(self, slot: int, args: tuple) -> str:
         self.env.set_state(args[0])
@@ -125,18 +125,18 @@ class EnvWorkerCore:
             raise ValueError(f"unknown op {request.op!r}")
         return handler(request.episode_slot, request.args)
 
-    def run_batch(self, batch: list[Request]) -> list[Answer]:
-        """One :class:`Answer` per request: ok, lost (the episode is unknown here) or err (with
-        the traceback); an env error fails its episode, never the worker."""
+    def run_batch(self, batch: list[Request]) -> list[Any]:
+        """One answer per request: its op's result, or :class:`Failed` (lost: the episode is
+        unknown here; err: with the traceback); an env error fails its episode, never the worker."""
         out = []
         for request in batch:
             try:
-                out.append(Answer(Status.OK, self.handle(request)))
+                out.append(self.handle(request))
             except KeyError as e:
-                out.append(Answer(Status.LOST, f"episode slot {request.episode_slot} unknown to this worker ({e})"))
+                out.append(Failed(Status.LOST, f"episode slot {request.episode_slot} unknown to this worker ({e})"))
             except Exception as e:  # noqa: BLE001 - the episode fails, the worker lives on
                 self.current = None  # the env may be mid-way; restore before the next use
-                out.append(Answer(Status.ERR, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
+                out.append(Failed(Status.ERR, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"))
         return out
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from hpl_data.rollout import interrupts_blocked
 from hpl_data.workers.core import worker_main
 from hpl_data.workers.pool import WorkerPool, WorkerSlot
-from hpl_data.workers.protocol import Answer, Request, WorkerDied
+from hpl_data.workers.protocol import Request, WorkerDied
 
 
 class EnvPool(WorkerPool):
@@ -59,7 +59,7 @@ class EnvPool(WorkerPool):
         fut.add_done_callback(lambda _: loop.remove_reader(fd))
         return fut
 
-    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Answer]:
+    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Any]:
         w.conn.send(batch)
         return await self._recv(w)
 

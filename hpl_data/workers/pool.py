@@ -9,7 +9,7 @@ import multiprocessing as mp
 from typing import Any
 
 from hpl_data.counters import Counters
-from hpl_data.workers.protocol import Answer, EnvCallError, Op, Request, Status, WorkerDied
+from hpl_data.workers.protocol import EnvCallError, Failed, Op, Request, Status, WorkerDied
 
 
 class WorkerSlot:
@@ -52,7 +52,7 @@ class WorkerPool:
         """Start worker ``w`` and wait until its env is loaded; RuntimeError if it cannot."""
         raise NotImplementedError
 
-    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Answer]:
+    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Any]:
         raise NotImplementedError
 
     def _kill(self, w: WorkerSlot) -> None:
@@ -161,10 +161,10 @@ class WorkerPool:
         await self._after_close()
 
 
-def _settle(fut: asyncio.Future, answer: Answer) -> None:
-    if answer.status == Status.OK:
-        fut.set_result(answer.value)
+def _settle(fut: asyncio.Future, answer: Any) -> None:
+    if not isinstance(answer, Failed):
+        fut.set_result(answer)
     elif answer.status == Status.LOST:
-        fut.set_exception(WorkerDied(answer.value))
+        fut.set_exception(WorkerDied(answer.message))
     else:
-        fut.set_exception(EnvCallError(answer.value))
+        fut.set_exception(EnvCallError(answer.message))

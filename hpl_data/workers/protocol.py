@@ -3,6 +3,9 @@
 Typed messages, as vLLM v1's engine core exchanges with its client: an :class:`Op`, a
 :class:`Request` per operation and one small answer type per kind of result, instead of string
 ops and positional tuples. They are pickled as they are, over a local pipe or to a Ray actor.
+Each object costs a few microseconds to pickle where a tuple costs next to nothing, so an answer is
+the op's result itself (or :class:`Failed`), and the classes are plain frozen dataclasses: with
+``slots=True`` each would unpickle through a Python-level ``__setstate__``, ~3x slower.
 """
 
 from __future__ import annotations
@@ -36,14 +39,13 @@ class Op(enum.StrEnum):
 
 
 class Status(enum.StrEnum):
-    """How a request ended in the worker."""
+    """Why a request failed in the worker."""
 
-    OK = "ok"
     LOST = "lost"  # the episode is unknown to this worker (it was restarted)
-    ERR = "err"  # the env raised; the value is the message with its traceback
+    ERR = "err"  # the env raised; the message carries its traceback
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Request:
     """One operation for the episode in ``episode_slot`` of a worker (its per-worker id)."""
 
@@ -52,22 +54,23 @@ class Request:
     args: tuple = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The answer to one :class:`Request`, in the order of the batch."""
+@dataclass(frozen=True)
+class Failed:
+    """The answer to a :class:`Request` that failed; any other answer is the op's result (one
+    object less per step on the wire than wrapping every result)."""
 
     status: Status
-    value: Any = None
+    message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ResetResult:
     obs: str
     info: dict
     state: Any = None  # the episode's snapshot, when asked for
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StepResult:
     """What ``env.step`` returned, with the episode's snapshot after it when asked for."""
 
@@ -83,10 +86,9 @@ class StepResult:
         return self.terminated or self.truncated
 
 
-@dataclass(frozen=True, slots=True)
-class AgentStepResult:
-    """One step of an agent that plays next to the env: its action and thought, and the step."""
+@dataclass(frozen=True)
+class AgentStepResult(StepResult):
+    """One step of an agent that plays next to the env: the step, with the agent's action and thought."""
 
-    action: str
-    thought: str
-    step: StepResult
+    action: str = ""
+    thought: str = ""

@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 from hpl_data.workers.pool import WorkerPool, WorkerSlot
-from hpl_data.workers.protocol import Answer, Request, WorkerDied
+from hpl_data.workers.protocol import Request, WorkerDied
 
 INSTALL_HINT = "--ray needs Ray: pip install 'hpl[ray]' (or pip install 'ray[default]>=2.40')"
 FORWARDED_ENV = ("OMP_NUM_THREADS",)  # plus every HPL_* variable (HPL_DATA_DIR, ...)
@@ -93,7 +93,7 @@ class EnvActor:
 
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def run_batch(self, batch: list[Request]) -> list[Answer]:
+    def run_batch(self, batch: list[Request]) -> list[Any]:
         return self.core.run_batch(batch)
 
     def close(self) -> None:
@@ -155,7 +155,7 @@ class RayEnvPool(WorkerPool):
                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
         w.where = f", node {node[:8]}"
 
-    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Answer]:
+    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Any]:
         from ray.exceptions import RayError
 
         try:
