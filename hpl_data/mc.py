@@ -4,7 +4,7 @@ A task's expert pass runs in an env worker, which keeps the snapshot before ever
 under a name; every rollout is then an episode of that worker that starts from a named snapshot
 (``fork``) instead of from reset, played by hpl's one episode loop of its kind: for a built-in/user
 agent policy a whole rollout runs next to the env (one worker call, :func:`hpl_envs.agents.steps`);
-for a chat policy :meth:`hpl_data.engine.RolloutEngine.play` asks the model for each turn and the
+for a chat policy :meth:`hpl_data.engine.RolloutEngine.play_from` asks the model for each turn and the
 worker steps the env, so all rollouts of all tasks in flight share one ``concurrency`` budget and
 the M rollouts from one state go to the server together (its prefix cache sees M copies of one
 prompt). What is MC-specific stays here: a first action that must differ from the expert's (other
