@@ -190,7 +190,7 @@ def check_ray(args: argparse.Namespace) -> None:
         import ray  # noqa: F401
     except ImportError:
         raise CliError(RAY_INSTALL_HINT) from None
-    from hpl_data.ray_pool import check_reachable
+    from hpl_data.workers.ray import check_reachable
 
     try:
         check_reachable(args.ray)

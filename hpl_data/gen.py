@@ -134,7 +134,7 @@ class GenConfig:
         if self.workers < 1 or self.concurrency < 1:
             raise GenError("--workers and --concurrency must be >= 1")
         if self.ray is not None:
-            from hpl_data.ray_pool import RayUnavailableError, require_ray
+            from hpl_data.workers.ray import RayUnavailableError, require_ray
 
             try:
                 require_ray()

@@ -4,7 +4,7 @@ A task's expert pass runs in an env worker, which keeps the snapshot before ever
 under a name; every rollout is then an episode of that worker that starts from a named snapshot
 (``fork``) instead of from reset, played by hpl's one episode loop of its kind: for a built-in/user
 agent policy a whole rollout runs next to the env (one worker call, :func:`hpl_envs.agents.steps`);
-for a chat policy :meth:`hpl_data.engine.RolloutEngine.play` asks the model for each turn and the
+for a chat policy :meth:`hpl_data.engine.RolloutEngine.play_from` asks the model for each turn and the
 worker steps the env, so all rollouts of all tasks in flight share one ``concurrency`` budget and
 the M rollouts from one state go to the server together (its prefix cache sees M copies of one
 prompt). What is MC-specific stays here: a first action that must differ from the expert's (other
@@ -30,6 +30,7 @@ from typing import Any
 from hpl_data.conversation import episode_messages
 from hpl_data.rollout import derive_seed
 from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
+from hpl_data.workers import Op
 from hpl_envs.agents import steps as agent_steps
 from hpl_envs.react import format_observation, format_turn
 from hpl_envs.registry import delta_bucket, length_bucket, profile
@@ -225,12 +226,12 @@ class TaskLabeler:
         return f"{self.prefix}p{next(self._names)}"
 
     async def _run(self, fn: str, *args: Any):
-        return await self.engine.call(self.handle, "run", f"hpl_data.mc:{fn}", *args)
+        return await self.engine.call(self.handle, Op.RUN, f"hpl_data.mc:{fn}", *args)
 
     async def close(self) -> None:
         if self.handle.worker is not None:
             try:
-                await self.engine.call(self.handle, "drop", self.prefix)
+                await self.engine.call(self.handle, Op.DROP, self.prefix)
             except Exception:  # noqa: BLE001 - a dead worker dropped them already
                 pass
         self.engine.release(self.handle)
@@ -242,12 +243,12 @@ class TaskLabeler:
     async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
                          avoid: str | None = None, marks: frozenset[int] = frozenset(),
                          on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot (:meth:`RolloutEngine.play`): n actions
+        """The chat policy plays from a named snapshot (:meth:`RolloutEngine.play_from`): n actions
         (None: to the end), its first action differing from ``avoid`` (tried with other seeds;
         None if it never does); ``marks``/``on_mark`` as there, with the play so far as a
         :class:`PolicyPlay`."""
+        from hpl_data.engine import Branch
         from hpl_data.policies import ContextLengthError
-        from hpl_data.rollout import Episode
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
 
@@ -271,20 +272,19 @@ class TaskLabeler:
             return None if n is not None else PolicyPlay([], [], [], 0.0, obs, {}, None)
         if avoid is not None and action.strip() == avoid.strip():
             return None
-        ep = Episode(env=self.env_name, task_id="", task_type="", instruction="", agent=self.s.policy, seed=agent_seed)
+        branch = Branch(seed=agent_seed, state=state, obs=obs, history=base, first=comp, n=n, marks=marks,
+                        on_mark=None if on_mark is None else lambda k, p: on_mark(k, _policy_play(p, None)),
+                        save_prefix=self.prefix)
         h = self.engine.sibling(self.handle)
         try:
-            play = await self.engine.play(
-                h, ep, params=self.params, affinity=self.prefix, start=state, obs=obs, history=base, first=comp, n=n,
-                marks=marks, on_mark=None if on_mark is None else lambda k, p: on_mark(k, _policy_play(p, None)),
-                save_prefix=self.prefix)
+            play = await self.engine.play_from(h, branch, params=self.params, affinity=self.prefix)
         finally:
             self.engine.release(h)
-            self.counters["env_steps"] += len(ep.steps)
-        if ep.stop_reason == "context_length":  # ends unfinished: outcome 0, like a truncated episode
+        self.counters["env_steps"] += len(play.steps)
+        if play.stop_reason == "context_length":  # ends unfinished: outcome 0, like a truncated episode
             self.counters["rollouts_context_length"] += 1
             return _policy_play(play, 0.0)
-        return _policy_play(play, ep.reward if ep.stop_reason else None)
+        return _policy_play(play, play.reward if play.stop_reason else None)
 
     # ---------------------------------------------------------------- the three primitives
     async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:

@@ -100,3 +100,86 @@ def test_episode_timeout_and_hung_worker_are_recorded():
     eps, c = run_rollouts("webshop", ["0"], "example_agents:slow", config=cfg)
     assert "gave up after 1 restarts" in eps[0]["error"] and "hung" in eps[0]["error"]
     assert c["worker_restarts"] == 2 and c["failed_episodes"] == 1
+
+
+def test_worker_core_answers_typed_messages():
+    """The worker protocol in-process: each op answers its typed result; an unknown episode slot
+    is 'lost', an unknown op an error; requests and answers survive the pipe's pickling."""
+    import pickle
+
+    from hpl_data.workers import EnvWorkerCore, Failed, Op, Request, ResetResult, Status, StepResult
+
+    core = EnvWorkerCore("webshop", {})
+    try:
+        task = core.env.task_ids("test")[0]
+        reset, step, lost, bad = core.run_batch([
+            Request(Op.RESET, 1, (task, 7, None, True)), Request(Op.STEP, 1, ("search[shoes]", True)),
+            Request(Op.STEP, 2, ("search[shoes]", False)), Request("teleport", 1)])
+        assert isinstance(reset, ResetResult) and reset.state is not None
+        assert type(step) is StepResult and not step.done and step.state is not None
+        assert step.obs != reset.obs and "state" not in step.info
+        assert lost == Failed(Status.LOST, lost.message) and "episode slot 2" in lost.message
+        assert bad.status == Status.ERR and "unknown op 'teleport'" in bad.message
+        assert pickle.loads(pickle.dumps([step, lost, Request(Op.SAVE, 1, ("x",))])) == [step, lost,
+                                                                                          Request(Op.SAVE, 1, ("x",))]
+    finally:
+        core.close()
+
+
+class _ScriptedChat:
+    """A chat policy that answers turn t with ``actions[t]`` (the oracle's actions on one task), so
+    a play's course is known in advance."""
+
+    name = "scripted"
+
+    def __init__(self, actions: list[str]) -> None:
+        self.actions = actions
+
+    async def chat(self, messages, params, affinity=None):
+        from hpl_data.policies import Completion
+
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return [Completion(f"Thought: step {turn}\nAction: {self.actions[turn]}", prompt_tokens=10,
+                           completion_tokens=3)]
+
+    async def close(self) -> None:
+        pass
+
+
+def test_play_and_play_from_a_branch_agree():
+    """A chat play from reset, and the same play cut in two at a named snapshot (``play_from`` for
+    n=2 actions with a mark at 1, then on from the kept snapshot), reach the same end."""
+    from hpl_data.engine import Branch
+    from hpl_data.policies import SamplingParams
+    from hpl_data.rollout import Episode
+    from hpl_data.workers import Op
+    from hpl_envs.prompts import initial_messages
+
+    task = make_env("webshop").task_ids("test")[0]
+    oracle = _sequential("webshop", [task], "oracle")[task]
+    actions, params = oracle[1], SamplingParams(temperature=0.0)
+    assert len(actions) >= 3
+
+    async def main():
+        async with RolloutEngine("webshop", _ScriptedChat(actions), config=EngineConfig(workers=1)) as eng:
+            ep = Episode(env="webshop", task_id=task, task_type="", instruction="", agent="scripted", seed=5)
+            whole = await eng.play(eng.session(), ep, params=params)
+            session = eng.session()
+            reset = await eng.call(session, Op.RESET, task, 5, None, False)
+            await eng.call(session, Op.SAVE, "root")
+            marked = []
+            branch = Branch(seed=5, state="root", obs=reset.obs, history=initial_messages("webshop", reset.obs), n=2,
+                            marks=frozenset({1}), on_mark=lambda k, p: marked.append((k, p)), save_prefix="t:")
+            head = await eng.play_from(eng.sibling(session), branch, params=params)
+            tail = await eng.play_from(eng.sibling(session), Branch(seed=5, state=head.state, obs=head.obs,
+                                                                    history=head.messages), params=params)
+            return ep, whole, marked, head, tail
+
+    ep, whole, marked, head, tail = asyncio.run(main())
+    assert [s.action for s in ep.steps] == actions and ep.reward == whole.reward == oracle[0]
+    assert whole.stop_reason == ep.stop_reason == "done" and whole.llm_calls == ep.llm_calls == len(actions)
+    assert [(k, len(p.steps), p.state) for k, p in marked] == [(1, 1, marked[0][1].state)]
+    assert marked[0][1].state.startswith("t:play") and head.state.endswith("@2")
+    assert len(head.steps) == 2 and head.stop_reason == "" and head.prompt_tokens == 20
+    assert [s.action for s in head.steps + tail.steps] == actions
+    assert (tail.reward, tail.stop_reason, tail.terminated) == (whole.reward, "done", True)

@@ -74,8 +74,10 @@ def test_vllm_offline_engine_all_envs_and_worker_kill(tiny_model):
             ids = make_env("alfworld").task_ids("valid_seen")[:4]
             cfg = EngineConfig(workers=2, concurrency=4, sampling=SAMPLING)
             async with RolloutEngine("alfworld", policy, env_kwargs={"max_turns": 8}, config=cfg) as eng:
-                async def killer():
-                    while eng.counters.env_steps < 6:
+                async def killer():  # once every episode is past its reset: a kill during a reset restarts
+                    # that episode from reset (no snapshot to replay), which happened when one worker's resets
+                    # were slower than the other's first steps
+                    while eng.counters.env_steps < 6 or eng.counters.resets < len(ids):
                         await asyncio.sleep(0.02)
                     victim = max(eng.pool.workers, key=lambda w: w.load)
                     os.kill(victim.pid, signal.SIGKILL)

@@ -3,11 +3,11 @@
 Why Ray: the users' clusters (Slurm, Kubernetes with KubeRay) already run it, and RL stacks for
 agents (verl-agent, SkyRL, OpenRLHF) put env workers in Ray actors; hpl writes no scheduler.
 
-Each actor holds one env (:class:`hpl_data.engine.EnvWorkerCore`, the same code as a local worker
+Each actor holds one env (:class:`hpl_data.workers.core.EnvWorkerCore`, the same code as a local worker
 process) and switches episodes by snapshot. Actors are placed with Ray's ``SPREAD`` strategy, so
 they spread over the nodes. Everything else (batching, timeouts, restarts, counters) is the
-engine's one code path (:class:`hpl_data.engine.WorkerPool`): an actor whose node is lost fails
-its batch with :class:`~hpl_data.engine.WorkerDied`, the engine restores or restarts its
+engine's one code path (:class:`hpl_data.workers.pool.WorkerPool`): an actor whose node is lost fails
+its batch with :class:`~hpl_data.workers.protocol.WorkerDied`, the engine restores or restarts its
 episodes on another worker, and the pool starts a replacement actor on a live node. Actors are
 created with ``max_restarts=0`` for that reason: the engine, not Ray, decides what a death means.
 """
@@ -19,7 +19,8 @@ import os
 import socket
 from typing import Any
 
-from hpl_data.engine import WorkerDied, WorkerPool, _Worker
+from hpl_data.workers.pool import WorkerPool, WorkerSlot
+from hpl_data.workers.protocol import Request, WorkerDied
 
 INSTALL_HINT = "--ray needs Ray: pip install 'hpl[ray]' (or pip install 'ray[default]>=2.40')"
 FORWARDED_ENV = ("OMP_NUM_THREADS",)  # plus every HPL_* variable (HPL_DATA_DIR, ...)
@@ -83,7 +84,7 @@ class EnvActor:
 
     def __init__(self, env_name: str, env_kwargs: dict, env_vars: dict[str, str]) -> None:
         os.environ.update(env_vars)
-        from hpl_data.engine import EnvWorkerCore
+        from hpl_data.workers.core import EnvWorkerCore
 
         self.core = EnvWorkerCore(env_name, env_kwargs)
 
@@ -92,7 +93,7 @@ class EnvActor:
 
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def run_batch(self, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+    def run_batch(self, batch: list[Request]) -> list[Any]:
         return self.core.run_batch(batch)
 
     def close(self) -> None:
@@ -105,8 +106,6 @@ class _ActorLost(RuntimeError):
 
 class RayEnvPool(WorkerPool):
     """``workers`` Ray actors spread over the cluster at ``address``."""
-
-    backend = "ray"
 
     def __init__(self, env_name: str, env_kwargs: dict, workers: int, *, address: str = "auto",
                  cpus_per_worker: float = 1.0, **kwargs: Any) -> None:
@@ -125,7 +124,7 @@ class RayEnvPool(WorkerPool):
     async def _result(ref) -> Any:
         return await asyncio.wrap_future(ref.future())
 
-    async def _spawn(self, w: _Worker, attempts: int = 3) -> None:
+    async def _spawn(self, w: WorkerSlot, attempts: int = 3) -> None:
         """A new actor for slot ``w``; an actor lost before it ran (its node died) is tried again,
         a few times (an env that fails to load fails every time)."""
         for attempt in range(attempts):
@@ -136,7 +135,7 @@ class RayEnvPool(WorkerPool):
                     raise
                 await asyncio.sleep(1.0)
 
-    async def _spawn_once(self, w: _Worker) -> None:
+    async def _spawn_once(self, w: WorkerSlot) -> None:
         from ray.exceptions import RayError
 
         w.actor = self._actor_class.options(
@@ -145,7 +144,7 @@ class RayEnvPool(WorkerPool):
         w.generation += 1
         try:
             w.pid, node = await asyncio.wait_for(self._result(w.actor.ready.remote()), self.start_timeout_s)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             self._kill(w)
             raise RuntimeError(f"Ray env actor {w.index} for {self.env_name} did not start within "
                                f"{self.start_timeout_s:.0f}s (does the cluster have {self.cpus_per_worker:g} free "
@@ -156,7 +155,7 @@ class RayEnvPool(WorkerPool):
                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
         w.where = f", node {node[:8]}"
 
-    async def _exchange(self, w: _Worker, batch: list[tuple[str, int, tuple]]) -> list[tuple[str, Any]]:
+    async def _exchange(self, w: WorkerSlot, batch: list[Request]) -> list[Any]:
         from ray.exceptions import RayError
 
         try:
@@ -164,7 +163,7 @@ class RayEnvPool(WorkerPool):
         except RayError as e:  # the actor or its node is gone (ActorDiedError, ActorUnavailableError, ...)
             raise WorkerDied(f"env worker {w.index} (Ray actor, pid {w.pid}{w.where}) died: {type(e).__name__}") from e
 
-    def _kill(self, w: _Worker) -> None:
+    def _kill(self, w: WorkerSlot) -> None:
         if w.actor is None:
             return
         import ray
@@ -175,14 +174,10 @@ class RayEnvPool(WorkerPool):
             pass
         w.actor = None
 
-    async def _stop(self, w: _Worker) -> None:
+    async def _stop(self, w: WorkerSlot) -> None:
         if w.actor is not None:
             try:
                 await asyncio.wait_for(self._result(w.actor.close.remote()), 5)
             except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
                 pass
         self._kill(w)
-
-    def nodes(self) -> list[str]:
-        """Where the workers run now (Ray node ids), for tests and counters."""
-        return [w.where.removeprefix(", node ") for w in self.workers]
