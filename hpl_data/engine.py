@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import multiprocessing as mp
 import os
@@ -509,6 +510,8 @@ class EngineConfig:
     ray: str | None = None  # env workers as Ray actors: "auto" or a cluster address (None: local processes)
     ray_cpus_per_worker: float = 1.0  # CPUs a Ray env actor reserves (its node must have them free)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=256))
+    # agent episodes recorded as hpl-gen's trajectory tables always had them: the agent's own name, no stop reason
+    release_agent_records: bool = False
 
 
 class RolloutEngine:
@@ -664,6 +667,8 @@ class RolloutEngine:
             except WorkerDied as e:  # the agent lived in the worker: start over, same seed
                 self._lost(handle, ep, e)
         self._finish(ep, obs, info)
+        if self.config.release_agent_records:
+            ep.agent, ep.stop_reason = _agent_name(self.env_name, str(self.spec)), ""
 
     async def play(self, handle: _Handle, ep: Episode, *, params: SamplingParams, affinity: str | None = None,
                    start: str | None = None, obs: str = "", history: list[dict] | None = None,
@@ -814,6 +819,15 @@ class ChatPlay:
 class _Handle:
     id: int
     worker: _Worker | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def _agent_name(env_name: str, spec: str) -> str:
+    """The name an agent gives itself (what ``rollout.run_episode`` records)."""
+    from hpl_data.policies import make_agent_from_spec
+
+    agent = make_agent_from_spec(env_name, spec)
+    return getattr(agent, "name", type(agent).__name__)
 
 
 def _ignore(fut: asyncio.Future) -> None:
