@@ -246,7 +246,12 @@ class Segmentation:
 
 class Generation:
     """The stages of one ``hpl-gen`` run, sharing the config, the counters and (for an LLM
-    reference policy) one chat policy, so an in-process vLLM engine is built once."""
+    reference policy) one chat policy, so an in-process vLLM engine is built once.
+
+    Each stage takes what it uses and returns what the next one needs: :meth:`plan` gives a
+    :class:`Plan`, :meth:`collect` a trajectories table's rows, :meth:`segment_stage` a
+    :class:`Segmentation`, :meth:`label_stage` the :class:`~hpl_data.mc.PairRows` of the MC tables.
+    """
 
     def __init__(self, config: GenConfig, console: Console | None = None) -> None:
         self.config = config
@@ -296,7 +301,8 @@ class Generation:
             for name in out.names():
                 if name.endswith(".parquet"):
                     out.remove(name)
-        self.counters = dict(manifest.get("counters", {}))
+        self.counters.clear()
+        self.counters.update(manifest.get("counters", {}))
         if not manifest:  # record the config first, so a killed run is resumed only with the same one
             self._write_manifest({"config": self.meta["config"], "finished": False, **self.meta})
 
