@@ -422,7 +422,9 @@ class Generation:
         cfg = EngineConfig(workers=c.workers, seed=c.seed, prompts=c.prompts,
                            concurrency=min(c.concurrency, 2 * c.workers) if is_agent else c.concurrency,
                            sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens),
-                           ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker, start_method=self._start_method(spec),
+                           ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker,
+                           # agents fork, as the local runner's process pool did; a chat policy's workers spawn
+                           start_method=self._start_method(spec) if is_agent else "spawn",
                            release_agent_records=True)
         policy = self.chat_policy() if role == "policy" and not is_agent else spec  # a teacher: its own
         async with RolloutEngine(self.env_name, policy, env_kwargs=c.env_kwargs, config=cfg) as eng:
@@ -431,13 +433,13 @@ class Generation:
             self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
                                                          + eng.counters.episode_restarts)
 
-    def _start_method(self, *specs: str) -> str:
+    def _start_method(self, *specs: str, torch_loaded: bool | None = None) -> str:
         """Env workers fork (sharing the env data this process already loaded), never next to a
-        model (the run's policy, or one of ``specs``)."""
+        model: the run's policy or one of ``specs`` in this process, or (MC stages) torch loaded."""
         from hpl_data.policies import parse_spec
 
         in_process = any(parse_spec(sp).kind in ("vllm", "hf") for sp in (self.config.policy, *specs))
-        return "spawn" if in_process or "torch" in sys.modules else "fork"
+        return "spawn" if in_process or torch_loaded else "fork"
 
     def traj_stage(self, expert_rows: list[dict], policy_rows: list[dict]) -> dict[str, str]:
         c = self.config
@@ -643,7 +645,8 @@ class Generation:
         c = self.config
         if self._engine is None:
             cfg = EngineConfig(concurrency=self._tasks_in_flight(), workers=c.workers, seed=c.seed, prompts=c.prompts,
-                               start_method=self._start_method(), ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker)
+                               start_method=self._start_method(torch_loaded="torch" in sys.modules), ray=c.ray,
+                               ray_cpus_per_worker=c.ray_cpus_per_worker)
             self._engine = RolloutEngine(self.env_name, self.chat_policy() or c.policy, env_kwargs=c.env_kwargs,
                                          config=cfg)
             await self._engine.start()
