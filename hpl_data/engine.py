@@ -31,6 +31,7 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class EngineConfig:
     ray: str | None = None  # env workers as Ray actors: "auto" or a cluster address (None: local processes)
     ray_cpus_per_worker: float = 1.0  # CPUs a Ray env actor reserves (its node must have them free)
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=256))
+    # agent episodes recorded as hpl-gen's trajectory tables always had them: the agent's own name, no stop reason
+    release_agent_records: bool = False
 
 
 class RolloutEngine:
@@ -221,6 +224,8 @@ class RolloutEngine:
             except WorkerDied as e:  # the agent lived in the worker: start over, same seed
                 self._lost(handle, ep, e)
         self._finish(ep, obs, info)
+        if self.config.release_agent_records:
+            ep.agent, ep.stop_reason = _agent_name(self.env_name, str(self.spec)), ""
 
     # ------------------------------------------------------------------ chat plays
     async def play(self, handle: _Handle, ep: Episode, *, params: SamplingParams,
@@ -443,6 +448,15 @@ class _Playing:
 class _Handle:
     id: int  # the episode's slot in its worker
     worker: WorkerSlot | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def _agent_name(env_name: str, spec: str) -> str:
+    """The name an agent gives itself (what ``rollout.run_episode`` records)."""
+    from hpl_data.policies import make_agent_from_spec
+
+    agent = make_agent_from_spec(env_name, spec)
+    return getattr(agent, "name", type(agent).__name__)
 
 
 def _ignore(fut: asyncio.Future) -> None:

@@ -24,12 +24,11 @@ import asyncio
 import json
 import re
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -43,6 +42,9 @@ from hpl_data.protocol import differences as protocol_differences
 from hpl_data.shards import ShardStore
 from hpl_data.storage import Output, is_uri, remove_stale_temp_files
 from hpl_envs.registry import canonical, make_env, profile
+
+if TYPE_CHECKING:
+    from hpl_data.mc import PairRows
 
 LEVELS = ("traj", "step", "group")
 # may differ between a run and its resumption; "out" too: a folder copied or moved elsewhere resumes
@@ -213,9 +215,45 @@ class GenResult:
     counters: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run works on: its task ids (validated against the env's data and the expert) and the
+    expert, as :func:`resolve_expert` gives it (kind builtin | file | teacher, and its spec)."""
+
+    task_ids: list[str]
+    expert_kind: str
+    expert_spec: str
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What the segment stage decided: groups per task (semantic), or the policy's entropy at every
+    expert state and the threshold over them (uncertainty); fixed segmenters need neither."""
+
+    groups: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    entropies: dict[str, list[float]] = field(default_factory=dict)
+    threshold: float | None = None
+
+    def groups_of(self, segmenter: tuple[str, float | str | None], task_id: str,
+                  length: int) -> list[tuple[int, int]]:
+        """The groups of a task whose expert took ``length`` actions."""
+        from hpl_data.mc import segment
+
+        kind, arg = segmenter
+        if kind == "semantic":  # groups came from the LLM (validated, or Fixed-K after a counted fallback)
+            given = self.groups.get(task_id)
+            return given if given and given[-1][1] == length else segment("fixed-k", 3, length, None, None)
+        return segment(kind, arg, length, self.entropies.get(task_id), self.threshold)
+
+
 class Generation:
     """The stages of one ``hpl-gen`` run, sharing the config, the counters and (for an LLM
-    reference policy) one chat policy, so an in-process vLLM engine is built once."""
+    reference policy) one chat policy, so an in-process vLLM engine is built once.
+
+    Each stage takes what it uses and returns what the next one needs: :meth:`plan` gives a
+    :class:`Plan`, :meth:`collect` a trajectories table's rows, :meth:`segment_stage` a
+    :class:`Segmentation`, :meth:`label_stage` the :class:`~hpl_data.mc.PairRows` of the MC tables.
+    """
 
     def __init__(self, config: GenConfig, console: Console | None = None) -> None:
         self.config = config
@@ -230,22 +268,22 @@ class Generation:
         self._engine = None  # the MC stages' engine (entropy, label): env workers started once
 
     # ------------------------------------------------------------------ plan
-    def plan(self) -> list[str]:
+    def plan(self) -> Plan:
         """Task ids (validated against the env's data and the expert) and the manifest."""
         c = self.config
         task_ids = make_env(self.env_name, **c.env_kwargs).task_ids(c.split)
-        self.expert_kind, self.expert_spec = resolve_expert(c.expert)
-        if self.expert_kind == "file":
+        expert_kind, expert_spec = resolve_expert(c.expert)
+        if expert_kind == "file":
             from hpl_data.experts import load_expert_file
 
-            recorded = load_expert_file(self.expert_spec[5:], self.profile.multiline_actions)
+            recorded = load_expert_file(expert_spec[5:], self.profile.multiline_actions)
             task_ids = [t for t in task_ids if t in recorded]
             if not task_ids:
-                raise GenError(f"{self.expert_spec[5:]} has no trajectory for any {c.split} task of {self.env_name}")
+                raise GenError(f"{expert_spec[5:]} has no trajectory for any {c.split} task of {self.env_name}")
         task_ids = task_ids[: c.limit] if c.limit is not None else task_ids
         self.meta["protocol"] = compute_protocol(self.env_name, c.env_kwargs, c.split, task_ids)
         self._open_manifest()
-        return task_ids
+        return Plan(task_ids, expert_kind, expert_spec)
 
     def _open_manifest(self) -> None:
         c, out = self.config, self.output
@@ -265,7 +303,8 @@ class Generation:
             for name in out.names():
                 if name.endswith(".parquet"):
                     out.remove(name)
-        self.counters = dict(manifest.get("counters", {}))
+        self.counters.clear()
+        self.counters.update(manifest.get("counters", {}))
         if not manifest:  # record the config first, so a killed run is resumed only with the same one
             self._write_manifest({"config": self.meta["config"], "finished": False, **self.meta})
 
@@ -293,22 +332,24 @@ class Generation:
 
     async def run_async(self) -> GenResult:
         c = self.config
-        task_ids = self.plan()
+        plan = self.plan()
         start = time.perf_counter()
         try:
-            expert_rows = await self.collect("expert", task_ids)
-            policy_rows = await self.collect("policy", task_ids)
+            expert_rows = await self.collect("expert", plan.task_ids, plan.expert_spec)
+            policy_rows = await self.collect("policy", plan.task_ids, c.policy)
             written = self.traj_stage(expert_rows, policy_rows)
-            kept = [r for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])]
             levels = c.mc_levels
             retry_failed = self.counters.get("mc_failed_tasks", 0) > 0  # tables written without those tasks' pairs
             if levels and (retry_failed or not all(self.output.exists(f"{lv}_pairs.parquet") for lv in levels)):
-                mc_tasks = [t for t in task_ids if t in {r["task_id"] for r in kept}]
-                groups = await self.segment_stage(mc_tasks, expert_rows)
-                rows = await self.label_stage(mc_tasks, groups)
+                kept = {r["task_id"] for r in expert_rows if not r["error"] and keep_expert(self.env_name, r["reward"])}
+                mc_tasks = [t for t in plan.task_ids if t in kept]
+                expert = self.mc_expert(plan)
+                segmentation = await self.segment_stage(mc_tasks, expert_rows, expert)
+                rows = await self.label_stage(mc_tasks, segmentation, expert)
                 for lv in sorted(levels):
-                    path = self.write_table(rows[lv], parquet.MC_PAIRS, f"{lv}_pairs.parquet")
-                    self.console.print(f"{len(rows[lv])} {lv} pairs -> {path}")
+                    table = rows.step if lv == "step" else rows.group
+                    path = self.write_table(table, parquet.MC_PAIRS, f"{lv}_pairs.parquet")
+                    self.console.print(f"{len(table)} {lv} pairs -> {path}")
             written.update({f"{lv}_pairs": f"{lv}_pairs.parquet" for lv in sorted(levels)})
         finally:
             if self._engine is not None:
@@ -334,11 +375,9 @@ class Generation:
         return self._policy
 
     # ------------------------------------------------------------------ stages
-    async def collect(self, role: str, task_ids: list[str]) -> list[dict]:
-        """collect-experts / collect-policy: one episode per task, as a trajectories table."""
-        from hpl_data.policies import parse_spec
-        from hpl_data.rollout import run_episodes
-
+    async def collect(self, role: str, task_ids: list[str], spec: str) -> list[dict]:
+        """collect-experts / collect-policy: one episode per task (``spec`` plays it), as a
+        trajectories table."""
         c = self.config
         name = f"trajectories_{role}.parquet"
         if self.output.exists(name):
@@ -349,49 +388,17 @@ class Generation:
         todo = store.pending(task_ids)
         if len(todo) < len(task_ids):
             self.console.print(f"{role}: resuming, {len(task_ids) - len(todo)} of {len(task_ids)} tasks already done")
-        spec = self.expert_spec if role == "expert" else c.policy
         with self.progress() as bar:
             job = bar.add_task(f"collect {role} episodes", total=len(todo))
 
-            agent = parse_spec(spec).is_agent
-            agent_name = None
-            if agent and c.ray is not None:  # the engine records the spec; the local runner the agent's name
-                from hpl_data.policies import make_agent_from_spec
-
-                made = make_agent_from_spec(self.env_name, spec)
-                agent_name = getattr(made, "name", type(made).__name__)
-
             def save(episode: dict) -> None:
-                if agent:  # the local agent runner (rollout.run_episode) records no stop reason
-                    episode["stop_reason"] = ""
-                if agent_name is not None:
-                    episode["agent"] = agent_name
                 store.put(episode["task_id"], {"rows": trajectory_rows(self.env_name, c.split, role, [episode],
                                                                        c.prompts),
                                                "env_steps": len(episode["steps"]), "failed": bool(episode["error"])})
                 bar.advance(job)
 
-            if todo and (c.ray is not None or not parse_spec(spec).is_agent):  # an LLM, or env workers on Ray
-                from hpl_data.engine import EngineConfig, RolloutEngine
-                from hpl_data.policies import SamplingParams
-
-                temp = c.policy_temperature if role == "policy" else 0.0
-                cfg = EngineConfig(workers=c.workers, seed=c.seed, prompts=c.prompts, concurrency=c.concurrency,
-                                   sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens),
-                                   ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker)
-                policy = self.chat_policy() if role == "policy" and not parse_spec(spec).is_agent else spec
-                async with RolloutEngine(self.env_name, policy, env_kwargs=c.env_kwargs, config=cfg) as eng:
-                    await eng.run(todo, save)
-                    self._add_engine_counters(eng.counters, f"{role}_")
-                    self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
-                                                                 + eng.counters.episode_restarts)
-            elif todo:
-                stop = threading.Event()  # cancelled (Ctrl-C, SIGTERM): the thread ends after the episodes in progress
-                try:
-                    await asyncio.to_thread(run_episodes, self.env_name, todo, spec, env_kwargs=c.env_kwargs,
-                                            seed=c.seed, workers=c.workers, on_episode=save, stop=stop)
-                finally:
-                    stop.set()
+            if todo:
+                await self._episodes(role, spec, todo, save)
         shards = [store.get(t) for t in task_ids]
         rows = [r for sh in shards for r in sh["rows"]]
         self.counters[f"{role}_env_steps"] = sum(sh["env_steps"] for sh in shards)
@@ -402,6 +409,39 @@ class Generation:
         self.console.print(f"{role}: {len(rows)} episodes, avg reward "
                            f"{sum(r['reward'] for r in rows) / max(len(rows), 1):.3f} -> {path}")
         return rows
+
+    async def _episodes(self, role: str, spec: str, task_ids: list[str], on_episode) -> None:
+        """One episode per task on a rollout engine (agent or chat policy, local or Ray workers);
+        agent episodes are recorded as the trajectory tables always had them (the agent's name, no
+        stop reason)."""
+        from hpl_data.engine import EngineConfig, RolloutEngine
+        from hpl_data.policies import SamplingParams, parse_spec
+
+        c = self.config
+        is_agent = parse_spec(spec).is_agent
+        temp = c.policy_temperature if role == "policy" else 0.0
+        # an agent's episodes are CPU-bound: two per worker keep the workers busy
+        cfg = EngineConfig(workers=c.workers, seed=c.seed, prompts=c.prompts,
+                           concurrency=min(c.concurrency, 2 * c.workers) if is_agent else c.concurrency,
+                           sampling=SamplingParams(temperature=temp, max_tokens=c.policy_max_tokens),
+                           ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker,
+                           # agents fork, as the local runner's process pool did; a chat policy's workers spawn
+                           start_method=self._start_method(spec) if is_agent else "spawn",
+                           release_agent_records=True)
+        policy = self.chat_policy() if role == "policy" and not is_agent else spec  # a teacher: its own
+        async with RolloutEngine(self.env_name, policy, env_kwargs=c.env_kwargs, config=cfg) as eng:
+            await eng.run(task_ids, on_episode)
+            self._add_engine_counters(eng.counters, f"{role}_")
+            self.counters[f"{role}_episode_restarts"] = (self.counters.get(f"{role}_episode_restarts", 0)
+                                                         + eng.counters.episode_restarts)
+
+    def _start_method(self, *specs: str, torch_loaded: bool | None = None) -> str:
+        """Env workers fork (sharing the env data this process already loaded), never next to a
+        model: the run's policy or one of ``specs`` in this process, or (MC stages) torch loaded."""
+        from hpl_data.policies import parse_spec
+
+        in_process = any(parse_spec(sp).kind in ("vllm", "hf") for sp in (self.config.policy, *specs))
+        return "spawn" if in_process or torch_loaded else "fork"
 
     def traj_stage(self, expert_rows: list[dict], policy_rows: list[dict]) -> dict[str, str]:
         c = self.config
@@ -414,35 +454,34 @@ class Generation:
         return {"trajectories_expert": "trajectories_expert.parquet",
                 "trajectories_policy": "trajectories_policy.parquet", "traj_pairs": "traj_pairs.parquet"}
 
-    async def segment_stage(self, task_ids: list[str], expert_rows: list[dict]) -> dict[str, list[tuple[int, int]]]:
+    async def segment_stage(self, task_ids: list[str], expert_rows: list[dict], expert: str) -> Segmentation:
         """Group boundaries per task: fixed ones are computed at labelling; the uncertainty
-        segmenter needs the policy's entropy at every expert state, the semantic one an LLM."""
+        segmenter needs the policy's entropy at every expert state (``expert`` replays them), the
+        semantic one an LLM."""
         kind, arg = self.segmenter
-        self.threshold = None
         if kind == "semantic" and "group" in self.config.mc_levels:
             groups = await self.semantic_stage(task_ids, expert_rows, str(arg))
             self.console.print(f"semantic segmenter: {self.counters['semantic_calls']} trajectories, "
                                f"{self.counters['semantic_fallbacks']} fell back to Fixed-K:3")
-            return groups
-        if kind == "uncertainty":
-            from hpl_data.segmenters import percentile
+            return Segmentation(groups=groups)
+        if kind != "uncertainty":
+            return Segmentation()
+        from hpl_data.mc import expert_entropies
+        from hpl_data.segmenters import percentile
 
-            store = self.shards("entropy")
+        store = self.shards("entropy")
 
-            async def one(lab, t: str) -> None:
-                from hpl_data.mc import expert_entropies
+        async def entropies_of_task(lab, t: str) -> None:
+            store.put(t, {"entropies": await expert_entropies(lab, expert, t, self.config.entropy_samples)})
 
-                store.put(t, {"entropies": await expert_entropies(lab, self.mc_expert, t,
-                                                                  self.config.entropy_samples)})
+        await self._on_engine("entropy of policy actions", store.pending(task_ids), entropies_of_task)
+        entropies = {t: store.get(t)["entropies"] for t in task_ids}
+        threshold = percentile([h for t in task_ids for h in entropies[t]], arg if arg is not None else 80.0)
+        self.counters["uncertainty_threshold"] = threshold
+        return Segmentation(entropies=entropies, threshold=threshold)
 
-            await self._on_engine("entropy of policy actions", store.pending(task_ids), one)
-            self.entropies = {t: store.get(t)["entropies"] for t in task_ids}
-            self.threshold = percentile([h for t in task_ids for h in self.entropies[t]],
-                                        arg if arg is not None else 80.0)
-            self.counters["uncertainty_threshold"] = self.threshold
-        return {}
-
-    async def semantic_stage(self, task_ids: list[str], expert_rows: list[dict], spec: str) -> dict:
+    async def semantic_stage(self, task_ids: list[str], expert_rows: list[dict],
+                             spec: str) -> dict[str, list[tuple[int, int]]]:
         """Groups of every expert trajectory from an LLM (all requests in flight together), sharded."""
         from hpl_data.policies import make_chat_policy
         from hpl_data.segmenters import semantic_groups
@@ -453,12 +492,12 @@ class Generation:
         if todo:
             policy = make_chat_policy(spec)
             try:
-                async def one(t: str) -> None:
+                async def groups_of_task(t: str) -> None:
                     r = by_task[t]
                     groups, fell_back = await semantic_groups(policy, r["instruction"], r["actions"],
                                                               r["observations"][1:])
                     store.put(t, {"groups": groups, "fallback": fell_back})
-                await asyncio.gather(*(one(t) for t in todo))
+                await asyncio.gather(*(groups_of_task(t) for t in todo))
             finally:
                 await policy.close()
         shards = {t: store.get(t) for t in task_ids if t in by_task}
@@ -466,50 +505,45 @@ class Generation:
         self.counters["semantic_fallbacks"] = sum(sh["fallback"] for sh in shards.values())
         return {t: [tuple(g) for g in sh["groups"]] for t, sh in shards.items()}
 
-    @property
-    def mc_expert(self) -> str:
+    def mc_expert(self, plan: Plan) -> str:
         """MC labelling replays the kept expert trajectories (exact: the envs are deterministic)."""
-        if self.expert_kind == "builtin":
-            return self.expert_spec
+        if plan.expert_kind == "builtin":
+            return plan.expert_spec
         return f"file:{self.output.uri('trajectories_expert.parquet')}"
 
-    async def label_stage(self, task_ids: list[str], given_groups: dict) -> dict[str, list[dict]]:
-        """Monte-Carlo labelled step/group pairs, every task a coroutine on one engine."""
-        from hpl_data.mc import label_task, segment
+    async def label_stage(self, task_ids: list[str], segmentation: Segmentation, expert: str) -> PairRows:
+        """Monte-Carlo labelled step/group pairs, every task a coroutine on one engine (``expert``
+        replays each task's expert trajectory)."""
+        from hpl_data.mc import PairRows, TaskPlan
 
         c = self.config
-        kind, arg = self.segmenter
         store = self.shards("mc_" + "_".join(sorted(c.mc_levels)))
         failed: dict[str, str] = {}
 
-        async def one(lab, t: str) -> None:
-            ex = await lab.expert_pass(self.mc_expert, t)
+        async def label_task(lab, t: str) -> None:
+            ex = await lab.expert_pass(expert, t)
             n = len(ex["steps"])
-            if kind == "semantic":  # groups came from the LLM (validated, or Fixed-K after a counted fallback)
-                given = given_groups.get(t)
-                groups = given if given and given[-1][1] == n else segment("fixed-k", 3, n, None, None)
-            else:
-                groups = segment(kind, arg, n, getattr(self, "entropies", {}).get(t), self.threshold)
-            steps, grps = await label_task(lab, c.split, ex, expert=c.expert, levels=c.mc_levels,
-                                           groups=groups, segmenter=c.segmenter)
+            task = TaskPlan(lab, c.split, ex, expert=c.expert, levels=c.mc_levels,
+                            groups=segmentation.groups_of(self.segmenter, t, n), segmenter=c.segmenter)
+            pairs = await task.pairs()
             lab.counters["expert_env_steps_mc"] += n
-            store.put(t, {"step": steps, "group": grps, "counters": dict(lab.counters)})
+            store.put(t, {"step": pairs.step, "group": pairs.group, "counters": dict(lab.counters)})
 
         t0 = time.perf_counter()
-        engine_counters = await self._on_engine("label (MC rollouts)", store.pending(task_ids), one, failed)
+        engine_counters = await self._on_engine("label (MC rollouts)", store.pending(task_ids), label_task, failed)
         self.counters["mc_failed_tasks"] = len(failed)
         if failed:
             first = next(iter(failed.items()))
             self.console.print(f"[yellow]hpl-gen: MC labelling failed for {len(failed)} task(s), e.g. {first[0]}: "
                                f"{first[1][:300]} (rerun with the same --out to retry them)[/yellow]")
-        rows: dict[str, list[dict]] = {"step": [], "group": []}
+        rows = PairRows([], [])
         totals: Counter = Counter()
         for t in task_ids:
             if t in failed:
                 continue
             sh = store.get(t)
-            rows["step"] += sh["step"]
-            rows["group"] += sh["group"]
+            rows.step += sh["step"]
+            rows.group += sh["group"]
             totals.update(sh["counters"])
         self.counters.update(totals)  # summed over every task's shard, this run's and earlier runs'
         if engine_counters is not None:
@@ -523,20 +557,12 @@ class Generation:
         in flight share ``concurrency``. Returns the engine's counters."""
         if not todo:
             return None
-        from hpl_data.engine import WorkerDied
-        from hpl_data.mc import MCSettings, TaskLabeler
+        from hpl_data.mc import TaskLabeler
 
-        c = self.config
-        eng, tasks_in_flight = await self._mc_engine()
-        settings = MCSettings(policy=c.policy, rollouts=c.mc_rollouts, seed=c.seed, adaptive=c.mc_adaptive,
-                              min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
-                              outcome_range=self.profile.outcome_range(c.env_kwargs),
-                              outcome_low=self.profile.outcome_bounds(c.env_kwargs)[0], curtail=c.mc_curtail,
-                              share_rollouts=c.mc_share_rollouts,
-                              prompts=c.prompts,
-                              temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
-        slots = asyncio.Semaphore(c.concurrency)
-        gate = asyncio.Semaphore(tasks_in_flight)
+        eng = await self._mc_engine()
+        settings = self._mc_settings()
+        slots = asyncio.Semaphore(self.config.concurrency)
+        gate = asyncio.Semaphore(self._tasks_in_flight())
         live: Counter = Counter()  # run-wide rollouts done / in flight, for the bar
         wall0 = eng.counters.wall_s
         t_start = time.perf_counter()
@@ -555,56 +581,78 @@ class Generation:
                     await asyncio.sleep(0.5)
                     bar.update(job, description=describe())
 
-            async def one(t: str) -> None:
+            async def task_on_engine(t: str) -> None:
                 async with gate:
-                    for attempt in range(1 + eng.config.max_restarts):
-                        lab = TaskLabeler(eng, settings, slots, Counter(), live)
-                        try:
-                            await work(lab, t)
-                            break
-                        except WorkerDied:  # its worker (or node) died, and its expert snapshots with it: label it again
-                            if attempt == eng.config.max_restarts:
-                                if failed is None:
-                                    raise
-                                failed[t] = f"WorkerDied {attempt + 1} times"
-                            else:
-                                self.counters["mc_task_retries"] = self.counters.get("mc_task_retries", 0) + 1
-                        except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
-                            if failed is None:
-                                raise
-                            failed[t] = f"{type(e).__name__}: {e}"
-                            break
-                        finally:
-                            await lab.close()
+                    await self._with_retries(lambda: TaskLabeler(eng, settings, slots, Counter(), live), work, t,
+                                             eng.config.max_restarts, failed)
                 bar.update(job, advance=1, description=describe())
 
             ticker = asyncio.ensure_future(refresh()) if self.config.progress else None
             try:
-                await asyncio.gather(*(one(t) for t in todo))
+                await asyncio.gather(*(task_on_engine(t) for t in todo))
             finally:
                 if ticker is not None:
                     ticker.cancel()
         eng.counters.wall_s = wall0 + time.perf_counter() - t_start
         return eng.counters
 
-    async def _mc_engine(self):
-        """(engine, tasks in flight): enough tasks to fill ``concurrency`` with an LLM policy; an
-        agent's rollouts are CPU-bound, two tasks per worker keep the workers busy."""
-        from hpl_data.engine import EngineConfig, RolloutEngine
+    async def _with_retries(self, labeler, work, task_id: str, max_restarts: int, failed: dict | None) -> None:
+        """``work(labeler(), task_id)``, again with a new labeler after a worker death (the task's
+        expert snapshots died with it); a failure is recorded in ``failed`` (None: raised)."""
+        from hpl_data.engine import WorkerDied
+
+        for attempt in range(1 + max_restarts):
+            lab = labeler()
+            try:
+                await work(lab, task_id)
+                return
+            except WorkerDied:  # its worker (or node) died, and its expert snapshots with it: label it again
+                if attempt == max_restarts:
+                    if failed is None:
+                        raise
+                    failed[task_id] = f"WorkerDied {attempt + 1} times"
+                else:
+                    self.counters["mc_task_retries"] = self.counters.get("mc_task_retries", 0) + 1
+            except Exception as e:  # noqa: BLE001 - recorded and counted; a rerun retries the task
+                if failed is None:
+                    raise
+                failed[task_id] = f"{type(e).__name__}: {e}"
+                return
+            finally:
+                await lab.close()
+
+    def _mc_settings(self):
+        from hpl_data.mc import MCSettings
+
+        c = self.config
+        return MCSettings(policy=c.policy, rollouts=c.mc_rollouts, seed=c.seed, adaptive=c.mc_adaptive,
+                          min_rollouts=c.mc_min_rollouts, confidence=c.mc_confidence,
+                          outcome_range=self.profile.outcome_range(c.env_kwargs),
+                          outcome_low=self.profile.outcome_bounds(c.env_kwargs)[0], curtail=c.mc_curtail,
+                          share_rollouts=c.mc_share_rollouts, prompts=c.prompts,
+                          temperature=c.policy_temperature, max_tokens=c.policy_max_tokens)
+
+    def _tasks_in_flight(self) -> int:
+        """Enough tasks to fill ``concurrency`` with an LLM policy; an agent's rollouts are
+        CPU-bound, two tasks per worker keep the workers busy."""
         from hpl_data.policies import parse_spec
 
         c = self.config
-        spec = parse_spec(c.policy)
-        tasks_in_flight = 2 * c.workers if spec.is_agent else max(2 * c.workers, c.concurrency // c.mc_rollouts)
+        return 2 * c.workers if parse_spec(c.policy).is_agent else max(2 * c.workers, c.concurrency // c.mc_rollouts)
+
+    async def _mc_engine(self):
+        """The MC stages' engine (entropy, label), started once."""
+        from hpl_data.engine import EngineConfig, RolloutEngine
+
+        c = self.config
         if self._engine is None:
-            # fork shares the env data this process already loaded; never fork next to a model
-            start = "spawn" if spec.kind in ("vllm", "hf") or "torch" in sys.modules else "fork"
-            cfg = EngineConfig(concurrency=tasks_in_flight, workers=c.workers, seed=c.seed, prompts=c.prompts,
-                               start_method=start, ray=c.ray, ray_cpus_per_worker=c.ray_cpus_per_worker)
+            cfg = EngineConfig(concurrency=self._tasks_in_flight(), workers=c.workers, seed=c.seed, prompts=c.prompts,
+                               start_method=self._start_method(torch_loaded="torch" in sys.modules), ray=c.ray,
+                               ray_cpus_per_worker=c.ray_cpus_per_worker)
             self._engine = RolloutEngine(self.env_name, self.chat_policy() or c.policy, env_kwargs=c.env_kwargs,
                                          config=cfg)
             await self._engine.start()
-        return self._engine, tasks_in_flight
+        return self._engine
 
     def _add_engine_counters(self, k, prefix: str) -> None:
         d = k.as_dict()

@@ -10,6 +10,10 @@ the M rollouts from one state go to the server together (its prefix cache sees M
 prompt). What is MC-specific stays here: a first action that must differ from the expert's (other
 seeds tried), and where plays and values start.
 
+* :class:`EngineLink`: every call MC makes to the engine, in one place.
+* :class:`TaskLabeler`: the primitives (rollout, policy play, entropy, value, settle) of one task.
+* :class:`TaskPlan`: one task's plan (its values, plays and pairs) and its rows.
+
 Values are mean outcomes of M rollouts; rollout m of a state has its own seed
 (``derive_seed(seed, task, where, t, m)``), so results do not depend on order, worker or
 concurrency. In adaptive mode pairs that share no estimated value are settled concurrently; pairs
@@ -24,11 +28,12 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, NamedTuple
 
 from hpl_data.conversation import episode_messages
-from hpl_data.rollout import derive_seed
+from hpl_data.engine import Branch, ChatPlay
+from hpl_data.rollout import Step, derive_seed
 from hpl_data.segmenters import fixed_k, fixed_n, uncertainty
 from hpl_data.workers import Op
 from hpl_envs.agents import steps as agent_steps
@@ -43,13 +48,24 @@ def buckets(env_name: str, length: int, delta: float) -> tuple[int, int]:
     return length_bucket(env_name, length), delta_bucket(delta)
 
 
+class Source(NamedTuple):
+    """Where the rollouts of an estimated value start: a named snapshot in the task's worker, its
+    observation and info, the seed key (rollout m gets ``(*key, m)``) and the conversation there."""
+
+    state: str
+    obs: str
+    info: dict
+    key: tuple
+    history: list[dict] | None
+
+
 @dataclass
 class Value:
     mean: float
     std: float
     n: int  # rollouts behind the mean; 0 = exact (a finished episode's outcome)
     outcomes: list[float] = field(default_factory=list)
-    source: tuple | None = None  # (snapshot name, obs, info, seed key, history): where more rollouts come from
+    source: Source | None = None  # where more rollouts come from (None: exact)
 
     @property
     def exact(self) -> bool:
@@ -65,15 +81,30 @@ def add(v: Value, outcomes: list[float]) -> None:
 
 
 @dataclass
-class PolicyPlay:
-    actions: list[str]
-    observations: list[str]  # after each action
-    turns: list[str]  # assistant contents
-    outcome: float | None  # the episode's reward if it ended
-    obs: str
-    info: dict
-    history: list[dict] | None  # the LLM policy's conversation up to ``obs``
-    state: str | None = None  # name of the snapshot where the play stopped (unfinished plays)
+class Play(ChatPlay):
+    """A policy's play as MC uses it: the engine's :class:`~hpl_data.engine.ChatPlay` (steps,
+    observation and info reached, conversation, snapshot of an unfinished play) with its outcome
+    (None: the episode goes on from ``state``) and why it stopped."""
+
+    outcome: float | None = None
+
+    @classmethod
+    def of(cls, play: ChatPlay, outcome: float | None = None) -> Play:
+        return cls(**{f.name: getattr(play, f.name) for f in fields(ChatPlay)}, outcome=outcome)
+
+    @property
+    def actions(self) -> list[str]:
+        return [s.action for s in self.steps]
+
+    @property
+    def turns(self) -> list[str]:
+        """The assistant message of each action."""
+        return [s.raw_output for s in self.steps]
+
+    @property
+    def observations(self) -> list[str]:
+        """The observation after each action."""
+        return [s.observation for s in self.steps[1:]] + ([self.obs] if self.steps else [])
 
 
 # ----------------------------------------------------------------------------- next to the env (worker)
@@ -114,35 +145,37 @@ def worker_rollout(env, env_name: str, saved: dict, state: str, obs: str, info: 
     return reward, taken
 
 
+def _first_action_unlike(env, env_name: str, obs: str, info: dict, spec: str, seeds: list[int], avoid: str | None):
+    """(agent, its first action): the first seed whose agent's first action differs from ``avoid``
+    (the last seed's if none does)."""
+    for seed in seeds:
+        agent = _agent(env_name, spec, seed)
+        agent.reset(env, obs, info)
+        first = agent.act(obs, info)
+        if avoid is None or first.strip() != avoid.strip():
+            break
+    return agent, first
+
+
 def worker_policy_steps(env, env_name: str, saved: dict, state: str, obs: str, info: dict, n: int, spec: str,
-                        seeds: list[int], avoid: str | None, save_as: str) -> tuple[dict | None, int]:
+                        seeds: list[int], avoid: str | None, save_as: str) -> Play | None:
     """An agent plays up to n actions from a named snapshot (the first differing from ``avoid``,
     trying ``seeds`` in turn); an unfinished play's snapshot is kept as ``save_as``."""
     env.set_state(saved[state])
-    agent = _agent(env_name, spec, seeds[0])
-    agent.reset(env, obs, info)
-    first = agent.act(obs, info)
-    for retry_seed in seeds[1:]:
-        if avoid is None or first.strip() != avoid.strip():
-            break
-        agent = _agent(env_name, spec, retry_seed)
-        agent.reset(env, obs, info)
-        first = agent.act(obs, info)
+    agent, first = _first_action_unlike(env, env_name, obs, info, spec, seeds, avoid)
     if avoid is not None and first.strip() == avoid.strip():
-        return None, 0
-    actions, observations, turns = [], [], []
+        return None
+    steps: list[Step] = []
     outcome = None
     for rec in agent_steps(env, agent, obs, info, max_actions=n, first_action=first):
-        turns.append(format_turn(rec.action, None, env_name))
-        actions.append(rec.action)
-        observations.append(rec.obs)
+        steps.append(Step(obs, rec.action, rec.reward, bool(rec.info.get("action_valid", True)),
+                          raw_output=format_turn(rec.action, None, env_name)))
         obs, info = rec.obs, rec.info
         if rec.done:
             outcome = rec.reward
     if outcome is None:
         saved[save_as] = env.get_state()
-    return {"actions": actions, "observations": observations, "turns": turns, "outcome": outcome, "obs": obs,
-            "info": info, "history": None, "state": None if outcome is not None else save_as}, len(actions)
+    return Play(steps, obs, info, [], state=None if outcome is not None else save_as, outcome=outcome)
 
 
 def worker_first_actions(env, env_name: str, saved: dict, state: str, obs: str, info: dict, spec: str,
@@ -157,17 +190,51 @@ def worker_first_actions(env, env_name: str, saved: dict, state: str, obs: str, 
     return actions
 
 
+# ----------------------------------------------------------------------------- the engine, in one place
+class EngineLink:
+    """Every call MC makes to :class:`hpl_data.engine.RolloutEngine`, so an engine API change is
+    made here only. One task holds one link: a session pinned to one worker, where the task's
+    named snapshots live and its rollouts run."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.handle = engine.session()
+
+    @property
+    def id(self) -> int:
+        return self.handle.id
+
+    async def run(self, fn: str, *args: Any):
+        """``hpl_data.mc:<fn>(env, env_name, saved, *args)`` in the task's worker."""
+        return await self.engine.call(self.handle, Op.RUN, f"hpl_data.mc:{fn}", *args)
+
+    async def chat(self, messages: list[dict], params, affinity: str):
+        return await self.engine.chat(messages, params, affinity=affinity)
+
+    async def play_from(self, branch: Branch, params, affinity: str) -> Play:
+        """The chat policy plays ``branch`` as a new episode of the task's worker; the outcome is
+        the final reward of an ended play (None: it goes on from ``Play.state``)."""
+        on_mark = branch.on_mark
+        if on_mark is not None:
+            branch = replace(branch, on_mark=lambda k, p: on_mark(k, Play.of(p)))
+        h = self.engine.sibling(self.handle)
+        try:
+            play = await self.engine.play_from(h, branch, params=params, affinity=affinity)
+        finally:
+            self.engine.release(h)
+        return Play.of(play, play.reward if play.stop_reason else None)
+
+    async def close(self, prefix: str) -> None:
+        """Forget the task's named snapshots (those under ``prefix``) and free its worker slot."""
+        if self.handle.worker is not None:
+            try:
+                await self.engine.call(self.handle, Op.DROP, prefix)
+            except Exception:  # noqa: BLE001 - a dead worker dropped them already
+                pass
+        self.engine.release(self.handle)
+
+
 # ----------------------------------------------------------------------------- on the event loop
-def _policy_play(play, outcome: float | None) -> PolicyPlay:
-    """A chat play (:class:`hpl_data.engine.ChatPlay`) as MC uses it; an ended play keeps no
-    history or snapshot (nothing starts from there)."""
-    steps = play.steps
-    observations = [s.observation for s in steps[1:]] + ([play.obs] if steps else [])
-    ended = outcome is not None
-    return PolicyPlay([s.action for s in steps], observations, [s.raw_output for s in steps], outcome, play.obs,
-                      play.info, None if ended else play.messages, None if ended else play.state)
-
-
 def entropy_of(actions: list[str]) -> float:
     """Entropy (nats) of the empirical distribution of sampled actions."""
     counts = Counter(a.strip() for a in actions)
@@ -206,7 +273,8 @@ class TaskLabeler:
                  live: Counter | None = None):
         from hpl_data.policies import SamplingParams, parse_spec
 
-        self.engine, self.s, self.slots = engine, settings, slots
+        self.link = EngineLink(engine)
+        self.s, self.slots = settings, slots
         self.env_name = engine.env_name
         self.multiline = profile(self.env_name).multiline_actions
         self.counters = counters if counters is not None else Counter()
@@ -214,8 +282,7 @@ class TaskLabeler:
         self.is_agent = parse_spec(settings.policy).is_agent
         # rollouts keep only the text of each turn: no log-probs asked for (less work for the server)
         self.params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens, logprobs=False)
-        self.handle = engine.session()
-        self.prefix = f"t{self.handle.id}:"
+        self.prefix = f"t{self.link.id}:"
         self._names = iter(range(1 << 62))
         self.min_rollouts = max(1, min(settings.min_rollouts, settings.rollouts))
         # rollouts a value starts with: M (fixed), min_rollouts (adaptive), or 1 with curtailment, which
@@ -225,66 +292,52 @@ class TaskLabeler:
     def _name(self) -> str:
         return f"{self.prefix}p{next(self._names)}"
 
-    async def _run(self, fn: str, *args: Any):
-        return await self.engine.call(self.handle, Op.RUN, f"hpl_data.mc:{fn}", *args)
-
     async def close(self) -> None:
-        if self.handle.worker is not None:
-            try:
-                await self.engine.call(self.handle, Op.DROP, self.prefix)
-            except Exception:  # noqa: BLE001 - a dead worker dropped them already
-                pass
-        self.engine.release(self.handle)
+        await self.link.close(self.prefix)
 
     async def expert_pass(self, expert: str, task_id: str) -> dict:
-        return await self._run("worker_expert_pass", expert, task_id, self.s.seed, f"{self.prefix}e")
+        return await self.link.run("worker_expert_pass", expert, task_id, self.s.seed, f"{self.prefix}e")
 
     # ---------------------------------------------------------------- chat policy plays
-    async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
-                         avoid: str | None = None, marks: frozenset[int] = frozenset(),
-                         on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay | None:
-        """The chat policy plays from a named snapshot (:meth:`RolloutEngine.play_from`): n actions
-        (None: to the end), its first action differing from ``avoid`` (tried with other seeds;
-        None if it never does); ``marks``/``on_mark`` as there, with the play so far as a
-        :class:`PolicyPlay`."""
-        from hpl_data.engine import Branch
-        from hpl_data.policies import ContextLengthError
-        from hpl_envs.prompts import initial_messages
+    async def _first_turn(self, messages: list[dict], key: tuple, avoid: str | None) -> tuple[int, Any] | None:
+        """(seed, turn 0) of a chat play, drawn here to compare its action with ``avoid`` (other
+        seeds tried); None if it never differs."""
         from hpl_envs.react import parse_react
 
+        for tries in range(RETRIES_FOR_A_DIFFERENT_ACTION + 1):
+            agent_seed = derive_seed(self.s.seed, *key, "retry", tries) if tries else derive_seed(self.s.seed, *key)
+            # one task's rollouts go to one server (its prefix cache)
+            comp = await self.link.chat(messages, self.params.replace(seed=derive_seed(agent_seed, 0)), self.prefix)
+            action = parse_react(comp.text, multiline=self.multiline).action
+            if avoid is None or action.strip() != avoid.strip():
+                return agent_seed, comp
+        return None
+
+    async def _chat_play(self, state: str, obs: str, history: list[dict] | None, key: tuple, n: int | None,
+                         avoid: str | None = None, marks: frozenset[int] = frozenset(),
+                         on_mark: Callable[[int, Play], None] | None = None) -> Play | None:
+        """The chat policy plays from a named snapshot: n actions (None: to the end), its first
+        action differing from ``avoid`` (None if it never does); ``marks``/``on_mark`` as in
+        :class:`Branch`. A context overflow ends a play with outcome 0, like a truncated episode."""
+        from hpl_data.policies import ContextLengthError
+        from hpl_envs.prompts import initial_messages
+
         base = list(history) if history else initial_messages(self.env_name, obs, self.s.prompts)
-
-        async def first_turn(agent_seed: int):  # turn 0, drawn here to compare it with ``avoid``
-            comp = await self.engine.chat(base, self.params.replace(seed=derive_seed(agent_seed, 0)),
-                                          affinity=self.prefix)  # one task's rollouts: one server
-            return comp, parse_react(comp.text, multiline=self.multiline).action
-
-        agent_seed = derive_seed(self.s.seed, *key)
         try:
-            comp, action = await first_turn(agent_seed)
-            tries = 0
-            while avoid is not None and action.strip() == avoid.strip() and tries < RETRIES_FOR_A_DIFFERENT_ACTION:
-                tries += 1
-                agent_seed = derive_seed(self.s.seed, *key, "retry", tries)
-                comp, action = await first_turn(agent_seed)
+            drawn = await self._first_turn(base, key, avoid)
         except ContextLengthError:
             self.counters["rollouts_context_length"] += 1
-            return None if n is not None else PolicyPlay([], [], [], 0.0, obs, {}, None)
-        if avoid is not None and action.strip() == avoid.strip():
+            return None if n is not None else Play([], obs, {}, [], outcome=0.0)
+        if drawn is None:
             return None
-        branch = Branch(seed=agent_seed, state=state, obs=obs, history=base, first=comp, n=n, marks=marks,
-                        on_mark=None if on_mark is None else lambda k, p: on_mark(k, _policy_play(p, None)),
-                        save_prefix=self.prefix)
-        h = self.engine.sibling(self.handle)
-        try:
-            play = await self.engine.play_from(h, branch, params=self.params, affinity=self.prefix)
-        finally:
-            self.engine.release(h)
+        seed, first = drawn
+        play = await self.link.play_from(Branch(seed, state, obs, base, first, n, marks, on_mark, self.prefix),
+                                         self.params, affinity=self.prefix)
         self.counters["env_steps"] += len(play.steps)
-        if play.stop_reason == "context_length":  # ends unfinished: outcome 0, like a truncated episode
+        if play.stop_reason == "context_length":
             self.counters["rollouts_context_length"] += 1
-            return _policy_play(play, 0.0)
-        return _policy_play(play, play.reward if play.stop_reason else None)
+            play.outcome = 0.0
+        return play
 
     # ---------------------------------------------------------------- the three primitives
     async def rollout(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None) -> float:
@@ -292,19 +345,19 @@ class TaskLabeler:
 
     async def rollout_play(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None,
                            marks: frozenset[int] = frozenset(),
-                           on_mark: Callable[[int, PolicyPlay], None] | None = None) -> PolicyPlay:
+                           on_mark: Callable[[int, Play], None] | None = None) -> Play:
         """One rollout to the end; a chat policy's play is returned whole (an agent's: the outcome
-        only); ``marks``/``on_mark`` as in :meth:`_chat_play`."""
+        only); ``marks``/``on_mark`` as in :class:`Branch`."""
         async with self.slots:
             self.counters["restores"] += 1
             self.counters["rollouts"] += 1
             self.live["rollouts_in_flight"] += 1
             try:
                 if self.is_agent:
-                    outcome, steps = await self._run("worker_rollout", state, obs, info, self.s.policy,
-                                                     derive_seed(self.s.seed, *key))
+                    outcome, steps = await self.link.run("worker_rollout", state, obs, info, self.s.policy,
+                                                         derive_seed(self.s.seed, *key))
                     self.counters["env_steps"] += steps
-                    play = PolicyPlay([], [], [], outcome, obs, info, None)
+                    play = Play([], obs, info, [], outcome=outcome)
                 else:
                     play = await self._chat_play(state, obs, history, key, None, marks=marks, on_mark=on_mark)
             finally:
@@ -313,7 +366,7 @@ class TaskLabeler:
             return play
 
     async def policy_steps(self, state: str, obs: str, info: dict, n: int, key: tuple, avoid: str | None = None,
-                           history: list[dict] | None = None) -> PolicyPlay | None:
+                           history: list[dict] | None = None) -> Play | None:
         async with self.slots:
             self.counters["restores"] += 1
             if not self.is_agent:
@@ -322,17 +375,17 @@ class TaskLabeler:
             if avoid is not None:
                 seeds += [derive_seed(self.s.seed, *key, "retry", i)
                           for i in range(1, RETRIES_FOR_A_DIFFERENT_ACTION + 1)]
-            play, steps = await self._run("worker_policy_steps", state, obs, info, n, self.s.policy, seeds, avoid,
-                                          self._name())
-            self.counters["env_steps"] += steps
-            return None if play is None else PolicyPlay(**play)
+            play = await self.link.run("worker_policy_steps", state, obs, info, n, self.s.policy, seeds, avoid,
+                                       self._name())
+            self.counters["env_steps"] += 0 if play is None else len(play.steps)
+            return play
 
     async def entropy(self, state: str, obs: str, info: dict, samples: int, key: tuple,
                       history: list[dict] | None = None) -> float:
         seeds = [derive_seed(self.s.seed, *key, "entropy", i) for i in range(samples)]
         if self.is_agent:
             async with self.slots:
-                return entropy_of(await self._run("worker_first_actions", state, obs, info, self.s.policy, seeds))
+                return entropy_of(await self.link.run("worker_first_actions", state, obs, info, self.s.policy, seeds))
         from hpl_data.policies import ContextLengthError
         from hpl_envs.prompts import initial_messages
         from hpl_envs.react import parse_react
@@ -342,8 +395,7 @@ class TaskLabeler:
         async def sample(seed: int) -> str:
             async with self.slots:
                 try:
-                    comp = await self.engine.chat(messages, self.params.replace(seed=derive_seed(seed, 0)),
-                                                affinity=self.prefix)
+                    comp = await self.link.chat(messages, self.params.replace(seed=derive_seed(seed, 0)), self.prefix)
                 except ContextLengthError:
                     return ""
                 return parse_react(comp.text, multiline=self.multiline).action
@@ -354,8 +406,18 @@ class TaskLabeler:
     async def value(self, state: str, obs: str, info: dict, key: tuple, history: list[dict] | None = None) -> Value:
         """Mean outcome of policy rollouts from a snapshot: ``first_rollouts`` of them (M; in
         adaptive mode ``min_rollouts``, or one with curtailment), :meth:`extend` adds more."""
-        v = Value(0.0, 0.0, 0, [], (state, obs, info, key, history))
+        v = Value(0.0, 0.0, 0, [], Source(state, obs, info, key, history))
         await self.extend(v, self.first_rollouts)
+        return v
+
+    async def value_with(self, rollout0: asyncio.Future, source: Source) -> Value:
+        """A value whose rollout 0 is already under way (a shared play's episode): it and rollouts
+        1.. of the first batch, gathered together."""
+        state, obs, info, key, history = source
+        plays = await asyncio.gather(rollout0, *(self.rollout(state, obs, info, (*key, m), history)
+                                                 for m in range(1, self.first_rollouts)))
+        v = Value(0.0, 0.0, 0, [], source)
+        add(v, [plays[0].outcome, *plays[1:]])
         return v
 
     async def extend(self, v: Value, n: int) -> None:
@@ -457,52 +519,117 @@ async def expert_entropies(lab: TaskLabeler, expert: str, task_id: str, samples:
                     msgs[: 1 + 2 * t]) for t in range(len(ex["steps"])))))
 
 
-async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, levels: set[str],
-                     groups: list[tuple[int, int]], segmenter: str) -> tuple[list[dict], list[dict]]:
-    """Step and group pairs for one task, from its expert pass.
+# ----------------------------------------------------------------------------- one task's pairs
+@dataclass
+class Comparison:
+    """A pair to be: the policy's play (None: it had no alternative or could not act) and its
+    value, against the expert's value."""
+
+    play: Play | None
+    rejected: Value | None
+    chosen: Value | None
+
+
+@dataclass
+class PairRows:
+    """Rows of step_pairs and group_pairs (one task's, or a run's)."""
+
+    step: list[dict]
+    group: list[dict]
+
+
+def pair_row(base: dict, env_name: str, *, level: str, start: int, length: int, prompt: list[dict],
+             chosen: list[dict], rejected: list[dict], values: tuple[Value, Value], n_rollouts: int,
+             segmenter: str) -> dict:
+    """One row of step_pairs or group_pairs (schema :data:`hpl_data.parquet.MC_PAIRS`): the
+    expert's turns over the policy's, from ``start`` for ``length`` actions, with both values."""
+    v_chosen, v_rejected = values
+    delta = v_chosen.mean - v_rejected.mean
+    lb, db = buckets(env_name, length, delta)
+    return {**base, "prompt": prompt, "chosen": chosen, "rejected": rejected, "level": level, "group_start": start,
+            "group_length": length, "chosen_reward": v_chosen.mean, "rejected_reward": v_rejected.mean,
+            "chosen_std": v_chosen.std, "rejected_std": v_rejected.std, "n_rollouts": n_rollouts, "delta_r": delta,
+            "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}", "segmenter": segmenter,
+            "chosen_outcomes": list(v_chosen.outcomes), "rejected_outcomes": list(v_rejected.outcomes)}
+
+
+def play_messages(play: Play, env_name: str) -> list[dict]:
+    """A play's turns as a conversation: assistant turns with the observations between them."""
+    messages = []
+    for i, turn in enumerate(play.turns):
+        messages.append({"role": "assistant", "content": turn})
+        if i + 1 < len(play.turns):
+            messages.append({"role": "user", "content": format_observation(play.observations[i], env_name)})
+    return messages
+
+
+def _done(value: Value) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
+class TaskPlan:
+    """One task's plan, from its expert pass: the expert's values, the policy's plays and the
+    pairs they make. Built on the engine's loop; :meth:`pairs` labels it.
 
     Every policy play and value is started at once (their rollouts share the run's budget); the
-    pairs are then settled and written in a fixed order (step pairs by t, then groups).
+    pairs are then settled and written in a fixed order (step pairs by t, then groups). One
+    rollout tree (chat policies, ``share_rollouts``): rollout 0 from expert state t starts with a
+    policy action at t, so its first action is the step alternative at t (when it differs from the
+    expert's) and its first n actions are the policy's play of a group starting at t; the rest of it
+    is one rollout of that play's value. Same distributions, fewer LLM calls.
     """
-    s, env_name, counters = lab.s, lab.env_name, lab.counters
-    T = len(ex["steps"])
-    messages = episode_messages(env_name, ex, s.prompts)
-    tid = ex["task_id"]
-    values: dict[int, asyncio.Task] = {T: _done(Value(ex["reward"], 0.0, 0))}
-    estimated: list[Value] = []
-    first: dict[int, asyncio.Task] = {}  # t -> rollout 0 from expert state t, whole (shared plays)
-    n0 = lab.first_rollouts
-    # One rollout tree (chat policies): rollout 0 from expert state t starts with a policy action
-    # at t, so its first action is the step alternative at t (when it differs from the expert's)
-    # and its first n actions are the policy's play of a group starting at t; the rest of it is
-    # one rollout of that play's value. Same distributions, fewer LLM calls.
-    share = s.share_rollouts and not lab.is_agent
-    planned = ({t + 1 for t in range(T)} if "step" in levels else set()) | (
-        {b for _, b in groups} if "group" in levels else set())
-    planned.discard(T)
-    marks_at = {t: frozenset(({1} if "step" in levels else set())
-                             | {b - a for a, b in groups if a == t and "group" in levels}) for t in planned}
 
-    def source(t: int) -> tuple:
-        return ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (tid, "exp", t), messages[: 1 + 2 * t]
+    def __init__(self, lab: TaskLabeler, split: str, ex: dict, *, expert: str, levels: set[str],
+                 groups: list[tuple[int, int]], segmenter: str) -> None:
+        s = lab.s
+        self.lab, self.ex, self.segmenter = lab, ex, segmenter
+        self.length = len(ex["steps"])
+        self.step_level = "step" in levels
+        self.groups = list(groups) if "group" in levels else []
+        self.messages = episode_messages(lab.env_name, ex, s.prompts)
+        self.base_row = {"env": lab.env_name, "split": split, "task_id": ex["task_id"], "task_type": ex["task_type"],
+                         "policy_id": s.policy, "expert_id": expert, "seed": s.seed, "n_rollouts": s.rollouts}
+        self.share = s.share_rollouts and not lab.is_agent
+        planned = ({t + 1 for t in range(self.length)} if self.step_level else set()) | {b for _, b in self.groups}
+        planned.discard(self.length)
+        self.planned = planned  # expert states whose values the pairs ask for
+        self.marks_at = {t: frozenset(({1} if self.step_level else set()) | {b - a for a, b in self.groups if a == t})
+                         for t in planned}  # plays rollout 0 from t gives: after k actions
+        self.values: dict[int, asyncio.Future] = {self.length: _done(Value(ex["reward"], 0.0, 0))}
+        self.rollout0: dict[int, asyncio.Future] = {}  # t -> rollout 0 from expert state t, whole
+        self.marked: dict[int, dict[int, asyncio.Future]] = {}  # t -> k -> rollout 0 after k actions (or None)
+        self.estimated: list[Value] = []  # every estimated value (adaptive: rollouts saved)
+        self.requested: set[int] = set()
 
-    async def shared_value(t: int) -> Value:
-        state, obs, info, key, history = src = source(t)
-        plays = await asyncio.gather(first[t], *(lab.rollout(state, obs, info, (*key, m), history)
-                                                 for m in range(1, n0)))
-        v = Value(0.0, 0.0, 0, [], src)
-        add(v, [plays[0].outcome, *plays[1:]])
-        return v
+    def source(self, t: int) -> Source:
+        """Expert state t as the start of rollouts."""
+        ex = self.ex
+        return Source(ex["states"][t], ex["steps"][t]["observation"], ex["infos"][t], (ex["task_id"], "exp", t),
+                      self.messages[: 1 + 2 * t])
 
-    requested: set[int] = set()
+    # ---------------------------------------------------------------- values and plays
+    def expert_value(self, t: int, count: bool = True) -> asyncio.Future:
+        """The value of expert state t, started once (with rollout 0 as the shared plays' source)."""
+        if count:
+            self.lab.counters["values_reused"] += t in self.requested
+            self.requested.add(t)
+        if t not in self.values:
+            if self.share and t in self.planned:
+                self._start_rollout0(t)
+                self.values[t] = asyncio.ensure_future(self.lab.value_with(self.rollout0[t], self.source(t)))
+            else:
+                self.values[t] = asyncio.ensure_future(self.lab.value(*self.source(t)))
+            self.values[t].add_done_callback(
+                lambda f: self.estimated.append(f.result()) if not f.cancelled() and f.exception() is None else None)
+        return self.values[t]
 
-    marked: dict[int, dict[int, asyncio.Future]] = {}  # t -> k -> rollout 0's play after k actions (or None)
+    def _start_rollout0(self, t: int) -> None:
+        state, obs, info, key, history = self.source(t)
+        futs = self.marked[t] = {k: asyncio.get_running_loop().create_future() for k in self.marks_at[t]}
 
-    def start_first_rollout(t: int) -> None:
-        state, obs, info, key, history = source(t)
-        futs = marked[t] = {k: asyncio.get_running_loop().create_future() for k in marks_at[t]}
-
-        def on_mark(k: int, play: PolicyPlay) -> None:
+        def on_mark(k: int, play: Play) -> None:
             if not futs[k].done():
                 futs[k].set_result(play)
 
@@ -511,133 +638,111 @@ async def label_task(lab: TaskLabeler, split: str, ex: dict, *, expert: str, lev
                 if not f.done():
                     f.set_result(None)
 
-        first[t] = asyncio.ensure_future(lab.rollout_play(state, obs, info, (*key, 0), history, marks_at[t], on_mark))
-        first[t].add_done_callback(ended)
+        self.rollout0[t] = asyncio.ensure_future(
+            self.lab.rollout_play(state, obs, info, (*key, 0), history, self.marks_at[t], on_mark))
+        self.rollout0[t].add_done_callback(ended)
 
-    def v_expert(t: int, count: bool = True) -> asyncio.Task:
-        if count:
-            counters["values_reused"] += t in requested
-            requested.add(t)
-        if t not in values:
-            if share and t in planned:
-                start_first_rollout(t)
-                values[t] = asyncio.ensure_future(shared_value(t))
-            else:
-                values[t] = asyncio.ensure_future(lab.value(*source(t)))
-            values[t].add_done_callback(
-                lambda f: estimated.append(f.result()) if not f.cancelled() and f.exception() is None else None)
-        return values[t]
-
-    async def shared_play(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay, Value] | None:
-        """The first n actions of rollout 0 from expert state ``start`` as a policy play, and its value
-        (that rollout's outcome plus fresh rollouts from the play's end, started as soon as rollout 0
-        gets there); None if it cannot serve."""
-        if start not in marked or n not in marked[start]:
+    async def _shared_play(self, start: int, n: int, key: tuple, avoid: str | None) -> tuple[Play, Value] | None:
+        """The first n actions of rollout 0 from expert state ``start`` as a policy play, and its
+        value (that rollout's outcome plus fresh rollouts from the play's end, started as soon as
+        rollout 0 gets there); None if it cannot serve."""
+        if n not in self.marked.get(start, {}):
             return None
-        play = await marked[start][n]
+        play = await self.marked[start][n]
+        counters = self.lab.counters
         if play is None:  # rollout 0 ended (or failed) within n actions: the whole of it is the play
-            p0 = await first[start]
-            if not p0.actions or len(p0.actions) > n or (avoid is not None and p0.actions[0].strip() == avoid.strip()):
+            whole = await self.rollout0[start]
+            if not whole.actions or len(whole.actions) > n or _same(whole.actions[0], avoid):
                 return None
             counters["plays_shared"] += 1
-            return p0, Value(p0.outcome, 0.0, 0)
-        if avoid is not None and play.actions[0].strip() == avoid.strip():
+            return whole, Value(whole.outcome, 0.0, 0)
+        if _same(play.actions[0], avoid):
             return None
         counters["plays_shared"] += 1
         counters["rollouts_shared"] += 1
-        v = Value(0.0, 0.0, 0, [], (play.state, play.obs, play.info, (*key, "v"), play.history))
-        outcomes = await asyncio.gather(first[start], *(lab.rollout(play.state, play.obs, play.info, (*key, "v", m),
-                                                                    play.history) for m in range(1, n0)))
-        add(v, [outcomes[0].outcome, *outcomes[1:]])
-        estimated.append(v)
+        v = await self.lab.value_with(self.rollout0[start], Source(play.state, play.obs, play.info, (*key, "v"),
+                                                                   play.messages))
+        self.estimated.append(v)
         return play, v
 
-    async def play_and_value(start: int, n: int, key: tuple, avoid: str | None) -> tuple[PolicyPlay | None, Value]:
-        shared = await shared_play(start, n, key, avoid) if share else None
+    async def _play_and_value(self, start: int, n: int, key: tuple, avoid: str | None) -> tuple[Play | None,
+                                                                                               Value | None]:
+        shared = await self._shared_play(start, n, key, avoid) if self.share else None
         if shared is not None:
             return shared
-        play = await lab.policy_steps(ex["states"][start], ex["steps"][start]["observation"], ex["infos"][start], n,
-                                      key, avoid=avoid, history=messages[: 1 + 2 * start])
+        state, obs, info, _, history = self.source(start)
+        play = await self.lab.policy_steps(state, obs, info, n, key, avoid=avoid, history=history)
         if play is None:
             return None, None
         if play.outcome is not None:
             return play, Value(play.outcome, 0.0, 0)
-        v = await lab.value(play.state, play.obs, play.info, (*key, "v"), play.history)
-        estimated.append(v)
+        v = await self.lab.value(play.state, play.obs, play.info, (*key, "v"), play.messages)
+        self.estimated.append(v)
         return play, v
 
-    async def step_pair(t: int):
-        play, v = await play_and_value(t, 1, (tid, "alt", t), ex["steps"][t]["action"])
-        return play, v, (await v_expert(t + 1) if play is not None else None)
+    async def _step_pair(self, t: int) -> Comparison:
+        play, v = await self._play_and_value(t, 1, (self.ex["task_id"], "alt", t), self.ex["steps"][t]["action"])
+        return Comparison(play, v, await self.expert_value(t + 1) if play is not None else None)
 
-    async def group_pair(start: int, end: int):
-        v_exp = v_expert(end)
-        play, v = await play_and_value(start, end - start, (tid, "grp", start, end), None)
-        return play, v, await v_exp
+    async def _group_pair(self, start: int, end: int) -> Comparison:
+        v_expert = self.expert_value(end)
+        play, v = await self._play_and_value(start, end - start, (self.ex["task_id"], "grp", start, end), None)
+        return Comparison(play, v, await v_expert)
 
-    if share:  # the expert values the pairs will ask for, started first: their rollouts 0 feed the plays
-        for t in sorted(planned):
-            v_expert(t, count=False)
-    step_jobs = [asyncio.ensure_future(step_pair(t)) for t in range(T)] if "step" in levels else []
-    group_jobs = [asyncio.ensure_future(group_pair(a, b)) for a, b in groups] if "group" in levels else []
-    try:
-        step_results = [await j for j in step_jobs]
-        group_results = [await j for j in group_jobs]
-    finally:
-        for j in [*step_jobs, *group_jobs, *values.values(), *first.values()]:
-            j.cancel()
-        await asyncio.gather(*step_jobs, *group_jobs, *values.values(), *first.values(), return_exceptions=True)
+    async def _compare(self) -> tuple[list[Comparison], list[Comparison]]:
+        """Every comparison of the task, started together; results in the fixed order."""
+        if self.share:  # the expert values the pairs will ask for, started first: their rollouts 0 feed the plays
+            for t in sorted(self.planned):
+                self.expert_value(t, count=False)
+        step_jobs = [asyncio.ensure_future(self._step_pair(t)) for t in range(self.length)] if self.step_level else []
+        group_jobs = [asyncio.ensure_future(self._group_pair(a, b)) for a, b in self.groups]
+        jobs = [*step_jobs, *group_jobs]
+        try:
+            return [await j for j in step_jobs], [await j for j in group_jobs]
+        finally:
+            everything = [*jobs, *self.values.values(), *self.rollout0.values()]
+            for j in everything:
+                j.cancel()
+            await asyncio.gather(*everything, return_exceptions=True)
 
-    if s.adaptive:  # settle every valued pair (shared values in the fixed order), then write rows
-        await settle_all(lab, [(v_exp, v_alt) for alt, v_alt, v_exp in step_results if alt is not None]
-                         + [(v_exp, v_pol) for pol, v_pol, v_exp in group_results if pol is not None])
-    base = {"env": env_name, "split": split, "task_id": tid, "task_type": ex["task_type"], "policy_id": s.policy,
-            "expert_id": expert, "seed": s.seed, "n_rollouts": s.rollouts}
-    step_rows, group_rows = [], []
-    for t, (alt, v_alt, v_exp) in enumerate(step_results):
-        if alt is None:
-            counters["step_no_alternative"] += 1
-            continue
-        counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
-        delta = v_exp.mean - v_alt.mean
-        if delta <= 0:
-            continue
-        lb, db = buckets(env_name, 1, delta)
-        step_rows.append({**base, "prompt": messages[: 1 + 2 * t], "chosen": [messages[1 + 2 * t]],
-                          "rejected": [{"role": "assistant", "content": alt.turns[0]}],
-                          "level": "step", "group_start": t, "group_length": 1, "chosen_reward": v_exp.mean,
-                          "rejected_reward": v_alt.mean, "chosen_std": v_exp.std, "rejected_std": v_alt.std,
-                          "n_rollouts": max(v_exp.n, v_alt.n) if s.adaptive else s.rollouts,
-                          "delta_r": delta, "length_bucket": lb, "delta_bucket": db, "bucket": f"B{lb}{db}",
-                          "segmenter": "", "chosen_outcomes": list(v_exp.outcomes),
-                          "rejected_outcomes": list(v_alt.outcomes)})
-    for (start, end), (pol, v_pol, v_exp) in zip(groups if "group" in levels else [], group_results):
-        if pol is None:  # the policy could not act here (its context overflowed)
-            counters["group_no_policy_play"] += 1
-            continue
-        counters["pairs_labelled"] += 1
-        delta = v_exp.mean - v_pol.mean
-        if delta <= 0:
-            continue
-        rejected = []
-        for i, turn in enumerate(pol.turns):
-            rejected.append({"role": "assistant", "content": turn})
-            if i + 1 < len(pol.turns):
-                rejected.append({"role": "user", "content": format_observation(pol.observations[i], env_name)})
-        lb, db = buckets(env_name, end - start, delta)
-        group_rows.append({**base, "prompt": messages[: 1 + 2 * start], "chosen": messages[1 + 2 * start: 2 * end],
-                           "rejected": rejected, "level": "group", "group_start": start, "group_length": end - start,
-                           "chosen_reward": v_exp.mean, "rejected_reward": v_pol.mean, "chosen_std": v_exp.std,
-                           "n_rollouts": max(v_exp.n, v_pol.n) if s.adaptive else s.rollouts,
-                           "rejected_std": v_pol.std, "delta_r": delta, "length_bucket": lb, "delta_bucket": db,
-                           "bucket": f"B{lb}{db}", "segmenter": segmenter,
-                           "chosen_outcomes": list(v_exp.outcomes), "rejected_outcomes": list(v_pol.outcomes)})
-    if s.adaptive:  # rollouts a fixed-M run would have drawn for the same values
-        counters["rollouts_saved"] += sum(s.rollouts - v.n for v in estimated)
-    return step_rows, group_rows
+    # ---------------------------------------------------------------- rows
+    async def pairs(self) -> PairRows:
+        """Label the task: its step and group pair rows (pairs with ΔR > 0)."""
+        lab = self.lab
+        steps, groups = await self._compare()
+        if lab.s.adaptive:  # settle every valued pair (shared values in the fixed order), then write rows
+            await settle_all(lab, [(c.chosen, c.rejected) for c in [*steps, *groups] if c.play is not None])
+        step_rows = [self._step_row(t, c) for t, c in enumerate(steps) if self._kept(c, "step_no_alternative")]
+        group_rows = [self._group_row(a, b, c) for (a, b), c in zip(self.groups, groups)
+                      if self._kept(c, "group_no_policy_play")]
+        if lab.s.adaptive:  # rollouts a fixed-M run would have drawn for the same values
+            lab.counters["rollouts_saved"] += sum(lab.s.rollouts - v.n for v in self.estimated)
+        return PairRows(step_rows, group_rows)
+
+    def _kept(self, c: Comparison, missing: str) -> bool:
+        """Counts the comparison; True if it is a pair (the expert's value is higher)."""
+        if c.play is None:  # no alternative action, or the policy could not act (its context overflowed)
+            self.lab.counters[missing] += 1
+            return False
+        self.lab.counters["pairs_labelled"] += 1  # valued comparisons, kept or not (ΔR > 0 keeps them)
+        return c.chosen.mean - c.rejected.mean > 0
+
+    def _n_rollouts(self, c: Comparison) -> int:
+        return max(c.chosen.n, c.rejected.n) if self.lab.s.adaptive else self.lab.s.rollouts
+
+    def _step_row(self, t: int, c: Comparison) -> dict:
+        m = self.messages
+        return pair_row(self.base_row, self.lab.env_name, level="step", start=t, length=1, prompt=m[: 1 + 2 * t],
+                        chosen=[m[1 + 2 * t]], rejected=[{"role": "assistant", "content": c.play.turns[0]}],
+                        values=(c.chosen, c.rejected), n_rollouts=self._n_rollouts(c), segmenter="")
+
+    def _group_row(self, start: int, end: int, c: Comparison) -> dict:
+        m = self.messages
+        return pair_row(self.base_row, self.lab.env_name, level="group", start=start, length=end - start,
+                        prompt=m[: 1 + 2 * start], chosen=m[1 + 2 * start: 2 * end],
+                        rejected=play_messages(c.play, self.lab.env_name), values=(c.chosen, c.rejected),
+                        n_rollouts=self._n_rollouts(c), segmenter=self.segmenter)
 
 
-def _done(value: Value) -> asyncio.Future:
-    fut = asyncio.get_running_loop().create_future()
-    fut.set_result(value)
-    return fut
+def _same(action: str, avoid: str | None) -> bool:
+    return avoid is not None and action.strip() == avoid.strip()

@@ -1,25 +1,20 @@
-"""Episodes of a built-in or user agent on an hpl env, sequentially or in worker processes.
-
-This is the simple runner used by ``hpl-eval`` and ``hpl-gen`` for non-LLM agents: each
-worker process builds its env once and runs whole episodes. A failing episode (agent or env
-exception) is recorded with its error and never stops the run.
+"""The episode record (:class:`Episode`, :class:`Step`), hpl's one seed formula, the ``hpl-eval``
+summary, and :func:`run_episode`: one agent episode in this process, the reference the engine's
+agent episodes are checked against. Runs of many episodes go through
+:class:`hpl_data.engine.RolloutEngine` (``hpl-eval``, ``hpl-gen``), for agents and chat policies alike.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import threading
 import time
 import traceback
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hpl_envs import make_env
 from hpl_envs.agents import steps
 
 
@@ -120,71 +115,6 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _load_env(env_name: str, env_kwargs: dict) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER["env"] = make_env(env_name, **env_kwargs)
-    _WORKER["name"] = env_name
-
-
-def _init_worker(env_name: str, env_kwargs: dict) -> None:
-    ignore_interrupts()
-    _load_env(env_name, env_kwargs)
-
-
-def _run_one(args: tuple[str, str, int]) -> dict:
-    agent_name, task_id, seed = args
-    ep_seed = episode_seed(seed, task_id)
-    from hpl_data.policies import make_agent_from_spec
-
-    agent = make_agent_from_spec(_WORKER["name"], agent_name, seed=ep_seed)
-    return run_episode(_WORKER["env"], agent, _WORKER["name"], task_id, ep_seed).to_dict()
-
-
-def run_episodes(env_name: str, task_ids: list[str], agent: str, *, env_kwargs: dict | None = None,
-                 seed: int = 0, workers: int = 1, on_episode=None, stop: threading.Event | None = None) -> list[dict]:
-    """Run one episode per task id; results come back in task order. Setting ``stop`` (from
-    another thread: this one may run in a thread) ends the run once the episodes in progress are
-    done; the episodes finished until then are returned (and were passed to ``on_episode``)."""
-    env_kwargs = env_kwargs or {}
-    jobs = [(agent, str(t), seed) for t in task_ids]
-    results: list[dict] = []
-    stop = stop or threading.Event()
-    if workers <= 1:
-        _load_env(env_name, env_kwargs)
-        for job in jobs:
-            if stop.is_set():
-                break
-            results.append(_run_one(job))
-            if on_episode:
-                on_episode(results[-1])
-        return results
-    make_env(env_name, **env_kwargs).warm_caches()  # build shared caches once, before the workers
-    if stop.is_set():
-        return results
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(env_name, env_kwargs)) as pool:
-        with interrupts_blocked():  # the first submit starts the workers
-            futures = [pool.submit(_run_one, job) for job in jobs]  # one episode a job: a stop waits for few
-        for fut in futures:
-            res = _result_unless_stopped(fut, stop)
-            if res is None:
-                pool.shutdown(cancel_futures=True)
-                break
-            results.append(res)
-            if on_episode:
-                on_episode(res)
-    return results
-
-
-def _result_unless_stopped(fut: Future, stop: threading.Event, poll_s: float = 0.1) -> dict | None:
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            return fut.result(timeout=poll_s)
-    return None
 
 
 def summarize(env_name: str, split: str, agent: str, episodes: list[dict], wall_s: float) -> dict:

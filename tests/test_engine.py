@@ -91,6 +91,27 @@ def test_user_agent_by_spec_and_bad_specs():
     assert "no-such-task" in eps[0]["error"]
 
 
+def test_release_agent_records_equal_the_local_runner():
+    """hpl-gen collects agent episodes through the engine (EngineConfig.release_agent_records): each
+    record equals rollout.run_episode's, field for field (the agent's own name, no stop reason), but
+    the wall time; without the option the engine records the spec and why the episode stopped."""
+    from hpl_data.policies import make_agent_from_spec
+
+    ids = make_env("alfworld").task_ids("valid_unseen")[:2]
+    kwargs = {"max_turns": 5}
+    eps, _ = run_rollouts("alfworld", ids, "example_agents:make", env_kwargs=kwargs,
+                          config=EngineConfig(workers=1, concurrency=2, release_agent_records=True))
+    env = make_env("alfworld", **kwargs)
+    for tid, ep in zip(ids, eps):
+        s = episode_seed(0, tid)
+        ref = run_episode(env, make_agent_from_spec("alfworld", "example_agents:make", seed=s), "alfworld", tid, s)
+        assert {**ep, "seconds": 0} == {**ref.to_dict(), "seconds": 0}
+        assert ep["agent"] == "first-admissible" and ep["stop_reason"] == "" and ep["truncated"]
+    eps, _ = run_rollouts("alfworld", ids[:1], "example_agents:make", env_kwargs=kwargs,
+                          config=EngineConfig(workers=1))
+    assert eps[0]["agent"] == "example_agents:make" and eps[0]["stop_reason"] == "max_turns"
+
+
 def test_episode_timeout_and_hung_worker_are_recorded():
     """A too-slow episode fails with 'episode timeout'; a worker stuck past env_timeout_s is killed,
     restarted, and the episode gives up after max_restarts; both are recorded, the run ends."""
