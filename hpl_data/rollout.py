@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 import traceback
 import zlib
@@ -96,14 +97,21 @@ WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 @contextlib.contextmanager
 def interrupts_blocked() -> Iterator[None]:
-    """Start worker processes inside this: they begin life with SIGINT and SIGTERM blocked (in this
-    thread only: the main thread still takes them) until :func:`ignore_interrupts` in the worker.
-    Without it, a signal to the process group while a worker is still starting (importing, or a
-    forked copy still holding the parent's handlers) prints that worker's traceback."""
+    """Start worker processes inside this: they begin life ignoring SIGINT (and, forked, with SIGINT
+    and SIGTERM blocked) until :func:`ignore_interrupts` in the worker. Without it, a signal to the
+    process group while a worker is still starting (importing, or a forked copy still holding the
+    parent's handlers) prints that worker's traceback. A spawned worker starts with an empty signal
+    mask, so the mask alone does not cover it; an ignored SIGINT survives its exec. In the parent
+    nothing is lost: the signals stay blocked while SIGINT is ignored (Linux keeps a blocked signal
+    pending whatever its action), and one that arrived is delivered once the handler is back."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     try:
         yield
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, handler if handler is not None else signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
