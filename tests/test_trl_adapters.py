@@ -161,7 +161,7 @@ def oracle_calls(env: WebShopToolEnv, task_id: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tool_calling_model(tmp_path_factory, webshop_tools):
+def tool_calling_model(tmp_path_factory):
     """The tests' tiny Qwen2 with Qwen2.5's chat template (TRL knows how to parse its tool calls),
     taught one completion: the oracle's calls for TASK (search, click the product, buy). A random
     model this small never emits a parseable call; this one does, so the trainer's own generation,
@@ -186,14 +186,14 @@ def tool_calling_model(tmp_path_factory, webshop_tools):
     labels = torch.tensor([[-100] * len(prompt_ids) + target])
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
+    for _ in range(300):  # ~130 steps: mean loss 3e-3 is sharp enough for sampling at temperature 0.5
         loss = model(input_ids=ids, labels=labels).loss
-        if loss.item() < 1e-3:
+        if loss.item() < 3e-3:
             break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 1e-3, loss.item()
+    assert loss.item() < 3e-3, loss.item()
     model.save_pretrained(path)
     return path, completion
 
