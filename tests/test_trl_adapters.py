@@ -8,6 +8,7 @@ go through TRL's parsing and loop into the env, and the env's rewards reach the 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -21,7 +22,7 @@ from hpl_envs.integrations.trl import (
     adapter,
     task_prompts,
 )
-from hpl_envs.registry import load_entry_point, profile
+from hpl_envs.registry import PROFILES, load_entry_point, profile
 
 
 def call_tool(env: ToolEnv, action: str) -> str:
@@ -77,6 +78,28 @@ def test_oracle_through_the_tools_reaches_reward_1(request, fixture, tasks):
         assert (reward, env.won) == (1.0, True), (task_id, env.actions)
         assert calls == len(env.actions) >= 2
         assert env.get_reward() == 1.0  # what TRL reads after the rollout
+
+
+def tool_names(cls: type[ToolEnv]) -> list[str]:
+    """The methods TRL exposes as tools (its rule: public functions of the class but reset/get_reward)."""
+    return [n for n, _ in inspect.getmembers(cls, predicate=inspect.isfunction)
+            if n not in ("reset", "get_reward") and not n.startswith("_")]
+
+
+def test_every_env_has_a_tool_class_whose_tools_trl_can_describe():
+    from transformers.utils import get_json_schema
+
+    expected = {"webshop": ["click", "search"], "alfworld": ["act"], "intercode-sql": ["execute", "submit"]}
+    assert set(expected) == set(PROFILES)
+    for name in PROFILES:
+        cls = adapter(name)
+        assert cls.env_name == name and tool_names(cls) == expected[name]
+        bare = object.__new__(cls)  # bound methods, as TRL reads them from an instance
+        for tool in tool_names(cls):
+            schema = get_json_schema(getattr(bare, tool))["function"]
+            assert schema["description"] and all(v["type"] == "string" and v["description"]
+                                                 for v in schema["parameters"]["properties"].values())
+    assert adapter("sql") is InterCodeSqlToolEnv
 
 
 def test_bad_tool_input_gets_the_envs_answer_and_never_raises(webshop_tools, alfworld_tools, sql_tools):

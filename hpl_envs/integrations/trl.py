@@ -13,7 +13,8 @@ InterCode-SQL returns ``Error executing query: ...``. Nothing a model sends rais
 trainer. Nothing here imports TRL: the classes only follow its protocol.
 
 ``functools.partial(WebShopToolEnv, split="dev", seed=3)`` is a factory with other arguments;
-:func:`task_prompts` yields the dataset rows (one per task of a split) that ``reset`` reads.
+:func:`task_prompts` yields the dataset rows (one per task of a split) that ``reset`` reads. Each
+env's profile names its class (``EnvProfile.tool_env``; :func:`adapter` loads it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from hpl_envs.core import HplTextEnv
-from hpl_envs.registry import EnvProfile, canonical, make_env, profile
+from hpl_envs.registry import EnvProfile, load_entry_point, make_env, profile
 
 
 class ToolEnv:
@@ -84,7 +85,7 @@ class ToolEnv:
     @property
     def done(self) -> bool:
         """The episode is over (terminated or out of turns): tools now change nothing."""
-        return self._env.episode_over
+        return bool(self._info) and self._env.episode_over
 
     @property
     def won(self) -> bool:
@@ -213,13 +214,12 @@ class InterCodeSqlToolEnv(ToolEnv):
         return f"Question: {observation}"
 
 
-ADAPTERS: dict[str, type[ToolEnv]] = {cls.env_name: cls for cls in (WebShopToolEnv, AlfWorldToolEnv,
-                                                                        InterCodeSqlToolEnv)}
-
-
 def adapter(env: str) -> type[ToolEnv]:
-    """The TRL environment class of an env name (aliases accepted)."""
-    return ADAPTERS[canonical(env)]
+    """The TRL environment class of an env name (aliases accepted), as its profile names it."""
+    p = profile(env)
+    if p.tool_env is None:
+        raise ValueError(f"{p.name}: no TRL environment class (EnvProfile.tool_env)")
+    return load_entry_point(p.tool_env)
 
 
 def task_prompts(env: str, split: str, *, limit: int | None = None, shuffle_seed: int | None = None,
