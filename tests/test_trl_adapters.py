@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 
 import pytest
 
@@ -156,14 +155,17 @@ TASK = "3"  # a WebShop test task the oracle buys in three actions (no options t
 
 
 class CountingWebShop(WebShopToolEnv):
-    """The adapter, recording what reaches the env and what ``get_reward`` hands to the trainer."""
+    """The adapter, recording the actions that reach the env and what ``get_reward`` hands to the trainer."""
 
     calls: list[str] = []
     rewards: list[float] = []
 
     def _act(self, action: str) -> str:
-        CountingWebShop.calls.append(action)
-        return super()._act(action)
+        taken = len(self.actions)
+        observation = super()._act(action)
+        if len(self.actions) > taken:
+            CountingWebShop.calls.append(action)
+        return observation
 
     def get_reward(self) -> float:
         reward = super().get_reward()
@@ -245,8 +247,13 @@ def test_trl_parses_the_scripted_calls_and_they_change_the_env(tool_calling_mode
 
 
 def test_grpo_trainer_trains_through_the_adapter(tool_calling_model, tmp_path, monkeypatch):
-    """Two GRPOTrainer steps on WebShop: the model's calls reach the env through TRL's tool loop
-    and each rollout's reward is the env's ``get_reward()``, as the trainer logs it."""
+    """Two GRPOTrainer steps on WebShop: the model's calls reach the env through TRL's tool loop,
+    each rollout's reward is the env's ``get_reward()`` as the trainer logs it, and a group whose
+    rewards differ moves the model. The factory alternates two configurations of the same task: the
+    second ends the episode after 2 actions (``max_turns=2``), so its "buy now" comes too late and
+    scores 0 while the first scores 1.0 -- the same prompt, the same calls, different env rewards."""
+    import itertools
+
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -255,26 +262,36 @@ def test_grpo_trainer_trains_through_the_adapter(tool_calling_model, tmp_path, m
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     path, _ = tool_calling_model
     CountingWebShop.calls, CountingWebShop.rewards = [], []
+    turns = itertools.cycle([10, 2])  # TRL keeps a pool of instances, one per rollout of a batch
     dataset = Dataset.from_list([row for row in task_prompts("webshop", "test") if row["task_id"] == TASK])
     config = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=2, per_device_train_batch_size=2,
                         num_generations=2, max_completion_length=1536, max_tool_calling_iterations=1,
-                        temperature=0.5,
-                        learning_rate=1e-6, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-                        dataloader_num_workers=0)
+                        temperature=0.5, learning_rate=1e-5, logging_steps=1, report_to="none",
+                        save_strategy="no", seed=0, dataloader_num_workers=0)
     trainer = GRPOTrainer(model=str(path), args=config, train_dataset=dataset,
                           processing_class=AutoTokenizer.from_pretrained(path),
-                          environment_factory=lambda: CountingWebShop(split="test"))
+                          environment_factory=lambda: CountingWebShop(split="test", max_turns=next(turns)))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
 
     logs = [entry for entry in trainer.state.log_history if "rewards/CountingWebShop/mean" in entry]
     assert len(logs) == 2
-    per_step = [CountingWebShop.rewards[i:i + 2] for i in (0, 2)]
-    assert len(CountingWebShop.rewards) == 4  # one get_reward per rollout, 2 rollouts x 2 steps
-    for entry, rewards in zip(logs, per_step, strict=True):
-        assert entry["rewards/CountingWebShop/mean"] == pytest.approx(sum(rewards) / 2)
-        assert entry["reward"] == pytest.approx(sum(rewards) / 2)  # the env is the only reward source
-    assert max(CountingWebShop.rewards) == 1.0  # purchases made by the model's own calls
-    assert CountingWebShop.calls.count("click[buy now]") == CountingWebShop.rewards.count(1.0)
-    assert len(CountingWebShop.calls) >= 3 and CountingWebShop.calls[0].startswith("search[")
-    assert sum(entry.get("tools/call_frequency", 0) for entry in logs) > 0
-    assert os.environ.get("TRL_EXPERIMENTAL_SILENCE") == "1"
+    rewards = CountingWebShop.rewards  # one get_reward per rollout, 2 rollouts x 2 steps
+    assert [sorted(rewards[:2]), sorted(rewards[2:])] == [[0.0, 1.0]] * 2
+    for entry in logs:
+        assert entry["rewards/CountingWebShop/mean"] == pytest.approx(0.5)
+        assert entry["reward"] == pytest.approx(0.5)  # the env is the only reward source
+        assert entry["reward_std"] == pytest.approx(2 ** -0.5) and entry["grad_norm"] > 0
+        assert entry["tools/call_frequency"] == 3  # per rollout: search, click, buy now
+    # what reached the env: 3 actions of the full episode, 2 of the short one (its "buy now" was refused)
+    search, click, buy = (f"{c['name']}[{next(iter(c['arguments'].values()))}]"
+                          for c in oracle_calls(WebShopToolEnv(split="test"), TASK))
+    calls = CountingWebShop.calls
+    assert (len(calls), calls.count(search), calls.count(click), calls.count(buy)) == (10, 4, 4, 2)
+    assert any(not torch_equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b.detach())
