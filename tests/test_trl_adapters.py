@@ -107,24 +107,26 @@ def test_bad_tool_input_gets_the_envs_answer_and_never_raises(webshop_tools, alf
         assert webshop_tools.click(element) == page  # the original shows the same page again
         assert webshop_tools.info["action_valid"] is False
     assert webshop_tools.search("") == page
+    assert webshop_tools.search("pillow " * 200_000) == page  # 1.4 MB: over the env's action length
     assert "Page 1" in webshop_tools.search("pillow\ncover")  # a newline is a space in a query
     assert webshop_tools.actions[-1] == "search[pillow cover]"
 
     alfworld_tools.reset(task_id=alfworld_tools.env.task_ids("valid_seen")[0])
-    for command in ("", "fly to the moon", "go to desk 1\nlook", 12):
+    for command in ("", "fly to the moon", "go to desk 1\nlook", 12, "go to " + "x" * 1_000_000):
         assert alfworld_tools.act(command) == "Nothing happens."
 
     sql_tools.reset(task_id="0")
     assert sql_tools.execute("SELEC * FRM people").startswith("Error executing query:")
     assert sql_tools.execute("SELECT * FROM no_such_table").startswith("Error executing query:")
     assert sql_tools.execute("").startswith("Error executing query:")
+    assert sql_tools.execute("SELECT " + "1," * 500_000 + "1").startswith("Error executing query:")
     for not_sql in ("submit", "skip"):  # execute never ends the episode
         assert sql_tools.execute(not_sql).startswith("Error executing query:") and not sql_tools.done
     assert sql_tools.get_reward() == 0.0
     sql_tools.submit()
     assert sql_tools.done
     assert sql_tools.execute("SHOW TABLES").startswith("The episode is over")  # after the end: text, no raise
-    assert len(sql_tools.actions) == 4  # the refused 'submit'/'skip' never reached the env
+    assert len(sql_tools.actions) == 5  # the refused 'submit'/'skip' never reached the env
 
 
 def test_reset_draws_tasks_from_the_split_by_seed():
