@@ -36,6 +36,7 @@ class EnvProfile:
     record_id_prefixes: tuple[str, ...] = ()  # what ETO/IPR put before a task id in their records' ids
     episode_cache_kwarg: str | None = None  # constructor kwarg sizing the per-process game cache
     reward_range_when: dict[str, dict[Any, tuple[float, float]]] = field(default_factory=dict)
+    tool_env: str | None = None  # "module:Class": the env as a TRL environment_factory class (its actions as tools)
 
     def outcome_bounds(self, env_kwargs: dict | None = None) -> tuple[float, float]:
         """(min, max) episode outcome for these constructor arguments."""
@@ -67,21 +68,23 @@ PROFILES: dict[str, EnvProfile] = {
         success_key="reward", reward_range=(0.0, 1.0), expert_min_reward=0.8, length_thresholds=(0, 2, 4),
         agents={"oracle": "hpl_envs.webshop.agents:WebShopOracle",
                 "heuristic": "hpl_envs.webshop.agents:WebShopHeuristic"},
-        observation_separator="\n", record_id_prefixes=("webshop_",)),
+        observation_separator="\n", record_id_prefixes=("webshop_",),
+        tool_env="hpl_envs.integrations.trl:WebShopToolEnv"),
     "alfworld": EnvProfile(
         "alfworld", "hpl/ALFWorld-v0", "hpl_envs.alfworld.env:AlfWorldEnv", max_turns=30,
         eval_splits=("valid_seen", "valid_unseen"), success_key="won", reward_range=(0.0, 1.0),
         expert_min_reward=1.0, length_thresholds=(0, 3, 6), episode_cache_kwarg="cache_games",
         agents={"oracle": "hpl_envs.alfworld.agents:AlfWorldOracle",
                 "heuristic": "hpl_envs.alfworld.agents:AlfWorldHeuristic"},
-        record_id_prefixes=("alfworld_",)),
+        record_id_prefixes=("alfworld_",), tool_env="hpl_envs.integrations.trl:AlfWorldToolEnv"),
     "intercode-sql": EnvProfile(
         "intercode-sql", "hpl/InterCodeSQL-v0", "hpl_envs.intercode_sql.env:InterCodeSqlEnv", max_turns=10,
         eval_splits=("test",), success_key="reward", reward_range=(-1.0, 1.0), expert_min_reward=1.0,
         length_thresholds=(0, 2, 4), multiline_actions=True, reward_range_when={"kendall_tau": {False: (0.0, 1.0)}},
         agents={"oracle": "hpl_envs.intercode_sql.agents:SqlOracle",
                 "heuristic": "hpl_envs.intercode_sql.agents:SqlHeuristic"},
-        action_fence="sql", unfenced_actions=("submit", "skip"), record_id_prefixes=("intercode_sql_", "sql_")),
+        action_fence="sql", unfenced_actions=("submit", "skip"), record_id_prefixes=("intercode_sql_", "sql_"),
+        tool_env="hpl_envs.integrations.trl:InterCodeSqlToolEnv"),
 }
 ENVS: dict[str, dict[str, Any]] = {  # the older dict view, kept for callers that read it
     n: {"gym_id": p.gym_id, "entry_point": p.entry_point, "max_turns": p.max_turns} for n, p in PROFILES.items()}

@@ -1,0 +1,1 @@
+"""hpl's envs for other trainers and agent frameworks (nothing here imports ``hpl_data``)."""
