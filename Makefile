@@ -64,8 +64,11 @@ demo: venv
 	  --out $(DEMO_OUT)
 	@echo "Preference data written under $(DEMO_OUT)/ ({traj,step,group}_pairs.parquet, trajectories_*.parquet, manifest.json)"
 
+# Two pytest workers (pytest-xdist): the suite waits on servers and subprocesses much of the time, so a
+# 2-core machine runs it faster with both busy; worksteal balances the long tests. TEST_JOBS=0: serial.
+TEST_JOBS ?= 2
 test: venv system-deps docker-engine
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal) tests
 
 # ruff (complexity <= 15 and <= 50 statements per function in package code: pyproject) and the
 # import contracts (layers hpl_train > hpl_data > hpl_envs, no cycles: pyproject [tool.importlinter]).

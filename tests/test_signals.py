@@ -40,9 +40,15 @@ def commands(url: str) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+# SIGINT as a terminal gives it: a shell starts background jobs (a CI script's, a nohup'd suite) with
+# SIGINT ignored, which children inherit and Python then keeps; the command must see Ctrl-C as a user would
+LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "sys.argv[0] = sys.argv[1]; del sys.argv[1]; runpy.run_module(sys.argv[0], run_name='__main__')")
+
+
 def start(module: str, args: list[str], out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, module, *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for_workers(p: subprocess.Popen) -> tuple[dict, float]:
