@@ -8,6 +8,7 @@ and act on the observations the server sends.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -322,3 +323,42 @@ def test_cli_token_and_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_docker_image_serves_on_loopback():
+    """docker/env-server.Dockerfile, built offline (hpl_data.serve.image), runs hpl-serve on the host's
+    127.0.0.1 (host networking, no bridge); OpenEnv's client plays through it; SIGTERM stops it."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - any failure to reach an engine
+        pytest.skip(f"no Docker engine answers here (make docker-engine starts one): {str(e)[:200]}")
+    from hpl_data.serve.image import build
+
+    tag = build(client)
+    port = free_port()
+    data = os.environ["HPL_DATA_DIR"]
+    container = client.containers.run(tag, ["--env", "webshop", "--workers", "1", "--port", str(port)],
+                                      network_mode="host", volumes={data: {"bind": "/data", "mode": "ro"}},
+                                      labels={"hpl.role": "env-server-test"}, detach=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs()[-2000:]
+            assert time.monotonic() < deadline, container.logs()[-2000:]
+            try:
+                if HTTP.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        with HplEnvClient(base_url=url).sync() as env:
+            assert env.reset(task_id="3").observation.task_id == "3"
+            assert "Page 1" in env.step("search[dual band streaming media player]").observation.text
+        container.stop(timeout=20)  # SIGTERM
+        assert container.wait(timeout=30)["StatusCode"] == 128 + signal.SIGTERM
+        assert b"terminated (SIGTERM)" in container.logs()
+    finally:
+        container.remove(force=True)

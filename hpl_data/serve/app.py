@@ -33,7 +33,6 @@ from openenv.core.env_server.types import (
     StepRequest,
     StepResponse,
     WSErrorCode,
-    WSObservationResponse,
     WSResetMessage,
     WSStateResponse,
     WSStepMessage,
@@ -249,15 +248,20 @@ async def _answer(raw: str, manager: SessionManager, session_id: str) -> str | N
             data = WSResetMessage(**message).data
             request = ResetRequest(**data)
             obs = await manager.reset(session, data.get("task_id"), request.seed, request.episode_id)
-            return WSObservationResponse(data=serialize_observation(obs)).model_dump_json()
+            return _observation_message(obs)
         if kind == "step":
             obs = await manager.step(session, _action(WSStepMessage(**message).data))
-            return WSObservationResponse(data=serialize_observation(obs)).model_dump_json()
+            return _observation_message(obs)
         if kind == "state":
             return WSStateResponse(data=session.state().model_dump()).model_dump_json()
     except ValidationError as e:
         raise SessionError(422, f"Invalid message: {_first_error(e)}", WSErrorCode.VALIDATION_ERROR) from None
     raise SessionError(400, f"Unknown message type: {kind!r}", WSErrorCode.UNKNOWN_TYPE)
+
+
+def _observation_message(obs: HplObservation) -> str:
+    """OpenEnv's ``WSObservationResponse`` as JSON, written directly (the hot path of every step)."""
+    return json.dumps({"type": "observation", "data": serialize_observation(obs)})
 
 
 # --- limits and auth, for HTTP and WebSocket alike

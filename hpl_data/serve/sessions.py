@@ -205,8 +205,9 @@ class SessionManager:
 
     def _observation(self, session: Session, obs: str, reward: float | None, done: bool, info: dict) -> HplObservation:
         p = session.progress
-        return HplObservation(text=obs, task_id=p.task_id or "", session_id=session.id, step=p.step_count,
-                              info=json_safe(info), reward=reward, done=done)
+        # model_construct, no validation: every field is the server's own value, on every step
+        return HplObservation.model_construct(text=obs, task_id=p.task_id or "", session_id=session.id,
+                                              step=p.step_count, info=json_safe(info), reward=reward, done=done)
 
     # --- extensions: snapshot / restore / fork
     async def snapshot(self, session: Session) -> str:
