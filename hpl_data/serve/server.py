@@ -17,6 +17,7 @@ def uvicorn_config(config: ServeConfig, log_level: str = "warning") -> uvicorn.C
     where = {"uds": config.unix_socket} if config.unix_socket else {"host": config.host, "port": config.port}
     return uvicorn.Config(app, **where, log_level=log_level, ws="websockets-sansio", lifespan="on",
                           ws_max_size=max(WS_MAX_MESSAGE, 2 * config.max_request_bytes),
+                          ws_per_message_deflate=False,  # loopback: compressing every frame only costs CPU
                           timeout_graceful_shutdown=5, access_log=False)
 
 
