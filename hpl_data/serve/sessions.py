@@ -239,9 +239,10 @@ class SessionManager:
 
     async def fork(self, parent: Session) -> Session:
         """A new session continuing from ``parent``'s state now, on the same worker."""
-        snapshot_id = await self.snapshot(parent)
-        child = self.open(parent.worker)
+        child = self.open(parent.worker)  # a refusal (capacity) before anything is saved
+        snapshot_id = None
         try:
+            snapshot_id = await self.snapshot(parent)
             async with parent.lock:
                 child.generation = parent.generation
                 await self._call(child, Op.FORK, _worker_name(snapshot_id))
@@ -250,8 +251,9 @@ class SessionManager:
             await self.close_session(child.id)
             raise
         finally:
-            parent.snapshots.pop(snapshot_id, None)
-            await self._quietly(parent.worker, Op.DROP, 0, _worker_name(snapshot_id))
+            if snapshot_id is not None:
+                parent.snapshots.pop(snapshot_id, None)
+                await self._quietly(parent.worker, Op.DROP, 0, _worker_name(snapshot_id))
         return child
 
     # --- idle sessions
