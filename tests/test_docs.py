@@ -192,8 +192,11 @@ def pages_with_runnable_blocks() -> list[Path]:
 
 @pytest.mark.parametrize("page", pages_with_runnable_blocks(), ids=lambda p: str(p.relative_to(REPO)))
 def test_marked_code_blocks_run(page, tmp_path, monkeypatch):
-    env = {**os.environ, "HPL_REPO": str(REPO), "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # The docs say "hpl-eval ...": the console scripts of the interpreter running the suite, found on PATH
+    # as in an activated venv (CI runs `.venv/bin/python -m pytest` without activating it).
+    env = {**os.environ, "HPL_REPO": str(REPO),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     monkeypatch.chdir(tmp_path)
     for block in (b for b in code_blocks(page) if b.marked):
         assert block.lang in ("python", "bash"), f"{block.where()}: cannot run a {block.lang!r} block"
