@@ -1,6 +1,12 @@
+import contextlib
+import fcntl
+import json
 import os
 import sys
 import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,31 +47,116 @@ def data_dir() -> Path:
     return DATA
 
 
+def _run_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run sees (the run's base temp), so the workers
+    share what is expensive to make; this session's base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def _run_lock(root: Path, name: str):
+    """One xdist worker at a time (an advisory ``flock`` on ``root/name.lock``)."""
+    with open(root / f"{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """One tiny random Qwen2 for every test that needs *a* model (built once per session)."""
+    """One tiny random Qwen2 for every test that needs *a* model, built once per run (both xdist
+    workers use the same folder, so the shared server's model name is every worker's)."""
     from hpl_data.tiny_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+    root = _run_root(tmp_path_factory)
+    path, done = root / "tiny-qwen2", root / "tiny-qwen2" / ".built"
+    with _run_lock(root, "tiny-qwen2"):
+        if not done.exists():
+            build_tiny_model(path)
+            done.touch()
+    return path
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """What a test sees of the run's shared vLLM server (it may belong to the other xdist worker)."""
+
+    url: str
+    model: str
+
+    def healthy(self) -> bool:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(self.url.removesuffix("/v1") + "/health", timeout=30) as r:
+                return r.status == 200
+        return False
+
+
+def _serving(state: Path) -> bool:
+    """Whether ``state`` names a live server (a folder reused with ``--basetemp`` may hold a dead one's)."""
+    import psutil
+
+    if not state.exists():
+        return False
+    info = json.loads(state.read_text())
+    return psutil.pid_exists(info["owner"]) and SharedServer(info["url"], info["model"]).healthy()
+
+
+def _update_users(state: Path, change) -> dict:
+    info = json.loads(state.read_text())
+    info["users"] = change(info["users"])
+    state.write_text(json.dumps(info))
+    return info
 
 
 @pytest.fixture(scope="session")
 def _session_vllm_server(tiny_model, tmp_path_factory):
+    """One vLLM server for the whole run: the first xdist worker that needs it starts it (the
+    other waits on the lock meanwhile) and stops it once no other worker uses it; a vLLM start
+    costs ~45 s of a core and 3 GB, and each worker started its own."""
     pytest.importorskip("vllm")
     from hpl_data.policies.vllm_server import VLLMServer
 
-    server = VLLMServer(tiny_model, log_path=tmp_path_factory.mktemp("vllm-server") / "vllm.log",
-                        startup_timeout_s=900).start()
-    yield server
+    root, me = _run_root(tmp_path_factory), os.getpid()
+    state, owned = root / "vllm-server.json", None
+    with _run_lock(root, "vllm-server"):
+        if not _serving(state):
+            owned = VLLMServer(tiny_model, log_path=root / "vllm-server.log", startup_timeout_s=900).start()
+            state.write_text(json.dumps({"url": owned.url, "model": owned.model, "owner": me, "users": []}))
+        info = _update_users(state, lambda users: [*users, me])
+    try:
+        yield SharedServer(info["url"], info["model"])
+    finally:
+        with _run_lock(root, "vllm-server"):
+            _update_users(state, lambda users: [u for u in users if u != me])
+        if owned is not None:
+            _stop_when_unused(owned, root, state)
+
+
+def _stop_when_unused(server, root: Path, state: Path, patience_s: float = 600) -> None:
+    """The owner stops the server once the other workers' sessions are over (or their processes
+    gone); with worksteal that is at most their one running test, bounded by ``patience_s``
+    (pytest-timeout's 900 s covers this teardown too)."""
+    import psutil
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        with _run_lock(root, "vllm-server"):
+            users = [u for u in json.loads(state.read_text())["users"] if psutil.pid_exists(u)]
+            if not users or time.monotonic() > deadline:
+                state.unlink()
+                break
+        time.sleep(1)
     server.stop()
 
 
 @pytest.fixture
 def vllm_server(_session_vllm_server):
-    """The session's one vLLM server on ``tiny_model``: a vLLM start costs ~30 s of both cores, so
-    every test that only needs *a* server shares it. A test that kills or reconfigures a server
-    starts its own."""
-    assert _session_vllm_server.proc.poll() is None, "the shared vLLM server died: a test that kills one must own it"
+    """The run's one vLLM server on ``tiny_model``: every test that only needs *a* server shares it
+    (across xdist workers too). A test that kills or reconfigures a server starts its own."""
+    assert _session_vllm_server.healthy(), "the shared vLLM server died: a test that kills one must own it"
     return _session_vllm_server
 
 
