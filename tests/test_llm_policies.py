@@ -222,15 +222,15 @@ def test_hpl_gen_with_an_in_process_vllm_policy(tiny_model, tmp_path):
     from hpl_data import cli_gen
 
     out = tmp_path / "gen"
-    rc = cli_gen.main(["--no-progress", "--env", "webshop", "--policy", f"vllm:{tiny_model}", "--limit", "5",
-                       "--policy-max-tokens", "16", "--mc-rollouts", "2", "--workers", "2", "--out", str(out)])
+    rc = cli_gen.main(["--no-progress", "--env", "webshop", "--policy", f"vllm:{tiny_model}", "--limit", "3",
+                       "--max-turns", "8", "--policy-max-tokens", "16", "--mc-rollouts", "2", "--workers", "2", "--out", str(out)])
     assert rc == 0
     c = json.loads((out / "manifest.json").read_text())["counters"]
     assert c["mc_failed_tasks"] == 0 and c["rollouts"] > 0 and c["pairs_labelled"] > 0
     assert c["mc_llm_calls"] >= c["rollouts"] and c["mc_llm_peak_in_flight"] > 2 * 2  # more than one per worker
     assert c["mc_prompt_tokens"] > 0 and 0 <= c["mc_outside_llm_fraction"] < 1
     pol = pq.read_table(out / "trajectories_policy.parquet").to_pylist()
-    assert len(pol) == 5 and all(r["agent"] == f"vllm:{tiny_model}" and r["n_steps"] >= 1 for r in pol)
+    assert len(pol) == 3 and all(r["agent"] == f"vllm:{tiny_model}" and r["n_steps"] >= 1 for r in pol)
 
 
 def test_openai_faults_500s_and_hangs_are_retried_or_recorded(vllm_server):
