@@ -197,10 +197,8 @@ def _cfg(tiny, data, out, *overrides):
 def test_all_four_losses_fall_on_a_fixed_batch(tiny, gen_data, tmp_path):
     from hpl_train.recipe import train
 
-    # nothing held out: the held-out evaluation (a third of this run's forwards) is checked by
-    # test_heldout_pairs_share_no_task_and_their_accuracy_rises and the two-machine run
     hist = train(_cfg(tiny, gen_data, tmp_path, "max_steps=5", "batch_size=2", "fixed_batch=true",
-                      "curriculum=static", "max_grad_norm=0", "eval_fraction=0"))
+                      "curriculum=static", "max_grad_norm=0"))
     first, last = hist[0], hist[-1]
     for k in ("loss/bc", "loss/traj", "loss/step", "loss/group"):
         assert k in first and k in last, k
