@@ -10,6 +10,7 @@ Hugging Face hub, and a folder that already holds this conversion is returned at
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -68,8 +69,13 @@ def convert(name: str, out: str | Path) -> Path:
     source = packaged_file(model)
     out = Path(out)
     stamp = {"model": name, **_source_stamp(source)}
-    if already_written(out, stamp):
-        return out
+    with one_writer(out):
+        if not already_written(out, stamp):
+            _convert_gguf(source, out, stamp)
+    return out
+
+
+def _convert_gguf(source: Path, out: Path, stamp: dict) -> None:
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,7 +102,6 @@ def convert(name: str, out: str | Path) -> Path:
         tok.model_max_length = int(config.max_position_embeddings)
         lm.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    return out
 
 
 def already_written(out: Path, stamp: dict) -> bool:
@@ -112,6 +117,20 @@ def already_written(out: Path, stamp: dict) -> bool:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not marker.exists():
         raise FileExistsError(f"{out} exists and holds something else; choose an empty or new folder")
     return False
+
+
+@contextlib.contextmanager
+def one_writer(out: Path) -> Iterator[None]:
+    """An exclusive lock beside ``out`` while it is checked and written: a second process converting
+    the same model (two test workers, two jobs on one cache) waits and then reuses the folder,
+    instead of converting again and replacing the folder under the first one's readers."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -95,10 +95,11 @@ def write_tiny_model(out: str | Path) -> Path:
     public HF folder, for smoke runs of hpl-train and the engine (``hf:``/``vllm:``) without any
     download. Written atomically with the same marker as :func:`hpl_data.models.convert`, so a
     finished folder is reused and a folder holding something else is refused."""
-    from hpl_data.models import already_written, written_atomically
+    from hpl_data.models import already_written, one_writer, written_atomically
 
     out = Path(out)
-    if not already_written(out, TINY_STAMP):
-        with written_atomically(out, TINY_STAMP) as tmp:
-            build_tiny_model(tmp, seed=TINY_STAMP["seed"])
+    with one_writer(out):
+        if not already_written(out, TINY_STAMP):
+            with written_atomically(out, TINY_STAMP) as tmp:
+                build_tiny_model(tmp, seed=TINY_STAMP["seed"])
     return out

@@ -67,6 +67,31 @@ def test_model_tiny_command_is_reused_refuses_other_folders_and_loads_as_hf_poli
     assert ep["error"] is None and len(ep["steps"]) == 1
 
 
+def test_one_writer_at_a_time_converts_a_model_folder(tmp_path):
+    """Two processes asking for the same model folder (two test workers on one cache): the second
+    waits for the first's lock and then reuses its folder instead of writing (and replacing) it again."""
+    import threading
+    import time
+
+    # imported before the threads start: transformers' lazy imports are not thread-safe
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: F401
+
+    from hpl_data.models import one_writer, written_atomically
+    from hpl_data.tiny_model import TINY_STAMP, build_tiny_model, write_tiny_model
+
+    out = tmp_path / "tiny"
+    with one_writer(out):
+        second = threading.Thread(target=write_tiny_model, args=(out,))
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive() and not out.exists()  # waiting for the lock
+        with written_atomically(out, TINY_STAMP) as tmp:  # the first writer's conversion
+            build_tiny_model(tmp, seed=TINY_STAMP["seed"])
+        first = (out / "model.safetensors").stat().st_ino
+    second.join(timeout=120)
+    assert not second.is_alive() and (out / "model.safetensors").stat().st_ino == first  # reused, not replaced
+
+
 @pytest.fixture(scope="module")
 def gen_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "webshop"
