@@ -227,3 +227,24 @@ def test_human_goals_mode():
     agent = make_agent("webshop", "oracle")
     rewards = [play(env, agent, t)[0][-1][1] for t in env.task_ids("all")]
     assert sum(r == 1.0 for r in rewards) >= len(rewards) // 2
+
+
+def test_search_imports_the_porter_stemmer_alone_and_stems_as_nltk(webshop_env):
+    """The search module takes NLTK's PorterStemmer without NLTK's package import (scipy.stats and
+    the rest: ~1 s of every spawned worker's start), leaves no placeholder module behind, and stems
+    every word of the catalog's searchable text as the ordinary ``nltk.stem.porter`` class does."""
+    probe = ("import sys, hpl_envs.webshop.search as s; "
+             "assert not [m for m in sys.modules if m == 'nltk' or m.startswith(('nltk.', 'scipy.stats'))]; "
+             "import nltk.stem.porter, nltk.metrics; print(s._STEMMER.stem('technologies'))")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "technolog", p.stderr[-2000:]
+
+    from nltk.stem.porter import PorterStemmer
+
+    from hpl_envs.webshop import search
+
+    ordinary = PorterStemmer(mode=PorterStemmer.MARTIN_EXTENSIONS)
+    words = {w for text in webshop_env.shared.catalog.table.column("contents").to_pylist()
+             for w in search._ASCII_TOKEN.findall(text.lower())}
+    assert len(words) > 5000
+    assert [search._STEMMER.stem(w) for w in sorted(words)] == [ordinary.stem(w) for w in sorted(words)]

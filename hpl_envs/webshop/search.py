@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
@@ -30,7 +31,6 @@ import bm25s
 import numpy as np
 import regex
 import scipy.sparse
-from nltk.stem.porter import PorterStemmer
 
 from hpl_envs.data import cache_dir
 from hpl_envs.webshop.catalog import Catalog, build_lock
@@ -64,9 +64,43 @@ _TOKEN = regex.compile(
 # between classes): the stdlib engine runs it ~7x faster than ``_TOKEN`` and most texts are ASCII.
 _ASCII_TOKEN = re.compile(r"(?!_+(?!\w))\w+(?:(?:(?<=[a-z])[.':](?=[a-z])|(?<=[0-9])[.',;](?=[0-9]))\w+)*", re.ASCII)
 _POSSESSIVE = re.compile(r"['’\uff07][sS]$")
+
+
+def _porter_stemmer_class() -> type:
+    """NLTK's ``PorterStemmer`` without running NLTK's package ``__init__``, which imports all of NLTK
+    (scipy.stats too, via nltk.metrics): ~1.3 s of the ~2.3 s import of this module, paid by every
+    spawned WebShop worker, for one pure-Python class. The stemmer's modules (``nltk.stem.porter`` and
+    the three small ones it imports) are executed under placeholder ``nltk``/``nltk.stem`` packages,
+    then every ``nltk`` entry this added is taken out of ``sys.modules`` again, so a later
+    ``import nltk`` anywhere in the process is the ordinary, complete one."""
+    if "nltk" in sys.modules:  # already paid for (or being imported the ordinary way)
+        from nltk.stem.porter import PorterStemmer
+        return PorterStemmer
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("nltk")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("nltk is not installed (pip install nltk)")
+    before = set(sys.modules)
+    try:
+        root = types.ModuleType("nltk")
+        root.__path__ = list(spec.submodule_search_locations)
+        stem = types.ModuleType("nltk.stem")
+        stem.__path__ = [os.path.join(root.__path__[0], "stem")]
+        sys.modules["nltk"], sys.modules["nltk.stem"] = root, stem
+        return importlib.import_module("nltk.stem.porter").PorterStemmer
+    finally:
+        for name in set(sys.modules) - before:
+            if name == "nltk" or name.startswith("nltk."):
+                del sys.modules[name]
+
+
 # Lucene's PorterStemmer is Martin Porter's reference implementation, whose departures from the
 # 1980 paper NLTK implements as MARTIN_EXTENSIONS ('technologi' -> 'technolog').
-_STEMMER = PorterStemmer(mode=PorterStemmer.MARTIN_EXTENSIONS)
+_PorterStemmer = _porter_stemmer_class()
+_STEMMER = _PorterStemmer(mode=_PorterStemmer.MARTIN_EXTENSIONS)
 
 
 @lru_cache(maxsize=1 << 17)  # ~20 MB: frequent tokens; a catalog's rare model codes come and go
