@@ -2,6 +2,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -63,6 +64,23 @@ def _run_lock(root: Path, name: str):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def run_once(tmp_path_factory):
+    """``run_once(name, compute)``: ``compute()``'s result, computed by the first xdist worker that
+    asks and read back (pickled in the run's folder) by the other, so two tests that check the
+    outcome of one expensive scenario (a vLLM start is ~45 CPU-s) pay for it once per run."""
+    root = _run_root(tmp_path_factory)
+
+    def get(name: str, compute):
+        result = root / f"{name}.pkl"
+        with _run_lock(root, name):
+            if not result.exists():
+                result.write_bytes(pickle.dumps(compute()))
+        return pickle.loads(result.read_bytes())
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -21,19 +21,10 @@ from llm_helpers import FaultProxy  # noqa: E402
 
 from hpl_data.engine import EngineConfig, RolloutEngine  # noqa: E402
 from hpl_data.policies import SamplingParams  # noqa: E402
-from hpl_data.policies.vllm_server import VLLMServer  # noqa: E402
 from hpl_envs import make_env  # noqa: E402
 
 ENVS = [("webshop", "test"), ("intercode-sql", "test"), ("alfworld", "valid_unseen")]
 SAMPLING = SamplingParams(temperature=1.0, max_tokens=24)
-
-
-@pytest.fixture
-def own_server(tiny_model, tmp_path):
-    """A server of this test's own, for a test that kills it (the others share conftest's)."""
-    srv = VLLMServer(tiny_model, log_path=tmp_path / "vllm.log", startup_timeout_s=900).start()
-    yield srv
-    srv.stop()
 
 
 def check_episodes(eps, n, max_turns):
@@ -297,55 +288,74 @@ def test_hpl_eval_vllm_policy_and_compare(tiny_model, tmp_path, capsys):
     assert "heuristic" in printed and "vllm:" in printed and (tmp_path / "cmp.png").stat().st_size > 5000
 
 
-def test_openai_server_killed_mid_run(own_server):
-    """Kill the server (SIGKILL, engine processes included) after the first episode: the run
-    finishes, the finished episode is kept, the others fail with the connection error."""
+def _run_against_a_server_whose_parent_is_killed(tiny_model: str, log_path: str) -> dict:
+    """A parent process starts a server; a run of 6 webshop episodes against it SIGKILLs the
+    parent once the first episode is done (no cleanup runs) and waits, the engine paused, for
+    the server and its engine processes to go. One server start serves the two tests below."""
+    import psutil
+
     from hpl_data.policies.openai_backend import OpenAIOptions, OpenAIPolicy
 
-    ids = make_env("webshop").task_ids("test")[:6]
+    script = (f"from hpl_data.policies.vllm_server import VLLMServer\n"
+              f"srv = VLLMServer({tiny_model!r}, log_path={log_path!r}, startup_timeout_s=900).start()\n"
+              f"print(srv.proc.pid, srv.url, flush=True)\n"
+              f"import time; time.sleep(900)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    family: list = []
+    outcome: dict = {}
+    try:
+        pid, url = parent.stdout.readline().split()
+        family = [psutil.Process(int(pid)), *psutil.Process(int(pid)).children(recursive=True)]
+        outcome["family"] = len(family)
 
-    async def main():
-        policy = OpenAIPolicy(own_server.url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
-                                                                    request_timeout=10))
-        cfg = EngineConfig(workers=1, concurrency=2, sampling=SAMPLING)
-        try:
-            async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 3}, config=cfg) as eng:
-                def on_episode(ep):
-                    if eng.counters.episodes == 1:
-                        own_server.kill()
-                eps = await eng.run(ids, on_episode)
-                return eps, eng.counters.as_dict()
-        finally:
-            await policy.close()
+        def kill_parent() -> None:
+            parent.kill()
+            parent.wait(timeout=10)
+            _, alive = psutil.wait_procs(family, timeout=60)
+            outcome["alive"] = [p.pid for p in alive]
 
-    eps, c = asyncio.run(main())
+        async def main():
+            policy = OpenAIPolicy(url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
+                                                             request_timeout=10))
+            cfg = EngineConfig(workers=1, concurrency=2, sampling=SAMPLING)
+            try:
+                async with RolloutEngine("webshop", policy, env_kwargs={"max_turns": 3}, config=cfg) as eng:
+                    def on_episode(ep):
+                        if eng.counters.episodes == 1:
+                            kill_parent()
+                    eps = await eng.run(make_env("webshop").task_ids("test")[:6], on_episode)
+                    return eps, eng.counters.as_dict()
+            finally:
+                await policy.close()
+
+        outcome["eps"], outcome["counters"] = asyncio.run(main())
+        return outcome
+    finally:  # whatever the outcome, nothing of this run stays behind
+        parent.kill()
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+@pytest.fixture
+def killed_parent_run(tiny_model, run_once, tmp_path_factory) -> dict:
+    log = tmp_path_factory.getbasetemp() / "killed-parent-vllm.log"
+    return run_once("killed-parent-run", lambda: _run_against_a_server_whose_parent_is_killed(str(tiny_model),
+                                                                                              str(log)))
+
+
+def test_openai_server_killed_mid_run(killed_parent_run):
+    """The server dies (engine processes included) after the first episode: the run finishes,
+    the finished episode is kept, the others fail with the connection error."""
+    eps, c = killed_parent_run["eps"], killed_parent_run["counters"]
     ok = [e for e in eps if not e["error"]]
     assert len(eps) == 6 and 1 <= len(ok) <= 2 and c["failed_episodes"] == 6 - len(ok)
     assert all("APIConnectionError" in e["error"] for e in eps if e["error"])
     check_episodes(ok, len(ok), 3)
 
 
-def test_a_server_does_not_outlive_a_killed_parent(tiny_model, tmp_path):
+def test_a_server_does_not_outlive_a_killed_parent(killed_parent_run):
     """A benchmark or test run that is SIGKILLed (no cleanup runs) takes its vLLM server with it:
     the API server gets SIGTERM from the kernel and stops its engine processes."""
-    import psutil
-
-    script = (f"from hpl_data.policies.vllm_server import VLLMServer\n"
-              f"srv = VLLMServer({str(tiny_model)!r}, log_path={str(tmp_path / 'vllm.log')!r}).start()\n"
-              f"print(srv.proc.pid, flush=True)\n"
-              f"import time; time.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    family: list = []
-    try:
-        pid = int(parent.stdout.readline())
-        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        assert len(family) >= 2  # the API server and its engine process(es)
-        parent.kill()
-        parent.wait(timeout=10)
-        gone, alive = psutil.wait_procs(family, timeout=60)
-        assert not alive, [p.pid for p in alive]
-    finally:  # whatever the outcome, nothing of this test stays behind
-        parent.kill()
-        for p in family:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+    assert killed_parent_run["family"] >= 2  # the API server and its engine process(es)
+    assert killed_parent_run["alive"] == []
