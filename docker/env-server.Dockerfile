@@ -11,11 +11,17 @@
 ARG BASE=hpl-env-server-base:bookworm
 FROM ${BASE}
 ENV HPL_DATA_DIR=/data HPL_CACHE_DIR=/cache PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PIP_NO_CACHE_DIR=1
+# the dependencies first, hpl's own wheel last (hpl/, put apart by hpl_data.serve.image): a change to
+# hpl's code rebuilds only the last, small layer; the dependencies' layer comes from Docker's cache
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links /tmp/wheels 'hpl[serve]' 'openenv==0.10.0' \
-    && rm -rf /tmp/wheels \
-    && /opt/venv/bin/python -c "import hpl_data.serve.app, hpl_envs; print('hpl-serve ok')"
+    && /opt/venv/bin/pip install --no-index --find-links /tmp/wheels /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels
+COPY hpl /tmp/hpl
+RUN /opt/venv/bin/pip install --no-index --no-deps /tmp/hpl/*.whl \
+    && rm -rf /tmp/hpl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -c "import hpl_data.serve.app, hpl_envs, openenv; print('hpl-serve ok')"
 ENV PATH=/opt/venv/bin:$PATH
 VOLUME ["/data", "/cache"]
 ENTRYPOINT ["hpl-serve"]

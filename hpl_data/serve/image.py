@@ -112,6 +112,10 @@ def build(client=None, wheelhouse: Path | None = None) -> str:
         except docker.errors.ImageNotFound:
             pass
         shutil.copy(DOCKERFILE, context / "Dockerfile")
+        own = context / "hpl"  # its own layer, so that the dependencies' layer is reused from the cache
+        own.mkdir()
+        for wheel in wheels.glob("hpl-*.whl"):
+            shutil.move(wheel, own / wheel.name)
         try:
             client.images.build(path=str(context), tag=tag, buildargs={"BASE": BASE}, network_mode="none", rm=True)
         except docker.errors.BuildError as e:
