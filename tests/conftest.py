@@ -31,9 +31,17 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 DATA = Path(os.environ.get("HPL_DATA_DIR", "/nonexistent"))
 
 
+# Files whose tests form long chains on one shared fixture (SmolLM2's server: ~3 min of one worker).
+# xdist's worksteal hands each worker a contiguous half and steals from the tail, so a chain collected
+# last ends the run with the other worker idle; collected first, the other worker's tests fill in.
+RUN_FIRST = ("test_real_model.py",)
+
+
 def pytest_collection_modifyitems(config, items):
     if not (DATA / "webshop").exists():
         sys.stderr.write(f"\nHPL_DATA_DIR={DATA} has no webshop/ data; data tests will fail.\n")
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable: order kept otherwise
 
 
 @pytest.fixture(scope="session")
