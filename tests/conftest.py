@@ -1,5 +1,4 @@
 import contextlib
-import fcntl
 import json
 import os
 import pickle
@@ -63,15 +62,11 @@ def _run_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-@contextlib.contextmanager
 def _run_lock(root: Path, name: str):
-    """One xdist worker at a time (an advisory ``flock`` on ``root/name.lock``)."""
-    with open(root / f"{name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """One xdist worker at a time: :func:`hpl_data.models.one_writer`'s lock on ``root/name``."""
+    from hpl_data.models import one_writer
+
+    return one_writer(root / name)
 
 
 @pytest.fixture(scope="session")
@@ -95,15 +90,9 @@ def run_once(tmp_path_factory):
 def tiny_model(tmp_path_factory) -> Path:
     """One tiny random Qwen2 for every test that needs *a* model, built once per run (both xdist
     workers use the same folder, so the shared server's model name is every worker's)."""
-    from hpl_data.tiny_model import build_tiny_model
+    from hpl_data.tiny_model import write_tiny_model
 
-    root = _run_root(tmp_path_factory)
-    path, done = root / "tiny-qwen2", root / "tiny-qwen2" / ".built"
-    with _run_lock(root, "tiny-qwen2"):
-        if not done.exists():
-            build_tiny_model(path)
-            done.touch()
-    return path
+    return write_tiny_model(_run_root(tmp_path_factory) / "tiny-qwen2")  # locked, atomic, reused
 
 
 @dataclass(frozen=True)
