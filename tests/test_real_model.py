@@ -123,7 +123,10 @@ def smollm2_server(smollm2, tmp_path_factory):
     from hpl_data.policies.vllm_server import VLLMServer
 
     log = tmp_path_factory.mktemp("smollm2-server") / "vllm.log"
-    with VLLMServer(smollm2, log_path=log, extra_args=["--max-model-len", "8192"]) as srv:
+    # 3 GiB of KV cache (the suite's default is 1 GiB, ~22k tokens of SmolLM2 in float32): the episodes
+    # and MC rollouts in flight, 1-5k tokens each, would be preempted and their prefills recomputed
+    with VLLMServer(smollm2, log_path=log, extra_args=["--max-model-len", "8192"],
+                    env={"VLLM_CPU_KVCACHE_SPACE": "3"}) as srv:
         yield srv
 
 
