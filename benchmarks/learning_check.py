@@ -58,24 +58,27 @@ class Size:
     backend: str  # hf | vllm, for evaluation
     gen_concurrency: int  # hpl-gen's LLM requests in flight (--reference sft)
     eval_levels: str = "traj,step,group"  # held-out pair levels scored by both trainings
-    gradient_checkpointing: bool = True  # HPL: a packed ~7k-token row took 17.8 GB without it
+    gradient_checkpointing: bool = True  # both trainings: a packed ~7k-token row took 17.8 GB without it
     precision: str = "no"  # hpl-train mixed_precision
     train_threads: int = 0  # torch threads for training stages; 0: torch's default (every core)
+    cpu_kv_cache_gb: int = 6  # vLLM on CPU (VLLM_CPU_KVCACHE_SPACE): hpl's 1 GB default thrashes at 32 episodes
 
 
 SIZES = {
-    # 2-core CPU, ~80 min from an empty folder. SmolLM2 trains at ~30-45 tokens/s here (LoRA, forward +
-    # backward) and scores ~90 tokens/s; a WebShop sample is 2-4k tokens of which ~1 % are action tokens,
-    # so a minute buys one or two samples. Rows of one sample each (max_row_tokens below the samples'
-    # length): with a dense 4-D mask, packing two ~2k-token samples into one row ran at 51 instead of
-    # 89 tokens/s, and a one-sample row (<= ~5k tokens) trains without checkpointing in ~11 GB.
-    # Evaluation (50 tasks x 3 models) takes about 40 % of the time, so episodes get 6 turns (an oracle
-    # needs 4-5). 40 hpl-gen tasks give ~150 step+group pairs; 2 tasks are held out, scored on their
-    # step and group pairs (a held-out pass over 2 tasks' pairs costs ~5 min; 2 traj pairs say little).
+    # 2-core CPU, ~75 min from an empty folder when the machine is idle. SmolLM2 trains at ~125 tokens/s
+    # here (LoRA, forward + backward, 2 threads; ~80 with gradient checkpointing) and scores ~1,000 prompt
+    # tokens/s in vLLM; a WebShop sample is 1.7-3.4k tokens of which ~3 % are action tokens. Checkpointing
+    # is on: a 2.4k-token row took 10 GB without it (the dense 4-D mask's attention is materialised), so a
+    # 3.5k-token row would not fit beside the OS in 24 GB (4.4 GB with it). SFT sees 32 of the 38 training tasks'
+    # expert trajectories one at a time (more optimizer steps per CPU minute than batches of 2); HPL gets
+    # 6 steps of one sample per loss. Evaluation (50 tasks x 3 models, ~12 min each with a 6 GB vLLM KV
+    # cache; the 1 GB default thrashed: 432 s instead of 254 s for 20 tasks) is about half of the time, so
+    # episodes get 6 turns (an oracle needs 4-5). 40 hpl-gen tasks give ~150 step+group pairs; 2 tasks are
+    # held out and scored on their step and group pairs (2 traj pairs say little).
     "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=80, mc_rollouts=3,
-                  eval_fraction=0.05, sft_steps=4, hpl_steps=2, batch_size=2, hpl_batch_size=1, lora_r=16,
-                  lora_alpha=32, max_row_tokens=1024, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
-                  gen_concurrency=6, eval_levels="step,group", gradient_checkpointing=False),
+                  eval_fraction=0.05, sft_steps=32, hpl_steps=6, batch_size=1, hpl_batch_size=1, lora_r=16,
+                  lora_alpha=32, max_row_tokens=3584, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
+                  gen_concurrency=6, eval_levels="step,group", gradient_checkpointing=True),
     # one GPU (H100/H200): bf16 training, vLLM for evaluation and for hpl-gen's reference policy.
     "gpu": Size(gen_tasks=1000, test_tasks=200, max_turns=15, gen_max_turns=15, max_tokens=128, mc_rollouts=3,
                 eval_fraction=0.1, sft_steps=200, hpl_steps=200, batch_size=16, hpl_batch_size=16, lora_r=32,
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         stage(work, f"eval_{name}", out,
               [*cli("hpl_data.cli_eval"), "--env", "webshop", "--agent", f"{backend}:{model}", "--split", "test",
                "--limit", str(size.test_tasks), *turns, "--max-tokens", str(size.max_tokens), "--temperature", "0",
-               "--quiet", "--out", str(out)], times)
+               "--quiet", "--out", str(out)], times,
+              env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(size.cpu_kv_cache_gb))})
         stats = eval_stats(out)
         print(f"[eval {name}] {json.dumps(stats)}", flush=True)
         return stats
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                "--output-dir", str(out), "report_to=none", f"lora_r={size.lora_r}", f"lora_alpha={size.lora_alpha}",
                f"max_row_tokens={size.max_row_tokens}", f"mixed_precision={size.precision}",
                f"eval_fraction={size.eval_fraction}", f"eval_levels={json.dumps(size.eval_levels.split(','))}",
-               "log_every=1", *extra], times,
+               f"gradient_checkpointing={str(size.gradient_checkpointing).lower()}", "log_every=1", *extra], times,
               env={"OMP_NUM_THREADS": str(size.train_threads or os.cpu_count() or 1)})
 
     if args.base_model:
@@ -249,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(sft_data)} task(s) (see "
                              f"{work / 'sft_gen.log'}); rerun to retry them")
     train("hpl", "hpl", sft / "final", hpl_pairs, hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
-          f"max_steps={size.hpl_steps}", f"beta={size.beta}",
-          f"gradient_checkpointing={str(size.gradient_checkpointing).lower()}")
+          f"max_steps={size.hpl_steps}", f"beta={size.beta}")
     results = {"base": evaluate("base", base), "sft": evaluate("sft", sft / "final"),
                "hpl": evaluate("hpl", hpl / "final")}
 
