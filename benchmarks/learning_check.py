@@ -14,10 +14,14 @@
    paper's on-policy pairs (the SFT model's Monte-Carlo rollouts; costly on a CPU).
 5. ``hpl-train --config hpl`` with LoRA from the SFT model (also the DPO reference): BC + trajectory/
    step/group DPO with the curriculum; held-out preference accuracy of HPL against SFT.
-6. ``hpl-eval`` of base, SFT and HPL on the same test tasks (greedy): average reward and success with
-   95 % bootstrap intervals over tasks (hpl-eval's ``*_ci95``), share of valid actions; with the tokens
-   trained and the wall time of each stage, and each trained model's held-out preference accuracy per
-   level with a 95 % bootstrap interval over the held-out pairs.
+6. The control, ``bc``: the same HPL training with the three DPO weights at 0, so only its BC term is
+   left (same data, steps, learning rate and start). HPL minus ``bc`` is what the preference pairs add;
+   HPL minus SFT alone would also count the extra BC steps.
+7. ``hpl-eval`` of base, SFT, HPL and the control on the same test tasks (greedy): average reward and
+   success with 95 % bootstrap intervals over tasks (hpl-eval's ``*_ci95``), share of valid actions; with
+   the tokens trained and the wall time of each stage, and each trained model's held-out preference
+   accuracy per level with a 95 % bootstrap interval over the held-out pairs. Then the paired
+   differences (``hpl-eval compare``'s statistics): HPL - SFT, control - SFT and HPL - control.
 
 Every stage is one of the CLI commands above (printed as it runs), and its output is kept under
 ``--work``: a rerun reuses finished stages, so an interrupted check resumes.
@@ -172,8 +176,30 @@ def pair_counts(gen: Path) -> dict:
             for level in ("traj", "step", "group") if (gen / f"{level}_pairs.parquet").exists()}
 
 
-def interval(ci: list[float] | None) -> str:
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+def interval(ci: list[float] | None, sign: str = "") -> str:
+    return f" [{ci[0]:{sign}.3f}, {ci[1]:{sign}.3f}]" if ci else ""
+
+
+MODELS = ("base", "sft", "hpl", "bc")
+# (b, a): b - a on the tasks both evaluations ran
+COMPARISONS = (("hpl", "sft"), ("bc", "sft"), ("hpl", "bc"))
+
+
+def paired_differences(summaries: dict[str, Path]) -> dict[str, dict]:
+    """``hpl-eval compare``'s paired statistics for each of :data:`COMPARISONS`, keyed ``"b - a"``."""
+    from hpl_data.compare import load
+    from hpl_data.stats import paired_difference
+
+    tasks = {name: load([path])[0]["tasks"][0] for name, path in summaries.items()}
+    out = {}
+    for b, a in COMPARISONS:
+        common = [t for t in tasks[a].rewards if t in tasks[b].rewards]
+        out[f"{b} - {a}"] = {
+            "reward": paired_difference([tasks[a].rewards[t] for t in common],
+                                        [tasks[b].rewards[t] for t in common]).as_dict(),
+            "success": paired_difference([tasks[a].successes[t] for t in common],
+                                         [tasks[b].successes[t] for t in common]).as_dict()}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     wall_start, load_start = time.monotonic(), os.getloadavg()
     base = args.base_model or work / "base"
-    data, sft, sft_data, hpl = (work / n for n in ("data", "sft", "sft_data", "hpl"))
+    data, sft, sft_data, hpl, control = (work / n for n in ("data", "sft", "sft_data", "hpl", "bc"))
     turns = ["--max-turns", str(size.max_turns)]
 
     def evaluate(name: str, model: Path) -> dict:
@@ -252,15 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         if mc_failed_tasks(sft_data):
             raise SystemExit(f"hpl-gen: Monte-Carlo labelling failed for {mc_failed_tasks(sft_data)} task(s) (see "
                              f"{work / 'sft_gen.log'}); rerun to retry them")
-    train("hpl", "hpl", sft / "final", hpl_pairs, hpl, f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}",
-          f"max_steps={size.hpl_steps}", f"beta={size.beta}")
+    hpl_args = [f"batch_size={size.hpl_batch_size}", f"lr={size.hpl_lr}", f"max_steps={size.hpl_steps}",
+                f"beta={size.beta}"]
+    train("hpl", "hpl", sft / "final", hpl_pairs, hpl, *hpl_args)
+    train("bc", "hpl", sft / "final", hpl_pairs, control, *hpl_args, "traj_weight=0", "step_weight=0",
+          "group_weight=0")
     results = {"base": evaluate("base", base), "sft": evaluate("sft", sft / "final"),
-               "hpl": evaluate("hpl", hpl / "final")}
+               "hpl": evaluate("hpl", hpl / "final"), "bc": evaluate("bc", control / "final")}
 
-    trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl)}
-    heldout = {"sft": heldout_accuracy(sft), "hpl": heldout_accuracy(hpl)}
+    trained = {"base": 0, "sft": tokens_trained(sft), "hpl": tokens_trained(hpl), "bc": tokens_trained(control)}
+    heldout = {"sft": heldout_accuracy(sft), "hpl": heldout_accuracy(hpl), "bc": heldout_accuracy(control)}
     build = {"base": times["model"], "sft": times["data"] + times["sft"],
-             "hpl": times.get("sft_gen", 0.0) + times["hpl"]}
+             "hpl": times.get("sft_gen", 0.0) + times["hpl"], "bc": times.get("sft_gen", 0.0) + times["bc"]}
+    differences = paired_differences({name: work / f"eval_{name}" / "summary.json" for name in results})
     machine = {"cpus": os.cpu_count(), "load_start": load_start, "load_end": os.getloadavg(),
                "wall_s": round(time.monotonic() - wall_start, 1), "stages_s": round(sum(times.values()), 1)}
     reference = ("the built-in heuristic policy (off-policy pairs)" if args.reference == "heuristic"
@@ -273,25 +303,33 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | tasks | avg reward [95 % CI] | success [95 % CI] | valid actions | avg steps | tokens trained | "
           "build s | eval s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in ("base", "sft", "hpl"):
+    for name in MODELS:
         r = results[name]
         print(f"| {name} | {r['tasks']} | {r['avg_reward']:.3f}{interval(r['avg_reward_ci95'])} | "
               f"{r['success']:.3f}{interval(r['success_ci95'])} | {r['valid']:.3f} | {r['steps']:.1f} | "
               f"{trained[name]:,} | {build[name]:.0f} | {times[f'eval_{name}']:.0f} |")
     print(f"\nHeld-out preference accuracy (pairs of the {size.eval_fraction:.0%} of hpl-gen tasks neither model trained "
           f"on; margin > 0 of the policy's log-ratio against its reference: SFT against the base model, HPL "
-          f"against SFT):\n")
+          f"and the BC-only control against SFT):\n")
     print("| model | traj [95 % CI] (pairs) | step [95 % CI] (pairs) | group [95 % CI] (pairs) |")
     print("|---|---|---|---|")
-    for name in ("sft", "hpl"):
+    for name in ("sft", "hpl", "bc"):
         cells = []
         for level in ("traj", "step", "group"):
             h = heldout[name].get(level)
             cells.append(f"{h['accuracy']:.3f}{interval(h['ci95'])} ({h['pairs']})" if h and h["pairs"] else "-")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nPaired differences on the same test tasks (b - a; 95 % paired bootstrap interval, two-sided paired "
+          "sign-flip p-value, as hpl-eval compare):\n")
+    print("| b - a | tasks | avg reward [95 % CI] | p | success [95 % CI] | p |")
+    print("|---|---|---|---|---|---|")
+    for key, d in differences.items():
+        r, s = d["reward"], d["success"]
+        print(f"| {key} | {r['tasks']} | {r['difference']:+.3f}{interval(r['ci95'], '+')} | {r['p_value']:.3g} | "
+              f"{s['difference']:+.3f}{interval(s['ci95'], '+')} | {s['p_value']:.3g} |")
     counts = {"data": pair_counts(data), **({"sft_data": pair_counts(sft_data)} if args.reference == "sft" else {})}
     table = {"size": size.__dict__, "backend": backend, "reference": args.reference, "results": results,
-             "heldout_accuracy": heldout, "tokens_trained": trained, "times_s": times, "machine": machine,
+             "heldout_accuracy": heldout, "paired_differences": differences, "tokens_trained": trained, "times_s": times, "machine": machine,
              "pairs": counts}
     print(f"\npairs written by hpl-gen (before the held-out split): {json.dumps(counts)}")
     (work / "table.json").write_text(json.dumps(table, indent=1))
