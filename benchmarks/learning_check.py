@@ -69,16 +69,17 @@ class Size:
 
 
 SIZES = {
-    # 2-core CPU, ~75 min from an empty folder when the machine is idle. SmolLM2 trains at ~125 tokens/s
+    # 2-core CPU: 43 min from an empty folder on an idle machine (a46a52d). SmolLM2 trains at ~125 tokens/s
     # here (LoRA, forward + backward, 2 threads; ~80 with gradient checkpointing) and scores ~1,000 prompt
     # tokens/s in vLLM; a WebShop sample is 1.7-3.4k tokens of which ~3 % are action tokens. Checkpointing
     # is on: a 2.4k-token row took 10 GB without it (the dense 4-D mask's attention is materialised), so a
-    # 3.5k-token row would not fit beside the OS in 24 GB (4.4 GB with it). SFT sees 32 of the 38 training tasks'
-    # expert trajectories one at a time (more optimizer steps per CPU minute than batches of 2); HPL gets
-    # 6 steps of one sample per loss. Evaluation (50 tasks x 3 models, ~12 min each with a 6 GB vLLM KV
-    # cache; the 1 GB default thrashed: 432 s instead of 254 s for 20 tasks) is about half of the time, so
-    # episodes get 6 turns (an oracle needs 4-5). 40 hpl-gen tasks give ~150 step+group pairs; 2 tasks are
-    # held out and scored on their step and group pairs (2 traj pairs say little).
+    # 3.5k-token row would not fit beside the OS in 24 GB (4.4 GB with it). SFT sees 32 of the 38 training
+    # tasks' expert trajectories one at a time (more optimizer steps per CPU minute than batches of 2): 11 min;
+    # HPL gets 6 steps of one sample per loss (11 min, most of it the reference log-probs and held-out
+    # passes), the BC-only control the same 6 steps (3 min). Evaluation (50 tasks x 4 models, 4-5 min each
+    # with a 6 GB vLLM KV cache; the 1 GB default thrashed: 432 s instead of 254 s for 20 tasks) gets 6 turns
+    # per episode (an oracle needs 4-5). 40 hpl-gen tasks give ~160 step+group pairs; 2 tasks are held out
+    # and scored on their step and group pairs (2 traj pairs say little).
     "quick": Size(gen_tasks=40, test_tasks=50, max_turns=6, gen_max_turns=6, max_tokens=80, mc_rollouts=3,
                   eval_fraction=0.05, sft_steps=32, hpl_steps=6, batch_size=1, hpl_batch_size=1, lora_r=16,
                   lora_alpha=32, max_row_tokens=3584, sft_lr=1e-3, hpl_lr=3e-4, beta=0.3, backend="vllm",
