@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -308,11 +309,19 @@ def _run_against_a_server_whose_parent_is_killed(tiny_model: str, log_path: str)
         family = [psutil.Process(int(pid)), *psutil.Process(int(pid)).children(recursive=True)]
         outcome["family"] = len(family)
 
-        def kill_parent() -> None:
-            parent.kill()
+        def wait_for_the_family() -> None:
             parent.wait(timeout=10)
             _, alive = psutil.wait_procs(family, timeout=60)
             outcome["alive"] = [p.pid for p in alive]
+
+        # the wait runs beside the client's event loop, not in it: a client that stopped reading holds
+        # its connections open, and vLLM's API server exits only once they close (a blocked loop kept
+        # the family alive for exactly the 60 s of the wait, then let it go)
+        waiter = threading.Thread(target=wait_for_the_family)
+
+        def kill_parent() -> None:
+            parent.kill()
+            waiter.start()
 
         async def main():
             policy = OpenAIPolicy(url, options=OpenAIOptions(max_retries=2, backoff_s=0.1, backoff_max_s=0.3,
@@ -329,6 +338,8 @@ def _run_against_a_server_whose_parent_is_killed(tiny_model: str, log_path: str)
                 await policy.close()
 
         outcome["eps"], outcome["counters"] = asyncio.run(main())
+        if waiter.ident is not None:  # started: the parent was killed
+            waiter.join()
         return outcome
     finally:  # whatever the outcome, nothing of this run stays behind
         parent.kill()
