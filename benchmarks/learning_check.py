@@ -188,18 +188,12 @@ COMPARISONS = (("hpl", "sft"), ("bc", "sft"), ("hpl", "bc"))
 
 def paired_differences(summaries: dict[str, Path]) -> dict[str, dict]:
     """``hpl-eval compare``'s paired statistics for each of :data:`COMPARISONS`, keyed ``"b - a"``."""
-    from hpl_data.compare import load
-    from hpl_data.stats import paired_difference
+    from hpl_data.compare import load, paired_comparisons
 
-    tasks = {name: load([path])[0]["tasks"][0] for name, path in summaries.items()}
     out = {}
     for b, a in COMPARISONS:
-        common = [t for t in tasks[a].rewards if t in tasks[b].rewards]
-        out[f"{b} - {a}"] = {
-            "reward": paired_difference([tasks[a].rewards[t] for t in common],
-                                        [tasks[b].rewards[t] for t in common]).as_dict(),
-            "success": paired_difference([tasks[a].successes[t] for t in common],
-                                         [tasks[b].successes[t] for t in common]).as_dict()}
+        (comparison,), _ = paired_comparisons(load([summaries[a], summaries[b]]))
+        out[f"{b} - {a}"] = {"reward": comparison.reward.as_dict(), "success": comparison.success.as_dict()}
     return out
 
 
